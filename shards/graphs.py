@@ -1,0 +1,199 @@
+"""Builds the ONNX graphs of one model: decoder layers, K/V-only layers, embedding, head.
+
+Owns the graph layout (names, shapes, opset). Only ops that onnxruntime-web's WASM
+backend runs are used: opset-23 `RMSNormalization`, `RotaryEmbedding` and `Attention`
+plus plain MatMul/Add/Mul/Sigmoid and a few shape ops. Never reads GGUF or writes files.
+
+Graph interfaces (batch is always 1 in tabswarm, but kept symbolic):
+  layer:     hidden (batch, seq, hidden), positions (batch, seq) int64,
+             past_key/past_value (batch, kv_heads, past, head_dim)
+          -> hidden_out (batch, seq, hidden), present_key/present_value (batch, kv_heads, past+seq, head_dim)
+  kv-only:   same inputs -> present_key, present_value (what a skipped layer still writes)
+  embedding: input_ids (batch, seq) int64 -> hidden (batch, seq, hidden)
+  head:      hidden (batch, seq, hidden) -> logits (batch, seq, vocab)
+
+Positions are absolute token positions; cache slot j holds position j, so the causal
+mask is `slot <= position` (computed in the graph).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from shards.model_config import ModelConfig
+
+OPSET = 23
+FLOAT = TensorProto.FLOAT
+INT64 = TensorProto.INT64
+
+
+class _GraphBuilder:
+    """Small helper that collects nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def constant(self, name: str, values: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(values, name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, **attributes) -> str:
+        names = [outputs] if isinstance(outputs, str) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=names[0], **attributes))
+        return names[0]
+
+    def model(self, name: str, inputs, outputs) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tabswarm"
+        )
+        model.ir_version = 10
+        return model
+
+
+def _layer_inputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
+    kv_shape = ["batch", config.kv_heads, "past", config.head_dim]
+    return [
+        helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden]),
+        helper.make_tensor_value_info("positions", INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("past_key", FLOAT, kv_shape),
+        helper.make_tensor_value_info("past_value", FLOAT, kv_shape),
+    ]
+
+
+def _present_outputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
+    kv_shape = ["batch", config.kv_heads, "total", config.head_dim]
+    return [
+        helper.make_tensor_value_info("present_key", FLOAT, kv_shape),
+        helper.make_tensor_value_info("present_value", FLOAT, kv_shape),
+    ]
+
+
+def _rotary_tables(builder: _GraphBuilder, config: ModelConfig) -> tuple[str, str]:
+    """cos/sin of position * inverse frequency, (batch, seq, head_dim / 2), in float32 like HF."""
+    exponents = np.arange(0, config.head_dim, 2, dtype=np.int64).astype(np.float32) / config.head_dim
+    inverse_frequency = (1.0 / (config.rope_theta**exponents)).astype(np.float32)
+    builder.constant("inverse_frequency", inverse_frequency)
+    builder.constant("axis_last", np.array([-1], dtype=np.int64))
+    builder.op("Cast", ["positions"], "positions_float", to=FLOAT)
+    builder.op("Unsqueeze", ["positions_float", "axis_last"], "positions_column")
+    builder.op("Mul", ["positions_column", "inverse_frequency"], "rotary_angles")
+    return builder.op("Cos", ["rotary_angles"], "rotary_cos"), builder.op(
+        "Sin", ["rotary_angles"], "rotary_sin"
+    )
+
+
+def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, weights: dict[str, np.ndarray],
+                     cos: str, sin: str) -> tuple[str, str, str]:
+    """attention RMSNorm, then K (rotated) and V, each (batch, seq, kv_heads * head_dim)."""
+    builder.constant("attn_norm_weight", weights["attn_norm"])
+    builder.op("RMSNormalization", ["hidden", "attn_norm_weight"], "attn_input",
+               axis=-1, epsilon=config.norm_eps)
+    builder.constant("k_weight", np.ascontiguousarray(weights["attn_k"].T))
+    builder.constant("v_weight", np.ascontiguousarray(weights["attn_v"].T))
+    builder.op("MatMul", ["attn_input", "k_weight"], "k_raw")
+    builder.op("MatMul", ["attn_input", "v_weight"], "v")
+    builder.op("RotaryEmbedding", ["k_raw", cos, sin], "k", num_heads=config.kv_heads,
+               interleaved=0)
+    return "attn_input", "k", "v"
+
+
+def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
+    """A full decoder layer (pre-norm attention + SwiGLU MLP, both residual)."""
+    builder = _GraphBuilder()
+    cos, sin = _rotary_tables(builder, config)
+    attn_input, k, v = _projections_k_v(builder, config, weights, cos, sin)
+    builder.constant("q_weight", np.ascontiguousarray(weights["attn_q"].T))
+    builder.op("MatMul", [attn_input, "q_weight"], "q_raw")
+    builder.op("RotaryEmbedding", ["q_raw", cos, sin], "q", num_heads=config.heads, interleaved=0)
+
+    # Causal mask over cache slots: slot j is visible to a query at position p iff j <= p.
+    builder.op("Shape", ["past_key"], "past_length", start=2, end=3)
+    builder.op("Shape", ["hidden"], "new_length", start=1, end=2)
+    builder.op("Add", ["past_length", "new_length"], "total_length_1d")
+    builder.op("Squeeze", ["total_length_1d"], "total_length")
+    builder.constant("zero", np.array(0, dtype=np.int64))
+    builder.constant("one", np.array(1, dtype=np.int64))
+    builder.op("Range", ["zero", "total_length", "one"], "slots")  # (total,)
+    builder.constant("query_axes", np.array([1, 3], dtype=np.int64))
+    builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, seq, 1)
+    builder.op("LessOrEqual", ["slots", "query_positions"], "attention_mask")  # (batch, 1, seq, total)
+
+    builder.op("Attention", [
+        "q", k, v, "attention_mask", "past_key", "past_value",
+    ], ["attention", "present_key", "present_value"],
+        q_num_heads=config.heads, kv_num_heads=config.kv_heads)
+    builder.constant("o_weight", np.ascontiguousarray(weights["attn_output"].T))
+    builder.op("MatMul", ["attention", "o_weight"], "attention_out")
+    builder.op("Add", ["hidden", "attention_out"], "after_attention")
+
+    builder.constant("ffn_norm_weight", weights["ffn_norm"])
+    builder.op("RMSNormalization", ["after_attention", "ffn_norm_weight"], "mlp_input",
+               axis=-1, epsilon=config.norm_eps)
+    builder.constant("gate_weight", np.ascontiguousarray(weights["ffn_gate"].T))
+    builder.constant("up_weight", np.ascontiguousarray(weights["ffn_up"].T))
+    builder.constant("down_weight", np.ascontiguousarray(weights["ffn_down"].T))
+    builder.op("MatMul", ["mlp_input", "gate_weight"], "gate")
+    builder.op("MatMul", ["mlp_input", "up_weight"], "up")
+    builder.op("Sigmoid", ["gate"], "gate_sigmoid")
+    builder.op("Mul", ["gate", "gate_sigmoid"], "gate_silu")
+    builder.op("Mul", ["gate_silu", "up"], "mlp_hidden")
+    builder.op("MatMul", ["mlp_hidden", "down_weight"], "mlp_out")
+    builder.op("Add", ["after_attention", "mlp_out"], "hidden_out")
+
+    outputs = [helper.make_tensor_value_info("hidden_out", FLOAT, ["batch", "seq", config.hidden])]
+    return builder.model(f"layer_{layer}", _layer_inputs(config), outputs + _present_outputs(config))
+
+
+def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
+    """What a skipped layer still computes: this position's K/V from the unchanged hidden state."""
+    builder = _GraphBuilder()
+    cos, sin = _rotary_tables(builder, config)
+    _, k, v = _projections_k_v(builder, config, weights, cos, sin)
+    builder.constant("heads_shape", np.array([0, 0, config.kv_heads, config.head_dim], dtype=np.int64))
+    for name, past in ((k, "past_key"), (v, "past_value")):
+        builder.op("Reshape", [name, "heads_shape"], f"{name}_heads")  # (batch, seq, kv_heads, head_dim)
+        builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
+        present = "present_key" if past == "past_key" else "present_value"
+        builder.op("Concat", [past, f"{name}_new"], present, axis=2)
+    return builder.model(f"layer_{layer}_kv_only", _layer_inputs(config), _present_outputs(config))
+
+
+def external_tensor(name: str, shape: tuple[int, ...], location: str) -> onnx.TensorProto:
+    """A float32 initializer whose bytes live in `location` (shared between graphs)."""
+    tensor = onnx.TensorProto()
+    tensor.name = name
+    tensor.data_type = FLOAT
+    tensor.dims.extend(shape)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    length = int(np.prod(shape)) * 4
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def build_embedding(config: ModelConfig, table_file: str) -> onnx.ModelProto:
+    builder = _GraphBuilder()
+    builder.initializers.append(external_tensor("token_embedding", (config.vocab, config.hidden), table_file))
+    builder.op("Gather", ["token_embedding", "input_ids"], "hidden", axis=0)
+    inputs = [helper.make_tensor_value_info("input_ids", INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
+    return builder.model("embedding", inputs, outputs)
+
+
+def build_head(config: ModelConfig, norm_weight: np.ndarray, table_file: str) -> onnx.ModelProto:
+    """Final RMSNorm and the (tied) output projection."""
+    builder = _GraphBuilder()
+    builder.initializers.append(external_tensor("output_matrix", (config.vocab, config.hidden), table_file))
+    builder.constant("output_norm_weight", norm_weight)
+    builder.op("RMSNormalization", ["hidden", "output_norm_weight"], "head_input",
+               axis=-1, epsilon=config.norm_eps)
+    builder.op("Transpose", ["output_matrix"], "output_matrix_t", perm=[1, 0])
+    builder.op("MatMul", ["head_input", "output_matrix_t"], "logits")
+    inputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
+    outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch", "seq", config.vocab])]
+    return builder.model("head", inputs, outputs)

@@ -1,0 +1,136 @@
+"""The shard directory's manifest: what files exist, their sizes and sha256, the model config.
+
+Owns `manifest.json` (reading, writing, verifying). A manifest is a frozen dataclass;
+verification raises ShardIntegrityError naming the file that is missing or wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shards.errors import ShardIntegrityError
+from shards.model_config import ModelConfig
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    index: int
+    graph: str      # full layer
+    kv_graph: str   # K/V-only computation, for a skipped layer
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    model: ModelConfig
+    source: dict[str, Any]
+    weight_format: dict[str, Any]
+    opset: int
+    layers: tuple[LayerEntry, ...]
+    embedding: str
+    head: str
+    tokenizer: str
+    chat_template: str | None
+    eos_id: int
+    bos_id: int | None
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    def layer_files(self, index: int) -> list[str]:
+        """Every file a node holding this layer needs."""
+        entry = self.layers[index]
+        return [entry.graph, entry.kv_graph]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "model": self.model.to_json(),
+            "source": self.source,
+            "weight_format": self.weight_format,
+            "opset": self.opset,
+            "layers": [vars(entry) for entry in self.layers],
+            "embedding": self.embedding,
+            "head": self.head,
+            "tokenizer": self.tokenizer,
+            "chat_template": self.chat_template,
+            "eos_id": self.eos_id,
+            "bos_id": self.bos_id,
+            "files": {name: vars(entry) for name, entry in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ShardIntegrityError(
+                f"manifest format version {version!r} is not supported (expected {FORMAT_VERSION}); "
+                "re-run `tabswarm convert`"
+            )
+        return cls(
+            format_version=version,
+            model=ModelConfig.from_json(data["model"]),
+            source=data["source"],
+            weight_format=data["weight_format"],
+            opset=data["opset"],
+            layers=tuple(LayerEntry(**entry) for entry in data["layers"]),
+            embedding=data["embedding"],
+            head=data["head"],
+            tokenizer=data["tokenizer"],
+            chat_template=data.get("chat_template"),
+            eos_id=data["eos_id"],
+            bos_id=data.get("bos_id"),
+            files={name: FileEntry(**entry) for name, entry in data["files"].items()},
+        )
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST_NAME).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def load_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise ShardIntegrityError(f"{directory} has no {MANIFEST_NAME}: run `tabswarm convert` first")
+    try:
+        data = json.loads(path.read_text())
+        return Manifest.from_json(data)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:  # hand-edited or half-written manifest
+        raise ShardIntegrityError(f"{path} is not a valid manifest: {error}") from error
+
+
+def verify_files(directory: Path, manifest: Manifest, names: list[str] | None = None,
+                 check_hash: bool = True) -> None:
+    """Check each listed file's size (and sha256) against the manifest."""
+    for name in names if names is not None else list(manifest.files):
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise ShardIntegrityError(f"{name} is not listed in {directory / MANIFEST_NAME}")
+        path = Path(directory) / name
+        if not path.is_file():
+            raise ShardIntegrityError(f"shard file missing: {path}")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise ShardIntegrityError(
+                f"shard file {path} has {size} bytes, the manifest says {entry.size} (truncated or replaced)"
+            )
+        if check_hash and sha256_of(path) != entry.sha256:
+            raise ShardIntegrityError(f"shard file {path} fails its sha256 check (corrupt or replaced)")

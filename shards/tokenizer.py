@@ -1,0 +1,96 @@
+"""Tokenizer and chat template: built from GGUF vocabulary data, loaded from a shard directory.
+
+Owns turning text and chat messages into token ids and back. Uses the Hugging Face
+`tokenizers` library (byte-level BPE, digits split one by one, no prefix space) and
+renders the model's own Jinja chat template. Never touches model weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+from shards.gguf_model import TokenizerData
+
+CONTROL_TOKEN_TYPE = 3
+USER_DEFINED_TOKEN_TYPE = 4
+
+
+def build_tokenizer(data: TokenizerData) -> Tokenizer:
+    vocab = {token: index for index, token in enumerate(data.tokens)}
+    merges = [tuple(merge.split(" ", 1)) for merge in data.merges]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    special = [
+        AddedToken(token, special=True, normalized=False)
+        for token, kind in zip(data.tokens, data.token_types, strict=False)
+        if kind == CONTROL_TOKEN_TYPE
+    ]
+    tokenizer.add_special_tokens(special)
+    user_defined = [
+        AddedToken(token, normalized=False)
+        for token, kind in zip(data.tokens, data.token_types, strict=False)
+        if kind == USER_DEFINED_TOKEN_TYPE
+    ]
+    if user_defined:
+        tokenizer.add_tokens(user_defined)
+    return tokenizer
+
+
+class ChatTemplateError(ValueError):
+    """The chat messages cannot be rendered (bad roles, or the template raised)."""
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(message)
+
+
+@dataclass(frozen=True)
+class TextCodec:
+    """Token ids <-> text, plus the chat template. Loaded from a shard directory."""
+
+    tokenizer: Tokenizer
+    chat_template: str | None
+    eos_id: int
+    bos_token: str
+    eos_token: str
+
+    @classmethod
+    def load(cls, tokenizer_file: Path, template_file: Path | None, eos_id: int,
+             bos_id: int | None) -> TextCodec:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        template = template_file.read_text() if template_file and template_file.is_file() else None
+        eos_token = tokenizer.id_to_token(eos_id) or ""
+        bos_token = (tokenizer.id_to_token(bos_id) or "") if bos_id is not None else ""
+        return cls(tokenizer, template, eos_id, bos_token, eos_token)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text for a chat, ending where the assistant's answer starts."""
+        if self.chat_template is None:
+            return "".join(f"{message['role']}: {message['content']}\n" for message in messages) + "assistant:"
+        environment = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        environment.globals["raise_exception"] = _raise_exception
+        try:
+            template = environment.from_string(self.chat_template)
+            return template.render(messages=messages, add_generation_prompt=True,
+                                   bos_token=self.bos_token, eos_token=self.eos_token)
+        except jinja2.TemplateError as error:  # a template bug or a message the template rejects
+            raise ChatTemplateError(f"chat template failed: {error}") from error
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        return self.encode(self.render_chat(messages))
