@@ -55,7 +55,7 @@ class _GraphBuilder:
 
 
 def _layer_inputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
-    kv_shape = ["batch", config.kv_heads, "past", config.head_dim]
+    kv_shape: list[str | int | None] = ["batch", config.kv_heads, "past", config.head_dim]
     return [
         helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden]),
         helper.make_tensor_value_info("positions", INT64, ["batch", "seq"]),
@@ -65,7 +65,7 @@ def _layer_inputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
 
 
 def _present_outputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
-    kv_shape = ["batch", config.kv_heads, "total", config.head_dim]
+    kv_shape: list[str | int | None] = ["batch", config.kv_heads, "total", config.head_dim]
     return [
         helper.make_tensor_value_info("present_key", FLOAT, kv_shape),
         helper.make_tensor_value_info("present_value", FLOAT, kv_shape),

@@ -23,7 +23,10 @@ USER_DEFINED_TOKEN_TYPE = 4
 
 def build_tokenizer(data: TokenizerData) -> Tokenizer:
     vocab = {token: index for index, token in enumerate(data.tokens)}
-    merges = [tuple(merge.split(" ", 1)) for merge in data.merges]
+    merges: list[tuple[str, str]] = []
+    for merge in data.merges:
+        left, right = merge.split(" ", 1)
+        merges.append((left, right))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),

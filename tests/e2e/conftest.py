@@ -1,0 +1,63 @@
+"""E2E fixtures: one Debian Chromium for the whole session, and a static file server.
+
+Chromium is the Debian package (never `playwright install`), launched headless with
+the flags the shared notes list; its TMPDIR is a folder removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+CHROMIUM = os.environ.get("TABSWARM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-extensions", "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
+    "--enable-unsafe-webgpu",
+]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator:
+    from playwright.async_api import async_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Debian chromium is not installed at {CHROMIUM}: run the README's set-up")
+    temporary = tempfile.mkdtemp(prefix="tabswarm-chromium-")
+    environment = {**os.environ, "TMPDIR": temporary}
+    async with async_playwright() as playwright:
+        instance = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, chromium_sandbox=False,
+            args=CHROMIUM_ARGS, env=environment,
+        )
+        try:
+            yield instance
+        finally:
+            await instance.close()
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def static_server(shard_dir: Path) -> AsyncIterator[str]:
+    """The coordinator's static routes alone (worker page, onnxruntime-web, shards)."""
+    from coordinator.static_files import add_static_routes, isolation_headers
+
+    app = web.Application(middlewares=[isolation_headers])
+    add_static_routes(app, shard_dir)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
