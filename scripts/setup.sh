@@ -44,7 +44,7 @@ if [ "${TABSWARM_WITH_REFERENCE:-0}" = 1 ] && [ ! -f "$STAMP/reference-deps" ]; 
 fi
 
 # 3. npm packages: onnxruntime-web (served to worker tabs), the evaluation text.
-if [ ! -f node_modules/onnxruntime-web/package.json ]; then
+if [ ! -f node_modules/onnxruntime-web/package.json ] || [ ! -f node_modules/@msgpack/msgpack/package.json ]; then
   say "installing onnxruntime-web (npm)"
   npm install --no-audit --no-fund --loglevel=error
 fi

@@ -63,7 +63,7 @@ def test_truncated_shard_file_is_named(shard_dir, tmp_path):
     shutil.copytree(shard_dir, copy)
     victim = copy / "layer_07.onnx"
     victim.write_bytes(victim.read_bytes()[:-100])
-    with pytest.raises(ShardIntegrityError, match="layer_07.onnx"):
+    with pytest.raises(ShardIntegrityError, match=r"layer_07\.onnx"):
         ReferenceExecutor(copy)
 
 

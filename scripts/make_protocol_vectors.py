@@ -1,0 +1,129 @@
+"""Generate protocol/vectors/*.json: golden frames that the Python and JS codecs must match.
+
+Run once when the wire format changes (`python scripts/make_protocol_vectors.py`); the
+tests on both sides read these files and never rewrite them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from protocol.activation_codec import (
+    CodecSettings,
+    Route,
+    StreamCodecState,
+    decode_activation,
+    encode_activation,
+)
+from protocol.control import SCHEMAS, encode_control
+from protocol.frames import HEADER_SIZE, Encoding, FrameKind
+
+OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
+
+
+def settings_json(settings: CodecSettings) -> dict:
+    return {"encoding": int(settings.encoding), "block": settings.block, "delta": settings.delta,
+            "run_length": settings.run_length, "key_interval": settings.key_interval}
+
+
+def activation_vectors() -> list[dict]:
+    rng = np.random.default_rng(2024)
+    massive = rng.standard_normal((2, 96)).astype(np.float32)
+    massive[0, 17] = 20000.0
+    sparse = (rng.standard_normal((2, 100)) * (rng.random((2, 100)) < 0.3)).astype(np.float32)
+    sparse[1, 40:90] = 0.0
+    cases = [
+        ("float32", CodecSettings(encoding=Encoding.FLOAT32, block=0, run_length=False),
+         [rng.standard_normal((1, 70)).astype(np.float32)]),
+        ("float16", CodecSettings(encoding=Encoding.FLOAT16, block=0, run_length=False),
+         [(rng.standard_normal((3, 40)) * 100).astype(np.float32)]),
+        ("int8_block32_short_last_block", CodecSettings(block=32, run_length=False),
+         [rng.standard_normal((2, 70)).astype(np.float32)]),
+        ("int8_massive_activation", CodecSettings(block=32, run_length=False), [massive]),
+        ("int8_run_length", CodecSettings(block=16, run_length=True), [sparse]),
+        ("int8_all_zero", CodecSettings(block=8, run_length=True), [np.zeros((1, 300), dtype=np.float32)]),
+        ("int8_delta_stream", CodecSettings(block=32, delta=True, key_interval=4, run_length=True),
+         [np.cumsum(rng.standard_normal((3, 64)), axis=0).astype(np.float32)]
+         + [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(3)]),
+    ]
+    vectors = []
+    for name, settings, inputs in cases:
+        encoder, decoder = StreamCodecState(), StreamCodecState()
+        frames, position = [], 0
+        for values in inputs:
+            route = Route(FrameKind.FORWARD, stream=5, position=position, layer_start=2, layer_end=7)
+            frame = encode_activation(values, route, settings, encoder)
+            _, decoded = decode_activation(frame, decoder)
+            frames.append({"rows": values.shape[0], "columns": values.shape[1], "position": position,
+                           "input": values.astype("<f4").tobytes().hex(), "frame": frame.hex(),
+                           "decoded": decoded.astype("<f4").tobytes().hex()})
+            position += values.shape[0]
+        vectors.append({"name": name, "settings": settings_json(settings), "stream": 5,
+                        "layer_start": 2, "layer_end": 7, "kind": int(FrameKind.FORWARD), "frames": frames})
+    # Header fields at their limits: a RESULT frame, a K/V backfill with a skip mask, a large position.
+    values = rng.standard_normal((1, 12)).astype(np.float32)
+    route = Route(FrameKind.FORWARD, stream=4_000_000_000, position=3_000_000_000, layer_start=10,
+                  layer_end=15, skip_mask=0b11111, no_reply=True)
+    settings = CodecSettings(block=4, run_length=False)
+    frame = encode_activation(values, route, settings)
+    _, decoded = decode_activation(frame)
+    vectors.append({"name": "header_limits_no_reply_skip_mask", "settings": settings_json(settings),
+                    "stream": route.stream, "layer_start": 10, "layer_end": 15, "skip_mask": route.skip_mask,
+                    "no_reply": True, "kind": int(FrameKind.FORWARD),
+                    "frames": [{"rows": 1, "columns": 12, "position": route.position,
+                                "input": values.tobytes().hex(), "frame": frame.hex(),
+                                "decoded": decoded.tobytes().hex()}]})
+    return vectors
+
+
+def invalid_vectors(good: bytes) -> list[dict]:
+    def mutate(offset: int, value: int) -> bytes:
+        data = bytearray(good)
+        data[offset] = value
+        return bytes(data)
+
+    return [
+        {"name": "truncated_header", "frame": good[:20].hex(), "reason": "truncated"},
+        {"name": "bad_magic", "frame": mutate(0, ord("X")).hex(), "reason": "bad-magic"},
+        {"name": "bad_version", "frame": mutate(4, 9).hex(), "reason": "bad-version"},
+        {"name": "bad_kind", "frame": mutate(5, 77).hex(), "reason": "bad-kind"},
+        {"name": "length_disagrees", "frame": good[:-1].hex(), "reason": "bad-length"},
+        {"name": "checksum_mismatch", "frame": mutate(HEADER_SIZE + 3, good[HEADER_SIZE + 3] ^ 0x40).hex(),
+         "reason": "bad-checksum"},
+    ]
+
+
+def control_vectors() -> list[dict]:
+    messages = [
+        {"type": "hello", "protocol": 1, "backend": "wasm", "threads": 1, "benchmark_ms": 12.5,
+         "agent": "Chromium", "worker": "tab-1"},
+        {"type": "assign", "worker": "w1", "layer_start": 0, "layer_end": 15,
+         "files": [{"name": "layer_00.onnx", "size": 14163153, "sha256": "ab" * 32}],
+         "model": {"hidden": 576, "kv_heads": 3, "head_dim": 64}, "codec": {"encoding": 2, "block": 64}},
+        {"type": "ready", "layer_start": 0, "layer_end": 15, "load_ms": 812, "cached": True, "backend": "wasm"},
+        {"type": "heartbeat", "time": 1700000000.25},
+        {"type": "release", "stream": 42},
+        {"type": "error", "code": "bad-frame", "message": "payload CRC-32 does not match", "stream": 3},
+        {"type": "leave", "reason": "page closed"},
+    ]
+    return [{"message": message, "frame": encode_control(message, stream=9).hex()} for message in messages]
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    activations = activation_vectors()
+    good = bytes.fromhex(activations[2]["frames"][0]["frame"])
+    (OUT / "activation.json").write_text(json.dumps(
+        {"activation": activations, "invalid": invalid_vectors(good)}, indent=1) + "\n")
+    schemas = {kind: {name: [[t.__name__ for t in types], required]
+                      for name, (types, required) in fields.items()} for kind, fields in SCHEMAS.items()}
+    (OUT / "control.json").write_text(json.dumps(
+        {"messages": control_vectors(), "schemas": schemas}, indent=1) + "\n")
+    print(f"wrote {OUT}/activation.json and control.json")
+
+
+if __name__ == "__main__":
+    main()

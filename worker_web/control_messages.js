@@ -1,0 +1,66 @@
+// Control messages in JavaScript: msgpack maps in CONTROL frames, validated against the
+// same schema table as protocol/control.py (the golden vectors carry Python's table and
+// a test checks they agree). Pure: no I/O.
+import { decode, encode } from '@msgpack/msgpack';
+import { FrameError, Kind, packFrame, parseFrame } from './codec.js';
+
+const T = { int: 'int', number: 'number', string: 'str', bool: 'bool', list: 'list', map: 'dict' };
+
+// type -> {field: [types, required]}
+export const SCHEMAS = Object.freeze({
+  hello: { protocol: [[T.int], true], backend: [[T.string], true], threads: [[T.int], true],
+    benchmark_ms: [[T.int, T.number], true], memory_mb: [[T.int, T.number], false], agent: [[T.string], false],
+    worker: [[T.string], false] },
+  assign: { worker: [[T.string], true], layer_start: [[T.int], true], layer_end: [[T.int], true],
+    files: [[T.list], true], model: [[T.map], true], codec: [[T.map], true] },
+  ready: { layer_start: [[T.int], true], layer_end: [[T.int], true], load_ms: [[T.int, T.number], true],
+    cached: [[T.bool], false], backend: [[T.string], false] },
+  heartbeat: { time: [[T.int, T.number], true] },
+  stats: { tokens: [[T.int], true], compute_ms: [[T.int, T.number], true], streams: [[T.int], false] },
+  release: { stream: [[T.int], true] },
+  progress: { done: [[T.int], true], total: [[T.int], true], what: [[T.string], false] },
+  error: { code: [[T.string], true], message: [[T.string], true], stream: [[T.int], false] },
+  leave: { reason: [[T.string], true] },
+});
+
+function typeOf(value) {
+  if (typeof value === 'boolean') return T.bool;
+  if (typeof value === 'number' || typeof value === 'bigint') return Number.isInteger(Number(value)) ? T.int : T.number;
+  if (typeof value === 'string') return T.string;
+  if (Array.isArray(value)) return T.list;
+  if (value && typeof value === 'object' && !(value instanceof Uint8Array)) return T.map;
+  return 'other';
+}
+
+export function validateControl(message) {
+  if (typeOf(message) !== T.map) throw new FrameError('bad-control', 'a control message must be a map');
+  const schema = typeof message.type === 'string' ? SCHEMAS[message.type] : undefined;
+  if (!schema) throw new FrameError('bad-control', `unknown control message type ${JSON.stringify(message.type)}`);
+  for (const [name, [types, required]] of Object.entries(schema)) {
+    if (!(name in message)) {
+      if (required) throw new FrameError('bad-control', `${message.type}: required field '${name}' is missing`);
+      continue;
+    }
+    const actual = typeOf(message[name]);
+    const allowed = types.includes(actual) || (actual === T.int && types.includes(T.number));
+    if (!allowed) throw new FrameError('bad-control', `${message.type}: field '${name}' has type ${actual}`);
+  }
+  return message;
+}
+
+export function encodeControl(message, stream = 0) {
+  const payload = encode(validateControl(message));
+  return packFrame({ kind: Kind.CONTROL, flags: 0, stream, position: 0, rows: 0, columns: 0 }, payload);
+}
+
+export function decodeControl(bytes) {
+  const { header, payload } = parseFrame(bytes);
+  if (header.kind !== Kind.CONTROL) throw new FrameError('bad-kind', 'not a control frame');
+  let message;
+  try {
+    message = decode(payload);
+  } catch (error) {
+    throw new FrameError('bad-control', `payload is not valid msgpack: ${error.message}`);
+  }
+  return validateControl(message);
+}
