@@ -44,7 +44,6 @@ class LayerCache:
 @dataclass
 class StreamState:
     caches: dict[int, LayerCache] = field(default_factory=dict)
-    length: int = 0   # positions written so far
 
 
 class LayerStack:
@@ -76,14 +75,14 @@ class LayerStack:
         return self._kv_graphs[index]
 
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
-                skip: frozenset[int] = frozenset()) -> np.ndarray:
-        """Run every layer of this stack on hidden (1, seq, hidden) at positions (1, seq).
+                skip: frozenset[int] = frozenset(), layers: range | None = None) -> np.ndarray:
+        """Run this stack's layers (or the sub-range `layers`) on hidden (1, seq, hidden) at positions (1, seq).
 
         A layer in `skip` passes the hidden state through unchanged but still writes
         this position's K/V (computed from that unchanged state), keeping caches coherent.
         """
         state = self.streams.setdefault(stream, StreamState())
-        for index in range(self.first, self.last):
+        for index in layers if layers is not None else range(self.first, self.last):
             cache = state.caches.get(index) or self._empty_cache()
             feeds = {"hidden": hidden, "positions": positions,
                      "past_key": cache.key, "past_value": cache.value}
@@ -92,7 +91,6 @@ class LayerStack:
             else:
                 hidden, key, value = self.layers[index].run(None, feeds)
             state.caches[index] = LayerCache(key, value)
-        state.length += hidden.shape[1]
         return hidden
 
     def release(self, stream: int) -> None:
