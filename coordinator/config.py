@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.activation_codec import LOSSLESS, CodecSettings
+from protocol.frames import Encoding
+
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -21,6 +24,46 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class CodecPresets:
+    """Named wire codecs a request may pick (extension field `tabswarm.codec`)."""
+
+    default: str = "int8"
+    presets: tuple[tuple[str, CodecSettings], ...] = (
+        # Measured (bench/codec_quality.py): block 32 keeps perplexity within +0.41% at 2-5
+        # nodes; block 64 saves 18 bytes/hop but reaches +0.59% at 5 nodes.
+        ("int8", CodecSettings(block=32, run_length=True)),
+        ("int8-b64", CodecSettings(block=64, run_length=True)),
+        ("float16", CodecSettings(encoding=Encoding.FLOAT16, block=0, run_length=False)),
+        ("lossless", LOSSLESS),
+    )
+
+    def get(self, name: str | None) -> CodecSettings:
+        table = dict(self.presets)
+        return table[name or self.default]
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.presets]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8471
+    max_active: int = 8             # requests generating at once
+    max_queue: int = 32             # requests waiting beyond those; past it: 429
+    worker_wait_seconds: float = 120.0   # how long a request waits for a ready cluster
+    step_timeout_seconds: float = 60.0   # one hop without an answer fails the request
+    heartbeat_seconds: float = 5.0
+    join_settle_seconds: float = 1.0     # replan this long after the last join
+    default_max_tokens: int = 256
+    headless_workers: int = 0
+    worker_threads: int = 1
+    chromium: str = "/usr/bin/chromium"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     model: ModelSource = field(default_factory=ModelSource)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    codecs: CodecPresets = field(default_factory=CodecPresets)

@@ -15,6 +15,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_DIR = ROOT / "worker_web"
 ORT_DIST = ROOT / "node_modules" / "onnxruntime-web" / "dist"
+MSGPACK_DIST = ROOT / "node_modules" / "@msgpack" / "msgpack" / "dist.esm"
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -42,5 +43,6 @@ def add_static_routes(app: web.Application, shard_dir: Path | None) -> None:
         )
     app.router.add_static("/worker/", WORKER_DIR, show_index=False, append_version=False)
     app.router.add_static("/ort/", ORT_DIST)
+    app.router.add_static("/npm/msgpack/", MSGPACK_DIST)
     if shard_dir is not None:
         app.router.add_static("/shards/", shard_dir)

@@ -132,3 +132,18 @@ def _check_shape(header: Header) -> None:
         raise FrameError("bad-block", f"int8 block size {header.block} is invalid")
     if not int8 and (header.block or header.flags & (Flag.DELTA | Flag.RUN_LENGTH)):
         raise FrameError("bad-flags", "block size, delta and run-length apply to int8 frames only")
+
+
+def retarget(frame: bytes, kind: FrameKind, layer_start: int, layer_end: int, skip_mask: int = 0,
+             no_reply: bool = False) -> bytes:
+    """The same payload under a new routing header (the checksum covers the payload only).
+
+    Lets a relay pass one node's RESULT on as the next node's FORWARD without decoding
+    and re-quantizing it.
+    """
+    header, payload = parse_frame(frame)
+    flags = header.flags & ~int(Flag.NO_REPLY) | (int(Flag.NO_REPLY) if no_reply else 0)
+    fields = HEADER.pack(MAGIC, VERSION, int(kind), flags, header.stream, header.position, header.rows,
+                         header.columns, header.block, layer_start, layer_end, skip_mask,
+                         header.payload_length, header.checksum)
+    return fields + bytes(payload)

@@ -17,20 +17,10 @@ import numpy as np
 import onnxruntime as ort
 
 from shards.manifest import Manifest, load_manifest, verify_files
+from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
-from shards.tokenizer import TextCodec
 
-
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Many sessions (one per layer) each own a thread pool; spinning pools starve each
-    # other on few cores (measured: 4.2 ms vs 0.24 ms per layer on 2 cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+__all__ = ["GenerationStep", "LayerStack", "ReferenceExecutor", "session_options"]
 
 
 @dataclass
@@ -112,22 +102,16 @@ class ReferenceExecutor:
         self.manifest = load_manifest(self.directory)
         if verify:
             verify_files(self.directory, self.manifest)
-        options = session_options(threads)
-        self.embedding = ort.InferenceSession(str(self.directory / self.manifest.embedding), options,
-                                              providers=["CPUExecutionProvider"])
-        self.head = ort.InferenceSession(str(self.directory / self.manifest.head), options,
-                                         providers=["CPUExecutionProvider"])
+        self.ends = ModelEnds(self.directory, threads, verify=False, manifest=self.manifest)
+        self.text = self.ends.text
         self.stack = LayerStack(self.directory, self.manifest, 0, self.manifest.model.layers, threads)
-        chat_template = self.directory / self.manifest.chat_template if self.manifest.chat_template else None
-        self.text = TextCodec.load(self.directory / self.manifest.tokenizer, chat_template,
-                                   self.manifest.eos_id, self.manifest.bos_id)
         self._next_stream = 0
 
     def embed(self, ids: list[int]) -> np.ndarray:
-        return self.embedding.run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]  # (1, seq, hidden)
+        return self.ends.embed(ids)  # (1, seq, hidden)
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
-        return self.head.run(None, {"hidden": hidden})[0]  # (1, seq, vocab)
+        return self.ends.logits(hidden)  # (1, seq, vocab)
 
     def prompt_logits(self, ids: list[int], chunk: int = 256) -> np.ndarray:
         """Logits at every position of `ids` (chunked prefill with the KV cache): (len, vocab)."""

@@ -53,3 +53,60 @@ export function positionsTensor(ort, start, count) {
   for (let i = 0; i < count; i += 1) values[i] = BigInt(start + i);
   return new ort.Tensor('int64', values, [1, count]);
 }
+
+/**
+ * Layers [layerStart, layerEnd) of a model in this tab, with one KV cache per stream.
+ * A skipped layer (skip-mask bit set) passes the hidden state through and runs its
+ * K/V-only graph, so every cache keeps one entry per position.
+ */
+export class LayerRunner {
+  constructor(ort, backend, model, layerStart, layerEnd) {
+    Object.assign(this, { ort, backend, model, layerStart, layerEnd });
+    this.layers = [];      // [{full, kvOnly}] by layer - layerStart
+    this.streams = new Map(); // stream -> [{key, value}] by layer - layerStart
+  }
+
+  async load(files, onLoaded) {
+    for (let layer = this.layerStart; layer < this.layerEnd; layer += 1) {
+      const name = `layer_${String(layer).padStart(2, '0')}`;
+      const full = await createSession(this.ort, files.get(`${name}.onnx`), this.backend);
+      const kvOnly = await createSession(this.ort, files.get(`${name}.kv.onnx`), this.backend);
+      this.layers.push({ full, kvOnly });
+      onLoaded(layer - this.layerStart + 1, this.layerEnd - this.layerStart);
+    }
+  }
+
+  emptyCache() {
+    const dims = [1, this.model.kv_heads, 0, this.model.head_dim];
+    return { key: floatTensor(this.ort, new Float32Array(0), dims), value: floatTensor(this.ort, new Float32Array(0), dims) };
+  }
+
+  /** hidden: Float32Array (rows * hidden) at positions position..position+rows-1. */
+  async forward(stream, hidden, rows, position, skipMask) {
+    let caches = this.streams.get(stream);
+    if (!caches) {
+      caches = this.layers.map(() => this.emptyCache());
+      this.streams.set(stream, caches);
+    }
+    let state = floatTensor(this.ort, hidden, [1, rows, this.model.hidden]);
+    const positions = positionsTensor(this.ort, position, rows);
+    for (let index = 0; index < this.layers.length; index += 1) {
+      const cache = caches[index];
+      const feeds = { hidden: state, positions, past_key: cache.key, past_value: cache.value };
+      const skipped = (skipMask >> BigInt(index)) & 1n;
+      const session = skipped ? this.layers[index].kvOnly : this.layers[index].full;
+      const out = await session.run(feeds);
+      if (!skipped) state = out.hidden_out;
+      caches[index] = { key: out.present_key, value: out.present_value };
+    }
+    return state.data;
+  }
+
+  release(stream) { this.streams.delete(stream); }
+
+  async dispose() {
+    for (const { full, kvOnly } of this.layers) { await full.release(); await kvOnly.release(); }
+    this.layers = [];
+    this.streams.clear();
+  }
+}

@@ -15,14 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from coordinator.headless import CHROMIUM_ARGS
+
 CHROMIUM = os.environ.get("TABSWARM_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-default-apps",
-    "--disable-extensions", "--disable-background-timer-throttling",
-    "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
-    "--enable-unsafe-webgpu",
-]
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +31,7 @@ async def browser() -> AsyncIterator:
     async with async_playwright() as playwright:
         instance = await playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, chromium_sandbox=False,
-            args=CHROMIUM_ARGS, env=environment,
+            args=list(CHROMIUM_ARGS), env=environment,
         )
         try:
             yield instance

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,7 +43,7 @@ def test_plans_are_contiguous_and_within_capacity(layers, specs):
         assert sum(cap for _, cap in specs) < layers
         return
     assert stages[0].layer_start == 0 and stages[-1].layer_end == layers
-    for first, second in zip(stages, stages[1:], strict=False):
+    for first, second in itertools.pairwise(stages):
         assert first.layer_end == second.layer_start
     capacity = {w.worker: w.max_layers for w in workers}
     assert all(0 < s.size <= capacity[s.worker] for s in stages)

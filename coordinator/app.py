@@ -1,0 +1,80 @@
+"""The application factory: wires model ends, cluster, engine, HTTP API and static files.
+
+Owns construction and lifecycle (background tasks, headless worker tabs) only; every
+decision lives in the modules it wires together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from coordinator.cluster import Cluster
+from coordinator.config import AppConfig
+from coordinator.engine import GenerationEngine
+from coordinator.http_api import Api, json_errors
+from coordinator.static_files import add_static_routes, isolation_headers
+from coordinator.worker_endpoint import handle_worker, heartbeat_loop
+from shards.model_ends import ModelEnds
+
+log = logging.getLogger(__name__)
+WEB_DIR = Path(__file__).resolve().parent / "web"
+WORKER_PAGE = Path(__file__).resolve().parent.parent / "worker_web" / "index.html"
+
+CONFIG = web.AppKey("config", AppConfig)
+CLUSTER = web.AppKey("cluster", Cluster)
+ENGINE = web.AppKey("engine", GenerationEngine)
+API = web.AppKey("api", Api)
+
+
+async def chat_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+async def worker_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WORKER_PAGE)
+
+
+async def worker_redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/worker/" + (f"?{request.query_string}" if request.query_string else ""))
+
+
+def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
+    ends = ModelEnds(shard_dir, threads=config.runtime.threads)
+    cluster = Cluster(ends.manifest, config.server)
+    engine = GenerationEngine(ends, cluster, config.server)
+    api = Api(config, ends, cluster, engine)
+    app = web.Application(middlewares=[isolation_headers, json_errors], client_max_size=4 << 20)
+    app[CONFIG], app[CLUSTER], app[ENGINE], app[API] = config, cluster, engine, api
+    app.router.add_post("/v1/chat/completions", api.chat_completions)
+    app.router.add_post("/v1/completions", api.completions)
+    app.router.add_get("/v1/models", api.models)
+    app.router.add_get("/v1/status", api.status)
+    app.router.add_get("/health", api.health)
+
+    async def worker_socket(request: web.Request) -> web.WebSocketResponse:
+        return await handle_worker(request, cluster)
+
+    app.router.add_get("/ws/worker", worker_socket)
+    app.router.add_get("/", chat_page)
+    app.router.add_get("/worker", worker_redirect)
+    app.router.add_get("/worker/", worker_page)
+    add_static_routes(app, shard_dir)
+    app.cleanup_ctx.append(_background(config))
+    return app
+
+
+def _background(config: AppConfig):
+    async def context(app: web.Application):
+        heartbeat = asyncio.create_task(heartbeat_loop(app[CLUSTER], config.server.heartbeat_seconds))
+        yield
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+        for link in list(app[CLUSTER].workers.values()):
+            await link.close(1001, "coordinator shutting down")
+    return context

@@ -1,0 +1,78 @@
+"""Headless Chromium worker tabs for `tabswarm serve --headless-workers N`.
+
+Owns launching Debian's Chromium through Playwright (never `playwright install`) and
+opening each worker tab in its own window through a CDP session, so the tabs' heavy
+WebSocket traffic is not copied to Playwright's driver. The tabs report their state
+over their own WebSocket to the coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHROMIUM_ARGS = (
+    "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-default-apps",
+    "--disable-extensions", "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
+    "--enable-unsafe-webgpu",
+)
+
+
+class ChromiumMissing(RuntimeError):
+    pass
+
+
+class HeadlessWorkers:
+    """One headless Chromium with N worker windows."""
+
+    def __init__(self, chromium: str) -> None:
+        self.chromium = chromium
+        self._playwright: Any = None
+        self.browser: Any = None
+        self._cdp: Any = None
+        self._temporary: str | None = None
+        self.targets: list[str] = []
+
+    async def start(self) -> None:
+        from playwright.async_api import async_playwright
+
+        if not Path(self.chromium).exists():
+            raise ChromiumMissing(f"Chromium not found at {self.chromium}: run the README's set-up (apt chromium)")
+        self._temporary = tempfile.mkdtemp(prefix="tabswarm-chromium-")
+        self._playwright = await async_playwright().start()
+        self.browser = await self._playwright.chromium.launch(
+            executable_path=self.chromium, headless=True, chromium_sandbox=False, args=list(CHROMIUM_ARGS),
+            env={**os.environ, "TMPDIR": self._temporary})
+        self._cdp = await self.browser.new_browser_cdp_session()
+
+    async def open(self, url: str) -> str:
+        """A new window showing `url`, outside Playwright's page control; returns its target id."""
+        result = await self._cdp.send("Target.createTarget", {"url": url, "newWindow": True})
+        self.targets.append(result["targetId"])
+        log.info("opened headless worker tab %s", url)
+        return str(result["targetId"])
+
+    async def close_tab(self, target: str) -> None:
+        await self._cdp.send("Target.closeTarget", {"targetId": target})
+        if target in self.targets:
+            self.targets.remove(target)
+
+    async def stop(self) -> None:
+        if self.browser is not None:
+            await self.browser.close()
+        if self._playwright is not None:
+            await self._playwright.stop()
+        if self._temporary:
+            shutil.rmtree(self._temporary, ignore_errors=True)
+
+
+def worker_url(base: str, name: str, threads: int, backend: str = "wasm") -> str:
+    return f"{base}/worker/?name={name}&threads={threads}&backend={backend}"

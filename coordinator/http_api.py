@@ -1,0 +1,283 @@
+"""HTTP handlers: the OpenAI-style API, health and status. Thin I/O over the engine.
+
+Owns turning requests into engine calls and engine events into JSON or SSE. Bad input
+becomes a 4xx with an OpenAI-shaped JSON error; nothing here decides about workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.cluster import Cluster, NoWorkers
+from coordinator.config import AppConfig
+from coordinator.engine import GenerationEngine, GenerationFailed, GenerationRequest, HopStats
+from coordinator.openai_schema import ApiError, ParsedRequest, parse_request
+from coordinator.scheduler import Admission, Load, admit, next_from_queue
+from coordinator.text_stream import TextStream
+from shards.model_ends import ModelEnds
+from shards.sampling import SamplingParams
+from shards.tokenizer import ChatTemplateError
+
+log = logging.getLogger(__name__)
+MAX_BODY = 4 << 20
+
+
+class Admissions:
+    """Counts and a FIFO of waiters; the decisions come from scheduler.admit (pure)."""
+
+    def __init__(self, max_active: int, max_queue: int) -> None:
+        self.max_active, self.max_queue = max_active, max_queue
+        self.active = 0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def load(self) -> Load:
+        return Load(self.active, len(self.waiters))
+
+    async def enter(self) -> None:
+        decision = admit(self.load(), self.max_active, self.max_queue)
+        if decision is Admission.REFUSE:
+            raise ApiError(429, f"the server is busy: {self.active} requests running and {len(self.waiters)} "
+                                "waiting; retry later", code="rate_limit_exceeded", kind="rate_limit_error")
+        if decision is Admission.QUEUE:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+                elif waiter.done():  # admitted just as the client left: hand the slot on
+                    self.leave()
+                raise
+        else:
+            self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        if next_from_queue(self.load(), self.max_active):
+            self.active += 1
+            self.waiters.pop(0).set_result(None)
+
+
+class Api:
+    def __init__(self, config: AppConfig, ends: ModelEnds, cluster: Cluster, engine: GenerationEngine) -> None:
+        self.config, self.ends, self.cluster, self.engine = config, ends, cluster, engine
+        source = ends.manifest.source["file"].removesuffix(".gguf")
+        self.model_ids = (source, "tabswarm")
+        self.admissions = Admissions(config.server.max_active, config.server.max_queue)
+        self.started = time.time()
+        self.requests_total = 0
+
+    # -- helpers ------------------------------------------------------------------------
+    async def _body(self, request: web.Request) -> Any:
+        if request.content_length and request.content_length > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
+        raw = await request.read()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:  # malformed client input
+            raise ApiError(400, f"the request body is not valid JSON: {error}") from error
+
+    def _prepare(self, parsed: ParsedRequest) -> tuple[list[int], GenerationRequest]:
+        try:
+            prompt_ids = (self.ends.text.encode_chat(list(parsed.messages)) if parsed.messages is not None
+                          else self.ends.text.encode(parsed.prompt or ""))
+        except ChatTemplateError as error:
+            raise ApiError(400, str(error), "messages") from error
+        context = self.ends.manifest.model.context
+        room = context - len(prompt_ids)
+        if room < 1:
+            raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; the model's context is {context}",
+                           "messages" if parsed.messages is not None else "prompt", "context_length_exceeded")
+        if parsed.max_tokens_given and parsed.params.max_tokens > room:
+            raise ApiError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({parsed.params.max_tokens}) "
+                                f"exceeds the context of {context}", "max_tokens", "context_length_exceeded")
+        max_tokens = parsed.params.max_tokens if parsed.max_tokens_given else min(
+            self.config.server.default_max_tokens, room)
+        params = SamplingParams(parsed.params.temperature, parsed.params.top_p, parsed.params.top_k,
+                                parsed.params.seed, max_tokens)
+        request = GenerationRequest(tuple(prompt_ids), params, self.config.codecs.get(parsed.codec),
+                                    frozenset({self.ends.manifest.eos_id}))
+        return prompt_ids, request
+
+    # -- endpoints ----------------------------------------------------------------------
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        parsed = parse_request(await self._body(request), chat, self.model_ids, self.config.codecs.names())
+        prompt_ids, generation = self._prepare(parsed)
+        self.requests_total += 1
+        await self.admissions.enter()
+        try:
+            if parsed.stream:
+                return await self._stream(request, parsed, prompt_ids, generation, chat)
+            return await self._whole(parsed, prompt_ids, generation, chat)
+        finally:
+            self.admissions.leave()
+
+    def _envelope(self, chat: bool, streaming: bool) -> dict[str, Any]:
+        kind = ("chat.completion" if chat else "text_completion") + (".chunk" if streaming and chat else "")
+        prefix = "chatcmpl" if chat else "cmpl"
+        return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
+                "model": self.model_ids[0]}
+
+    @staticmethod
+    def _usage(prompt_ids: list[int], completion: int, stats: HopStats) -> dict[str, Any]:
+        steps = sorted(stats.step_seconds)
+        return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
+                "total_tokens": len(prompt_ids) + completion,
+                "tabswarm": {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
+                             "bytes_received": stats.bytes_received,
+                             "decode_tokens_per_second": round((len(steps) - 1) / sum(stats.step_seconds[1:]), 2)
+                             if len(steps) > 1 else None}}
+
+    async def _whole(self, parsed: ParsedRequest, prompt_ids: list[int], generation: GenerationRequest,
+                     chat: bool) -> web.Response:
+        stats, text, tokens = HopStats(), TextStream(self.ends.text.decode, parsed.stop), []
+        finish = "length"
+        try:
+            async for event in self.engine.generate(generation, stats):
+                if event.token in generation.stop_ids:
+                    finish = "stop"
+                    break
+                tokens.append(event.token)
+                text.push(event.token)
+                if text.stopped:
+                    finish = "stop"
+                    break
+        except NoWorkers as error:
+            raise ApiError(503, str(error), code="no_workers", kind="server_error") from error
+        except GenerationFailed as error:
+            raise ApiError(503, f"generation failed: {error}", code="worker_lost", kind="server_error") from error
+        content = self._stopped_text(text) if text.stopped else text.text()
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": content}
+        else:
+            choice["text"] = content
+        if parsed.return_token_ids:
+            choice["token_ids"] = tokens
+        body = self._envelope(chat, False) | {"choices": [choice],
+                                                "usage": self._usage(prompt_ids, len(tokens), stats)}
+        return web.json_response(body)
+
+    @staticmethod
+    def _stopped_text(text: TextStream) -> str:
+        full = text.text()
+        cuts = [full.find(stop) for stop in text.stops if stop in full]
+        return full[: min(cuts)] if cuts else full
+
+    async def _stream(self, request: web.Request, parsed: ParsedRequest, prompt_ids: list[int],
+                      generation: GenerationRequest, chat: bool) -> web.StreamResponse:
+        stats, text, tokens = HopStats(), TextStream(self.ends.text.decode, parsed.stop), []
+        envelope = self._envelope(chat, True)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        started = False
+
+        async def send(piece: str | None, finish: str | None = None, token: int | None = None) -> None:
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            if chat:
+                choice["delta"] = {} if piece is None else {"content": piece}
+            else:
+                choice["text"] = piece or ""
+            if token is not None and parsed.return_token_ids:
+                choice["token_ids"] = [token]
+            await response.write(f"data: {json.dumps(envelope | {'choices': [choice]})}\n\n".encode())
+
+        finish = "length"
+        try:
+            async for event in self.engine.generate(generation, stats):
+                if not started:
+                    await response.prepare(request)
+                    started = True
+                    if chat:
+                        first = envelope | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                          "finish_reason": None}]}
+                        await response.write(f"data: {json.dumps(first)}\n\n".encode())
+                if event.token in generation.stop_ids:
+                    finish = "stop"
+                    break
+                tokens.append(event.token)
+                piece = text.push(event.token)
+                if piece or parsed.return_token_ids:
+                    await send(piece, token=event.token)
+                if text.stopped:
+                    finish = "stop"
+                    break
+            if not text.stopped:
+                tail = text.finish()
+                if tail:
+                    await send(tail)
+            await send(None, finish)
+            if parsed.include_usage:
+                usage = envelope | {"choices": [], "usage": self._usage(prompt_ids, len(tokens), stats)}
+                await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+        except (NoWorkers, GenerationFailed) as error:
+            code = "no_workers" if isinstance(error, NoWorkers) else "worker_lost"
+            failure = ApiError(503, str(error) if isinstance(error, NoWorkers) else f"generation failed: {error}",
+                               code=code, kind="server_error")
+            if not started:
+                raise failure from error
+            await response.write(f"data: {json.dumps(failure.body())}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):  # the client went away: stop generating
+            log.info("client disconnected; request abandoned after %d tokens", len(tokens))
+            raise
+        if not started:
+            await response.prepare(request)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [{"id": model_id, "object": "model", "created": int(self.started), "owned_by": "tabswarm"}
+                for model_id in self.model_ids]
+        return web.json_response({"object": "list", "data": data})
+
+    async def health(self, request: web.Request) -> web.Response:
+        ready = self.cluster.pipeline() is not None
+        return web.json_response({"status": "ok" if ready else "waiting_for_workers", "ready": ready,
+                                  "workers": len(self.cluster.workers),
+                                  "reason": None if ready else self.cluster.waiting_reason()})
+
+    async def status(self, request: web.Request) -> web.Response:
+        load = self.admissions.load()
+        return web.json_response({
+            "model": self.model_ids[0], "layers": self.ends.manifest.model.layers,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "queue": {"active": load.active, "waiting": load.queued, "max_active": self.admissions.max_active,
+                      "max_waiting": self.admissions.max_queue},
+            "requests_total": self.requests_total, "tokens_generated": self.engine.tokens_generated,
+            "codecs": self.config.codecs.names(), "default_codec": self.config.codecs.default,
+        } | self.cluster.status())
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """ApiError -> its status and OpenAI error body; aiohttp's own 4xx (404, 405) get the same shape."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return web.json_response(error.body(), status=error.status)
+    except web.HTTPException as error:
+        if error.status < 400 or not request.path.startswith("/v1"):
+            raise
+        body = ApiError(error.status, error.reason or "error", code=str(error.status)).body()
+        return web.json_response(body, status=error.status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # a bug, not bad input: log it, answer in the API's shape
+        log.exception("internal error on %s %s", request.method, request.path)
+        body = ApiError(500, "internal error (see the coordinator's log)", kind="server_error").body()
+        return web.json_response(body, status=500)

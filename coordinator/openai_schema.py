@@ -1,0 +1,152 @@
+"""OpenAI-style request bodies -> validated, frozen requests; errors in OpenAI's shape.
+
+Pure: a parsed JSON body in, a ChatCompletion/Completion request or an ApiError out.
+Knows nothing of workers or sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shards.sampling import SamplingParams
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
+class ApiError(Exception):
+    """A request the API refuses: becomes {"error": {...}} with this HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    model: str
+    messages: tuple[dict[str, str], ...] | None   # chat
+    prompt: str | None                              # completion
+    params: SamplingParams
+    max_tokens_given: bool
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    codec: str | None
+    return_token_ids: bool
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float,
+            low_open: bool = False) -> float:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError(400, f"'{name}' must be a number", name)
+    if value < low or value > high or (low_open and value == low):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise ApiError(400, f"'{name}' must be in {bound}, got {value}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, default: int | None, low: int, high: int) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"'{name}' must be an integer", name)
+    if not low <= value <= high:
+        raise ApiError(400, f"'{name}' must be between {low} and {high}, got {value}", name)
+    return value
+
+
+def _content(message: dict, index: int) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ApiError(400, f"messages[{index}].content: only text parts are supported",
+                               f"messages[{index}].content")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise ApiError(400, f"messages[{index}].content must be a string", f"messages[{index}].content")
+
+
+def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: list[str]) -> ParsedRequest:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model", model_ids[0])
+    if not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string", "model")
+    if model not in model_ids:
+        raise ApiError(404, f"the model '{model}' does not exist; available: {', '.join(model_ids)}",
+                       "model", "model_not_found")
+    messages, prompt = None, None
+    if chat:
+        raw = body.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise ApiError(400, "'messages' must be a non-empty list", "messages")
+        checked = []
+        for index, message in enumerate(raw):
+            if not isinstance(message, dict):
+                raise ApiError(400, f"messages[{index}] must be an object", f"messages[{index}]")
+            role = message.get("role")
+            if role not in ROLES:
+                raise ApiError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}",
+                               f"messages[{index}].role")
+            checked.append({"role": "system" if role == "developer" else role,
+                            "content": _content(message, index)})
+        messages = tuple(checked)
+    else:
+        raw_prompt = body.get("prompt")
+        if isinstance(raw_prompt, list) and len(raw_prompt) == 1 and isinstance(raw_prompt[0], str):
+            raw_prompt = raw_prompt[0]
+        if not isinstance(raw_prompt, str) or not raw_prompt:
+            raise ApiError(400, "'prompt' must be a non-empty string", "prompt")
+        prompt = raw_prompt
+    if _integer(body, "n", 1, 1, 1) != 1:
+        raise ApiError(400, "only n = 1 is supported", "n")
+    max_tokens = _integer(body, "max_completion_tokens", None, 1, 1 << 20)
+    max_tokens = _integer(body, "max_tokens", max_tokens, 1, 1 << 20)
+    stop = body.get("stop")
+    if stop is None:
+        stops: tuple[str, ...] = ()
+    elif isinstance(stop, str):
+        stops = (stop,) if stop else ()
+    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop):
+        stops = tuple(stop)
+    else:
+        raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be a boolean", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", "stream_options")
+    extension = body.get("tabswarm") or {}
+    if not isinstance(extension, dict):
+        raise ApiError(400, "'tabswarm' must be an object", "tabswarm")
+    codec = extension.get("codec")
+    if codec is not None and codec not in codecs:
+        raise ApiError(400, f"'tabswarm.codec' must be one of {', '.join(codecs)}", "tabswarm.codec")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, "'seed' must be an integer", "seed")
+    params = SamplingParams(
+        temperature=_number(body, "temperature", 0.0, 0.0, 2.0),  # greedy unless asked: deterministic
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        top_k=_integer(body, "top_k", 0, 0, 1 << 20) or 0,
+        seed=seed,
+        max_tokens=max_tokens or 1,
+    )
+    return ParsedRequest(model=model, messages=messages, prompt=prompt, params=params,
+                         max_tokens_given=max_tokens is not None, stop=stops, stream=stream,
+                         include_usage=bool(options.get("include_usage", False)), codec=codec,
+                         return_token_ids=bool(extension.get("return_token_ids", False)))

@@ -1,0 +1,117 @@
+"""The worker WebSocket endpoint (/ws/worker): reads frames and hands them on.
+
+Thin I/O: RESULT frames go to the link's waiting call, control messages to the
+cluster. A malformed frame closes that socket with the decoder's reason (code 1003);
+a message out of protocol order closes it with 1008. Other sockets carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from coordinator.cluster import Cluster
+from coordinator.worker_link import WorkerLink
+from protocol.control import decode_control
+from protocol.errors import FrameError
+from protocol.frames import HEADER_SIZE, MAX_PAYLOAD, VERSION, FrameKind, parse_frame
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY = 1008
+
+
+class ProtocolViolation(Exception):
+    """A well-formed frame sent out of order (e.g. a RESULT before hello)."""
+
+
+class WorkerLeaving(Exception):
+    """The worker said `leave`: close normally."""
+
+
+async def handle_worker(request: web.Request, cluster: Cluster) -> web.WebSocketResponse:
+    socket = web.WebSocketResponse(compress=False, max_msg_size=HEADER_SIZE + MAX_PAYLOAD)
+    await socket.prepare(request)
+    link = WorkerLink(cluster.next_worker_id(), socket, request.remote or "?")
+    reason = "connection closed"
+    try:
+        async for message in socket:
+            if message.type == WSMsgType.BINARY:
+                try:
+                    await _dispatch(cluster, link, message.data)
+                except FrameError as error:  # malformed frame: this socket only
+                    reason = f"{error.reason}: {error.detail}"
+                    log.warning("closing worker %s: %s", link.id, reason)
+                    await link.close(CLOSE_UNSUPPORTED_DATA, reason)
+                    break
+                except WorkerLeaving as error:  # a goodbye, not an error
+                    reason = f"worker left: {error}"
+                    await link.close(1000, reason)
+                    break
+                except ProtocolViolation as error:  # well-formed but out of order
+                    reason = str(error)
+                    log.warning("closing worker %s: %s", link.id, reason)
+                    await link.close(CLOSE_POLICY, reason)
+                    break
+            elif message.type == WSMsgType.TEXT:
+                reason = "text message: this endpoint speaks binary frames only"
+                await link.close(CLOSE_UNSUPPORTED_DATA, reason)
+                break
+            elif message.type == WSMsgType.ERROR:
+                reason = f"socket error: {socket.exception()}"
+                break
+    finally:
+        await cluster.leave(link, reason)
+    return socket
+
+
+async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
+    header, _ = parse_frame(data)
+    link.info.last_seen = time.monotonic()
+    if header.kind == FrameKind.RESULT:
+        if link.info.state == "joining":
+            raise ProtocolViolation("a RESULT before hello")
+        link.deliver_result(data)
+        return
+    if header.kind == FrameKind.FORWARD:
+        raise ProtocolViolation("workers do not send FORWARD frames")
+    message = decode_control(data)
+    kind = message["type"]
+    if link.info.state == "joining" and kind != "hello":
+        raise ProtocolViolation(f"expected hello, got {kind}")
+    if kind == "hello":
+        if message["protocol"] != VERSION:
+            raise ProtocolViolation(f"worker speaks protocol {message['protocol']}, coordinator {VERSION}")
+        await cluster.join(link, message)
+    elif kind == "ready":
+        await cluster.ready(link, message)
+    elif kind == "progress":
+        link.info.progress = (message["done"], message["total"])
+    elif kind == "stats":
+        link.info.tokens = message["tokens"]
+        link.info.compute_ms = float(message["compute_ms"])
+    elif kind == "error":
+        log.warning("worker %s reports %s: %s", link.id, message["code"], message["message"])
+    elif kind == "leave":
+        raise WorkerLeaving(message["reason"])
+    # heartbeat: last_seen was updated above
+
+
+async def heartbeat_loop(cluster: Cluster, interval: float) -> None:
+    """Ping every worker; drop those silent for three intervals (a frozen or hidden tab)."""
+    while True:
+        await asyncio.sleep(interval)
+        now = time.monotonic()
+        for link in list(cluster.workers.values()):
+            if now - link.info.last_seen > 3 * interval:
+                await link.close(CLOSE_POLICY, f"no heartbeat for {now - link.info.last_seen:.0f} s")
+                await cluster.leave(link, "heartbeat timeout")
+                continue
+            try:
+                await link.send_control({"type": "heartbeat", "time": time.time()})
+            except Exception as error:  # a send racing a close; the reader loop will clean up
+                log.debug("heartbeat to %s failed: %s", link.id, error)

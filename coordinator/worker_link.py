@@ -1,0 +1,122 @@
+"""One worker tab's WebSocket, as the coordinator sees it: a thin I/O layer.
+
+Owns sending frames, matching RESULT frames to the calls waiting for them, and failing
+those calls when the socket goes away. Decides nothing about plans or requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.planner import Stage
+from protocol.control import encode_control
+from protocol.frames import parse_frame
+
+log = logging.getLogger(__name__)
+
+
+class WorkerLost(RuntimeError):
+    """The worker holding a stage went away (or stopped answering) during a request."""
+
+
+@dataclass
+class WorkerInfo:
+    """What a worker told us about itself (hello) and what it is doing."""
+
+    name: str = ""
+    backend: str = "?"
+    threads: int = 1
+    benchmark_ms: float = 0.0
+    memory_mb: float | None = None
+    agent: str = ""
+    state: str = "joining"         # joining -> loading -> ready
+    stage: Stage | None = None     # what it was assigned
+    loaded: Stage | None = None    # what it reported ready for
+    load_ms: float | None = None
+    cached: bool | None = None
+    progress: tuple[int, int] | None = None
+    tokens: int = 0
+    compute_ms: float = 0.0
+    last_seen: float = field(default_factory=time.monotonic)
+    joined: float = field(default_factory=time.time)
+
+
+class WorkerLink:
+    def __init__(self, worker_id: str, socket: web.WebSocketResponse, remote: str) -> None:
+        self.id = worker_id
+        self.socket = socket
+        self.remote = remote
+        self.info = WorkerInfo()
+        self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
+        self._send_lock = asyncio.Lock()
+        self.closed = False
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    async def send(self, frame: bytes) -> None:
+        if self.closed:
+            raise WorkerLost(f"worker {self.id} is gone")
+        async with self._send_lock:
+            try:
+                await self.socket.send_bytes(frame)
+            except (ConnectionResetError, RuntimeError) as error:  # socket closed under us
+                raise WorkerLost(f"worker {self.id} is gone: {error}") from error
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+
+    async def send_control(self, message: dict[str, Any], stream: int = 0) -> None:
+        await self.send(encode_control(message, stream))
+
+    async def call(self, frame: bytes, stream: int, position: int, timeout: float) -> bytes:
+        """Send a FORWARD frame and wait for the RESULT for the same (stream, position)."""
+        key = (stream, position)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            await self.send(frame)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as error:
+            raise WorkerLost(f"worker {self.id} did not answer within {timeout:.0f} s") from error
+        finally:
+            self._pending.pop(key, None)
+
+    def deliver_result(self, frame: bytes) -> None:
+        """A RESULT frame arrived: wake the call waiting for it (late ones are dropped)."""
+        header, _ = parse_frame(frame)
+        self.bytes_received += len(frame)
+        future = self._pending.get((header.stream, header.position))
+        if future is not None and not future.done():
+            future.set_result(frame)
+
+    def fail_all(self, reason: str) -> None:
+        self.closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) left: {reason}"))
+        self._pending.clear()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.fail_all(reason)
+        if not self.socket.closed:
+            await self.socket.close(code=code, message=reason[:120].encode())
+
+    def status(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "id": self.id, "name": info.name, "remote": self.remote, "state": info.state,
+            "backend": info.backend, "threads": info.threads, "benchmark_ms": info.benchmark_ms,
+            "memory_mb": info.memory_mb, "agent": info.agent,
+            "layers": [info.stage.layer_start, info.stage.layer_end] if info.stage else None,
+            "load_ms": info.load_ms, "cached": info.cached,
+            "progress": list(info.progress) if info.progress else None,
+            "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
+            "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+        }

@@ -1,0 +1,68 @@
+"""The reference executor run through the wire codec exactly as the pipeline runs it.
+
+Owns the simulation the distributed pipeline is compared with when its codec is lossy:
+the coordinator codes the embedding output for stage 0; each stage codes its output once
+(relayed untouched to the next stage, decoded there); the last is decoded for the head.
+Same per-stream codec state, same frames (a prompt frame, then one row per frame).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from protocol.activation_codec import (
+    CodecSettings,
+    Route,
+    StreamCodecState,
+    decode_activation,
+    encode_activation,
+)
+from protocol.frames import FrameKind
+from shards.executor import ReferenceExecutor
+from shards.sampling import SamplingParams, make_rng, sample_token
+
+
+class CodedBoundary:
+    """One link of one stream: the sender's encoder state and the receiver's decoder state."""
+
+    def __init__(self, settings: CodecSettings) -> None:
+        self.settings = settings
+        self.encoder, self.decoder = StreamCodecState(), StreamCodecState()
+        self.frame_bytes = 0
+
+    def __call__(self, rows: np.ndarray, position: int) -> np.ndarray:
+        """rows (tokens, hidden) -> what the receiver decodes."""
+        frame = encode_activation(rows, Route(FrameKind.FORWARD, 1, position), self.settings, self.encoder)
+        self.frame_bytes += len(frame)
+        return decode_activation(frame, self.decoder)[1]
+
+
+def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: SamplingParams,
+                   cuts: list[int], settings: CodecSettings, stop_ids: frozenset[int]) -> list[int]:
+    """Greedy/sampled token ids with the codec at every stage boundary (cuts = stage starts after 0)."""
+    layers = executor.manifest.model.layers
+    bounds = [0, *cuts, layers]
+    links = [CodedBoundary(settings) for _ in bounds]
+    stream = 50_000 + len(cuts)
+    rng = make_rng(params)
+    tokens: list[int] = []
+    ids, position = list(prompt_ids), 0
+    try:
+        for _ in range(params.max_tokens):
+            hidden = executor.embed(ids)
+            positions = np.arange(position, position + len(ids), dtype=np.int64)[None]
+            for index, (first, last) in enumerate(itertools.pairwise(bounds)):
+                hidden = links[index](hidden[0], position)[None]
+                hidden = executor.stack.forward(stream, hidden, positions, layers=range(first, last))
+            hidden = links[-1](hidden[0], position)[None]
+            token = sample_token(executor.logits(hidden[:, -1:])[0, -1], params, rng)
+            tokens.append(token)
+            if token in stop_ids:
+                break
+            position += len(ids)
+            ids = [token]
+    finally:
+        executor.stack.release(stream)
+    return tokens
