@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from typing import Any
 
@@ -102,9 +103,9 @@ class Cluster:
 
     # -- planning ----------------------------------------------------------------------
     def capacities(self, links: list[WorkerLink]) -> list[WorkerCapacity]:
-        """Planner input. Speeds are relative to the fastest, in steps of 1/4: a browser
-        benchmark is noisy (identical tabs measured 30 vs 35 ms), and an even split between
-        equal machines matters more than following that noise."""
+        """Planner input. Speeds are relative to the fastest, snapped to powers of two: a
+        browser benchmark is noisy (identical tabs on one busy machine measured up to 1.3x
+        apart), and an even split between equal machines matters more than that noise."""
         layers = self.manifest.model.layers
         fastest = min(max(link.info.benchmark_ms, 0.1) for link in links) if links else 1.0
         capacities = []
@@ -114,7 +115,7 @@ class Cluster:
                 per_layer_mb = max(self.layer_bytes) * MEMORY_PER_LAYER_FACTOR / 2**20
                 max_layers = min(layers, int(link.info.memory_mb / per_layer_mb))
             relative = fastest / max(link.info.benchmark_ms, 0.1)
-            capacities.append(WorkerCapacity(link.id, max(0.25, round(relative * 4) / 4), max_layers))
+            capacities.append(WorkerCapacity(link.id, 2.0 ** round(math.log2(relative)), max_layers))
         return capacities
 
     async def replan(self, force: bool = False) -> None:

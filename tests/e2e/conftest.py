@@ -46,6 +46,11 @@ async def static_server(shard_dir: Path) -> AsyncIterator[str]:
     from coordinator.static_files import add_static_routes, isolation_headers
 
     app = web.Application(middlewares=[isolation_headers])
+
+    async def blank(request: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html><title>blank</title>", content_type="text/html")
+
+    app.router.add_get("/blank.html", blank)  # a page with no worker script of its own
     add_static_routes(app, shard_dir)
     runner = web.AppRunner(app)
     await runner.setup()

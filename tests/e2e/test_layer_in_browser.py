@@ -50,7 +50,7 @@ async def test_layer_matches_native_onnxruntime(browser, static_server, shard_di
     hidden = np.random.default_rng(7).standard_normal((1, prefill + 1, 576)).astype(np.float32)
     page = await browser.new_page()
     try:
-        await page.goto(f"{static_server}/worker/index.html")
+        await page.goto(f"{static_server}/blank.html")
         assert await page.evaluate("crossOriginIsolated"), "COOP/COEP headers missing"
         result = await page.evaluate(RUN_LAYER_JS, {"layer": LAYER, "hidden": hidden.ravel().tolist(),
                                                     "prefill": prefill, "backend": backend})

@@ -11,41 +11,19 @@ import aiohttp
 import pytest
 
 from coordinator.app import CLUSTER
-from coordinator.config import CodecPresets
 from protocol.frames import FrameKind, pack_frame
-from shards.coded_reference import coded_generate
 from shards.sampling import SamplingParams
-from tests.integration.conftest import running_app, wait_ready
 from tests.integration.fake_worker import FakeWorker
-
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-COLOURS = [{"role": "user", "content": "Name three colours."}]
-
-
-async def post(base: str, path: str, body, raw: bool = False):
-    async with aiohttp.ClientSession() as session:
-        data = body if raw else json.dumps(body)
-        async with session.post(base + path, data=data, headers={"Content-Type": "application/json"}) as response:
-            return response.status, await response.json(content_type=None)
-
-
-async def stream_events(base: str, body: dict) -> list:
-    events = []
-    async with aiohttp.ClientSession() as session, session.post(base + "/v1/chat/completions", json=body) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/event-stream")
-        async for line in response.content:
-            text = line.decode().strip()
-            if text.startswith("data: "):
-                events.append(text[6:] if text == "data: [DONE]" else json.loads(text[6:]))
-    return events
-
-
-def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: list[int]) -> list[int]:
-    ids = reference.text.encode_chat(messages)
-    tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts,
-                            CodecPresets().get(codec), frozenset({reference.manifest.eos_id}))
-    return [token for token in tokens if token != reference.manifest.eos_id]
+from tests.support import (
+    COLOURS,
+    FRANCE,
+    cuts_of,
+    post,
+    reference_tokens,
+    running_app,
+    stream_events,
+    wait_ready,
+)
 
 
 @pytest.mark.parametrize("codec", ["lossless", "int8"])
@@ -54,7 +32,7 @@ async def test_tokens_equal_reference(two_worker_cluster, reference, codec):
     status, body = await post(base, "/v1/chat/completions", {
         "messages": COLOURS, "max_tokens": 24, "tabswarm": {"codec": codec, "return_token_ids": True}})
     assert status == 200, body
-    cuts = [stage["layers"][0] for stage in (await wait_ready(base, 2))["plan"][1:]]
+    cuts = cuts_of(await wait_ready(base, 2))
     assert body["choices"][0]["token_ids"] == reference_tokens(reference, COLOURS, codec, 24, cuts)
     usage = body["usage"]
     assert usage["completion_tokens"] == len(body["choices"][0]["token_ids"])

@@ -1,0 +1,152 @@
+"""The product, end to end: a real coordinator, real Chromium worker tabs running the
+real model with onnxruntime-web (WASM), requests over HTTP. Tokens must equal the
+reference executor's (lossless codec), and the reference run through the same codec
+(default int8 codec)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+import aiohttp
+import pytest
+
+from shards.sampling import SamplingParams
+from tests.e2e.tabs import Tabs
+from tests.support import (
+    COLOURS,
+    FRANCE,
+    cuts_of,
+    post,
+    reference_tokens,
+    running_app,
+    status_of,
+    stream_events,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+LOAD_TIMEOUT = 180.0
+
+
+@pytest.fixture(scope="module")
+async def cluster(browser, shard_dir):
+    async with running_app(shard_dir, join_settle_seconds=1.5, step_timeout_seconds=60.0) as (_, base):
+        tabs = await Tabs.open_for(browser, base)
+        await tabs.open("tab-1")
+        await tabs.open("tab-2")
+        await wait_ready(base, 2, LOAD_TIMEOUT)
+        yield base, tabs
+        await tabs.close_all()
+
+
+def assert_covers_all_layers(status: dict, stages: int) -> None:
+    layers = [stage["layers"] for stage in status["plan"]]
+    assert len(layers) == stages and layers[0][0] == 0 and layers[-1][1] == 30
+    assert all(first[1] == second[0] for first, second in itertools.pairwise(layers))
+
+
+async def test_two_tabs_split_the_layers(cluster):
+    base, _ = cluster
+    status = await wait_ready(base, 2)
+    assert_covers_all_layers(status, 2)
+    assert {worker["backend"] for worker in status["workers"]} == {"wasm"}
+
+
+@pytest.mark.parametrize("codec", ["lossless", "int8"])
+async def test_tokens_equal_reference(cluster, reference, codec):
+    base, _ = cluster
+    status, body = await post(base, "/v1/chat/completions", {
+        "messages": COLOURS, "max_tokens": 24, "tabswarm": {"codec": codec, "return_token_ids": True}})
+    assert status == 200, body
+    cuts = cuts_of(await wait_ready(base, 2))
+    assert body["choices"][0]["token_ids"] == reference_tokens(reference, COLOURS, codec, 24, cuts)
+
+
+async def test_chat_answer_and_stream(cluster, reference):
+    base, _ = cluster
+    _, whole = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 20,
+                                                         "tabswarm": {"return_token_ids": True}})
+    plain = [s.token for s in reference.generate(reference.text.encode_chat(FRANCE), SamplingParams(max_tokens=20))]
+    assert whole["choices"][0]["token_ids"] == [t for t in plain if t != reference.manifest.eos_id]
+    assert whole["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    events = await stream_events(base, {"messages": FRANCE, "max_tokens": 20, "stream": True})
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert events[-1] == "[DONE]" and text == whole["choices"][0]["message"]["content"]
+
+
+async def test_two_concurrent_requests_equal_their_solo_outputs(cluster):
+    base, _ = cluster
+    bodies = [{"messages": m, "max_tokens": 20, "tabswarm": {"return_token_ids": True}} for m in (FRANCE, COLOURS)]
+    solo = [(await post(base, "/v1/chat/completions", b))[1]["choices"][0]["token_ids"] for b in bodies]
+    together = await asyncio.gather(*(post(base, "/v1/chat/completions", b) for b in bodies))
+    assert [body["choices"][0]["token_ids"] for _, body in together] == solo
+
+
+async def test_third_tab_joins_and_the_layers_are_replanned(cluster, reference):
+    base, tabs = cluster
+    await tabs.open("tab-3")
+    status = await wait_ready(base, 3, LOAD_TIMEOUT)
+    assert_covers_all_layers(status, 3)
+    _, body = await post(base, "/v1/chat/completions", {
+        "messages": COLOURS, "max_tokens": 24, "tabswarm": {"codec": "lossless", "return_token_ids": True}})
+    assert body["choices"][0]["token_ids"] == reference_tokens(reference, COLOURS, "lossless", 24, cuts_of(status))
+    assert body["usage"]["tabswarm"]["stages"] == 3
+
+
+async def test_tab_closed_mid_request_fails_fast_then_the_rest_recover(cluster):
+    base, tabs = cluster
+    events: list[str] = []
+
+    async def read() -> None:
+        async with aiohttp.ClientSession() as session, session.post(
+                base + "/v1/chat/completions",
+                json={"messages": COLOURS, "max_tokens": 400, "stream": True}) as response:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    events.append(line[6:].decode().strip())
+                    if len(events) == 4:
+                        await tabs.close("tab-3")
+
+    await asyncio.wait_for(read(), 60)  # no hang: the stream ends soon after the tab closes
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert "error" in last and last["error"]["code"] == "worker_lost", last
+    assert_covers_all_layers(await wait_ready(base, 2, LOAD_TIMEOUT), 2)
+    code, body = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 12})
+    assert code == 200 and "Paris" in body["choices"][0]["message"]["content"]
+
+
+async def test_reopened_tab_loads_its_layers_from_the_browser_cache(cluster):
+    base, tabs = cluster
+    await tabs.close("tab-2")
+    await wait_ready(base, 1, LOAD_TIMEOUT)
+    await tabs.open("tab-2")
+    status = await wait_ready(base, 2, LOAD_TIMEOUT)
+    reopened = next(worker for worker in status["workers"] if worker["name"] == "tab-2")
+    assert reopened["cached"] is True
+
+
+async def test_chat_page_answers_a_person(cluster, browser):
+    base, _ = cluster
+    page = await browser.new_page()
+    try:
+        await page.goto(base + "/")
+        await page.wait_for_selector("text=ready", timeout=30_000)
+        await page.fill("#prompt", "What is the capital of France?")
+        await page.press("#prompt", "Enter")
+        await page.wait_for_function(
+            "document.querySelector('.assistant') && document.querySelector('.assistant').textContent.includes('Paris')",
+            timeout=60_000)
+        await page.wait_for_selector(".meta:has-text('tok/s')", timeout=30_000)
+        assert "tab-1" in await page.inner_text("#workers")
+    finally:
+        await page.close()
+
+
+async def test_status_reports_worker_activity(cluster):
+    base, _ = cluster
+    status = await status_of(base)
+    assert status["tokens_generated"] > 0
+    assert all(worker["bytes_sent"] > 0 for worker in status["workers"])

@@ -1,0 +1,83 @@
+"""Helpers shared by the integration and e2e levels: a real app on a real port, HTTP calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import aiohttp
+from aiohttp import web
+
+from coordinator.app import create_app
+from coordinator.config import AppConfig, CodecPresets, ServerConfig
+from shards.coded_reference import coded_generate
+from shards.sampling import SamplingParams
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+COLOURS = [{"role": "user", "content": "Name three colours."}]
+
+
+@contextlib.asynccontextmanager
+async def running_app(shard_dir, **server_options) -> AsyncIterator[tuple[web.Application, str]]:
+    server = replace(ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.05,
+                                  worker_wait_seconds=30.0, heartbeat_seconds=30.0), **server_options)
+    app = create_app(AppConfig(server=server), shard_dir)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield app, f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def status_of(base: str) -> dict:
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/status") as response:
+        return await response.json()
+
+
+async def wait_ready(base: str, workers: int, timeout: float = 60.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await status_of(base)
+        if status["ready"] and len(status["plan"]) == workers:
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"cluster not ready with {workers} stages: {json.dumps(status)[:2000]}")
+        await asyncio.sleep(0.1)
+
+
+async def post(base: str, path: str, body, raw: bool = False):
+    async with aiohttp.ClientSession() as session:
+        data = body if raw else json.dumps(body)
+        async with session.post(base + path, data=data, headers={"Content-Type": "application/json"}) as response:
+            return response.status, await response.json(content_type=None)
+
+
+async def stream_events(base: str, body: dict) -> list:
+    events: list = []
+    async with aiohttp.ClientSession() as session, session.post(base + "/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for line in response.content:
+            text = line.decode().strip()
+            if text.startswith("data: "):
+                events.append(text[6:] if text == "data: [DONE]" else json.loads(text[6:]))
+    return events
+
+
+def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: list[int]) -> list[int]:
+    """The reference executor's tokens through the same codec and stage cuts (EOS dropped)."""
+    ids = reference.text.encode_chat(messages)
+    tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts,
+                            CodecPresets().get(codec), frozenset({reference.manifest.eos_id}))
+    return [token for token in tokens if token != reference.manifest.eos_id]
+
+
+def cuts_of(status: dict) -> list[int]:
+    return [stage["layers"][0] for stage in status["plan"][1:]]
