@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-test run test lint bench clean
+.PHONY: setup setup-test run chat test lint bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -11,7 +11,12 @@ setup:
 setup-test:
 	TABSWARM_WITH_REFERENCE=1 bash scripts/setup.sh
 
+# The main job: the coordinator on the default model with two headless Chromium worker
+# tabs; open the printed URL to chat, or point other browsers at /worker/ to add nodes.
 run: setup
+	$(VENV)/bin/tabswarm serve --headless-workers 2
+
+chat: setup
 	$(VENV)/bin/tabswarm chat
 
 test: setup-test
@@ -20,6 +25,10 @@ test: setup-test
 lint:
 	$(VENV)/bin/ruff check coordinator protocol shards tests bench
 	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m bench.codec_quality
+	$(PY) -m bench.pipeline_speed
 
 clean:
 	rm -rf $(VENV) node_modules data .setup-stamps

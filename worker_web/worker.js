@@ -114,14 +114,17 @@ function streamState(map, stream) {
 async function onForward(bytes, stream) {
   const { header, values } = decodeActivation(bytes, streamState(worker.decoders, stream));
   const runner = worker.runner;
-  if (!runner || header.layerStart !== runner.layerStart || header.layerEnd !== runner.layerEnd) {
+  const echo = header.layerStart === header.layerEnd; // no layers: a measured round trip
+  if (!echo && (!runner || header.layerStart !== runner.layerStart || header.layerEnd !== runner.layerEnd)) {
     sendControl({ type: 'error', code: 'not-assigned', message: `layers [${header.layerStart}, ${header.layerEnd}) are not loaded here`, stream: header.stream }, header.stream);
     return;
   }
   const started = performance.now();
-  const output = await runner.forward(header.stream, values, header.rows, header.position, header.skipMask);
-  worker.computeMs += performance.now() - started;
-  worker.tokens += header.rows;
+  const output = echo ? values : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask);
+  if (!echo) {
+    worker.computeMs += performance.now() - started;
+    worker.tokens += header.rows;
+  }
   if (header.flags & Flag.NO_REPLY) return;
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
     runLength: header.encoding === Encoding.INT8_BLOCK, keyInterval: worker.assignment.codec.key_interval || 64 };
@@ -129,7 +132,7 @@ async function onForward(bytes, stream) {
     position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd, skipMask: header.skipMask },
   settings, streamState(worker.encoders, header.stream)));
   ui.set('tokens', `${worker.tokens} rows, ${(worker.computeMs / Math.max(worker.tokens, 1)).toFixed(2)} ms/row`);
-  if (performance.now() - worker.lastStats > 1000) {
+  if (runner && performance.now() - worker.lastStats > 1000) {
     worker.lastStats = performance.now();
     sendControl({ type: 'stats', tokens: worker.tokens, compute_ms: worker.computeMs, streams: runner.streams.size });
   }

