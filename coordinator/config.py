@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.router import RouterConfig
 from protocol.activation_codec import LOSSLESS, CodecSettings
 from protocol.frames import Encoding
 
@@ -67,3 +68,4 @@ class AppConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     codecs: CodecPresets = field(default_factory=CodecPresets)
+    router: RouterConfig = field(default_factory=RouterConfig)   # off: see docs/skipping.md

@@ -16,9 +16,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from coordinator.cluster import Cluster
+from coordinator.cluster import Cluster, Pipeline
 from coordinator.config import ServerConfig
-from coordinator.worker_link import WorkerLost
+from coordinator.planner import Stage
+from coordinator.router import (
+    LayerStatistics,
+    NodeDecision,
+    RouterConfig,
+    TokenState,
+    decide,
+    observe,
+    start_token,
+)
+from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.activation_codec import (
     CodecSettings,
     Route,
@@ -43,6 +53,7 @@ class GenerationRequest:
     params: SamplingParams
     codec: CodecSettings
     stop_ids: frozenset[int]
+    router: RouterConfig = field(default_factory=RouterConfig)
 
 
 @dataclass
@@ -53,6 +64,10 @@ class HopStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     stages: int = 0
+    layer_executions: int = 0
+    layers_skipped: int = 0
+    nodes_bypassed: int = 0
+    hops_saved: int = 0
     step_seconds: list[float] = field(default_factory=list)
 
 
@@ -63,12 +78,15 @@ class TokenEvent:
 
 
 class GenerationEngine:
+    """Runs requests through the cluster's pipeline; the router decides skips per token."""
+
     def __init__(self, ends: ModelEnds, cluster: Cluster, config: ServerConfig) -> None:
         self.ends = ends
         self.cluster = cluster
         self.config = config
         self._streams = itertools.count(1)
         self.tokens_generated = 0
+        self.layer_statistics = LayerStatistics(ends.manifest.model.layers)  # the router's running means
 
     async def _run(self, function, *args):
         """Run a native onnxruntime call off the event loop (it releases the GIL)."""
@@ -79,6 +97,7 @@ class GenerationEngine:
         stream = next(self._streams)
         stats.stages = len(pipeline)
         encoder, decoder = StreamCodecState(), StreamCodecState()
+        routing = TokenState()
         rng = make_rng(request.params)
         ids = list(request.prompt_ids)
         position = 0
@@ -88,19 +107,11 @@ class GenerationEngine:
             for _ in range(request.params.max_tokens):
                 started = time.perf_counter()
                 rows = hidden[0]
-                first = pipeline[0][0]
-                frame = encode_activation(rows, Route(FrameKind.FORWARD, stream, position, first.layer_start,
-                                                      first.layer_end), request.codec, encoder)
-                for index, (stage, link) in enumerate(pipeline):
-                    if index:
-                        frame = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end)
-                    stats.bytes_sent += len(frame)
-                    try:
-                        frame = await link.call(frame, stream, position, self.config.step_timeout_seconds)
-                    except WorkerLost as error:
-                        raise GenerationFailed(str(error)) from error
-                    stats.bytes_received += len(frame)
-                    stats.hops += 1
+                frame = encode_activation(rows, Route(FrameKind.FORWARD, stream, position), request.codec, encoder)
+                start_token(routing)
+                for stage, link in pipeline:
+                    frame = await self._stage(request, stats, routing, stage, link, frame, stream, position,
+                                              one_row=len(rows) == 1)
                 _, values = decode_activation(frame, decoder)          # (rows, hidden)
                 logits = (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
                 token = sample_token(logits, request.params, rng)
@@ -113,9 +124,48 @@ class GenerationEngine:
                     return
                 hidden = await self._run(self.ends.embed, [token])
         finally:
-            await self.cluster.request_finished()
-            for stage, link in pipeline:
-                try:
-                    await link.send_control({"type": "release", "stream": stream}, stream)
-                except WorkerLost:  # that worker is gone; its caches went with it
-                    log.debug("release of stream %d skipped on gone worker %s", stream, stage.worker)
+            await self._release(pipeline, stream)
+
+    async def _stage(self, request: GenerationRequest, stats: HopStats, routing: TokenState, stage: Stage,
+                     link: WorkerLink, frame: bytes, stream: int, position: int, one_row: bool) -> bytes:
+        """One stage for one step: run it (with the router's skip mask) or bypass it."""
+        decision = (decide(request.router, self.layer_statistics, routing, position, stage.layer_start,
+                           stage.layer_end) if one_row else NodeDecision(0, False))
+        stats.layer_executions += stage.size
+        stats.layers_skipped += bin(decision.skip_mask).count("1")
+        try:
+            if decision.bypass:
+                # Off the critical path: the node gets the hidden state it would have seen and
+                # writes K/V for all its layers (K/V-only graphs); nobody waits for it.
+                backfill = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
+                                    skip_mask=decision.skip_mask, no_reply=True)
+                await link.send(backfill)
+                stats.bytes_sent += len(backfill)
+                stats.nodes_bypassed += 1
+                stats.hops_saved += 1
+                observe(request.router, self.layer_statistics, routing, stage.layer_start, stage.layer_end,
+                        decision, [], [], None)
+                return frame   # the next stage gets the same payload
+            forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
+                               skip_mask=decision.skip_mask)
+            stats.bytes_sent += len(forward)
+            result = await link.call(forward, stream, position, self.config.step_timeout_seconds)
+        except WorkerLost as error:
+            raise GenerationFailed(str(error)) from error
+        stats.bytes_received += len(result)
+        stats.hops += 1
+        report = link.take_layer_stats(stream, position)
+        if report is not None:
+            observe(request.router, self.layer_statistics, routing, stage.layer_start, stage.layer_end, decision,
+                    [float(r) for r in report["ratios"]], [float(n) for n in report.get("norms", [])],
+                    float(report["node_ratio"]))
+        return result
+
+    async def _release(self, pipeline: Pipeline, stream: int) -> None:
+        """The request is over: count it out, and have every worker free its caches."""
+        await self.cluster.request_finished()
+        for stage, link in pipeline:
+            try:
+                await link.send_control({"type": "release", "stream": stream}, stream)
+            except WorkerLost:  # that worker is gone; its caches went with it
+                log.debug("release of stream %d skipped on gone worker %s", stream, stage.worker)

@@ -104,7 +104,7 @@ class Api:
         params = SamplingParams(parsed.params.temperature, parsed.params.top_p, parsed.params.top_k,
                                 parsed.params.seed, max_tokens)
         request = GenerationRequest(tuple(prompt_ids), params, self.config.codecs.get(parsed.codec),
-                                    frozenset({self.ends.manifest.eos_id}))
+                                    frozenset({self.ends.manifest.eos_id}), parsed.router or self.config.router)
         return prompt_ids, request
 
     # -- endpoints ----------------------------------------------------------------------
@@ -138,6 +138,8 @@ class Api:
         return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
                 "total_tokens": len(prompt_ids) + completion,
                 "tabswarm": {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
+                             "layer_executions": stats.layer_executions, "layers_skipped": stats.layers_skipped,
+                             "nodes_bypassed": stats.nodes_bypassed, "hops_saved": stats.hops_saved,
                              "bytes_received": stats.bytes_received,
                              "decode_tokens_per_second": round((len(steps) - 1) / sum(stats.step_seconds[1:]), 2)
                              if len(steps) > 1 else None}}
@@ -260,7 +262,15 @@ class Api:
                       "max_waiting": self.admissions.max_queue},
             "requests_total": self.requests_total, "tokens_generated": self.engine.tokens_generated,
             "codecs": self.config.codecs.names(), "default_codec": self.config.codecs.default,
+            "router": {"default_policy": self.config.router.policy, "skip_rate_per_layer": self._skip_rates(),
+                       "skipped_per_layer": list(self.engine.layer_statistics.skipped),
+                       "mean_ratio_per_layer": [round(r, 4) for r in self.engine.layer_statistics.mean_r]},
         } | self.cluster.status())
+
+    def _skip_rates(self) -> list[float | None]:
+        statistics = self.engine.layer_statistics
+        return [round(skipped / (skipped + executed), 4) if skipped + executed else None
+                for skipped, executed in zip(statistics.skipped, statistics.executed, strict=True)]
 
 
 @web.middleware

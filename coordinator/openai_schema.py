@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.router import POLICIES, RouterConfig
 from shards.sampling import SamplingParams
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -38,6 +39,7 @@ class ParsedRequest:
     include_usage: bool
     codec: str | None
     return_token_ids: bool
+    router: RouterConfig | None       # None: the server's default
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float,
@@ -136,6 +138,7 @@ def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: lis
     codec = extension.get("codec")
     if codec is not None and codec not in codecs:
         raise ApiError(400, f"'tabswarm.codec' must be one of {', '.join(codecs)}", "tabswarm.codec")
+    router = _router(extension.get("router"))
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "'seed' must be an integer", "seed")
@@ -149,4 +152,31 @@ def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: lis
     return ParsedRequest(model=model, messages=messages, prompt=prompt, params=params,
                          max_tokens_given=max_tokens is not None, stop=stops, stream=stream,
                          include_usage=bool(options.get("include_usage", False)), codec=codec,
-                         return_token_ids=bool(extension.get("return_token_ids", False)))
+                         return_token_ids=bool(extension.get("return_token_ids", False)), router=router)
+
+
+ROUTER_KNOBS = ("threshold", "capacity", "node_threshold")
+
+
+def _router(value: Any) -> RouterConfig | None:
+    """`tabswarm.router`: {"policy": ..., "threshold" | "capacity" | "node_threshold": number,
+    "protect_tokens": int, "script": [[position, layer], ...]}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("policy") not in POLICIES:
+        raise ApiError(400, f"'tabswarm.router' must be an object with a policy in {', '.join(POLICIES)}",
+                       "tabswarm.router")
+    options: dict[str, Any] = {"policy": value["policy"]}
+    for knob in ROUTER_KNOBS:
+        if knob in value:
+            options[knob] = _number(value, knob, 0.0, 0.0, 100.0)
+    if "protect_tokens" in value:
+        options["protect_tokens"] = _integer(value, "protect_tokens", 4, 1, 1 << 20)
+    script = value.get("script", [])
+    if not isinstance(script, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int) and x >= 0 for x in pair)
+            for pair in script):
+        raise ApiError(400, "'tabswarm.router.script' must be a list of [position, layer] pairs",
+                       "tabswarm.router.script")
+    options["script"] = frozenset((position, layer) for position, layer in script)
+    return RouterConfig(**options)

@@ -16,6 +16,8 @@ Policies:
              the prediction is under `threshold`; never two skips in a row.
   node       bypass a whole node when its predicted total update
              r(last) * mean_node_r / mean_r(last) is under `node_threshold`.
+  script     skip exactly the (position, layer) pairs listed in `script` (experiments and
+             tests: a node whose layers are all listed for a token is bypassed).
 Always: the first and last layer are protected, and so are the first `protect_tokens`
 positions (token 0 is an attention sink; skipping it wrecks the model).
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-POLICIES = ("off", "synapse", "predictor", "node")
+POLICIES = ("off", "synapse", "predictor", "node", "script")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RouterConfig:
     protect_first_last: bool = True
     warmup: int = 32               # observations of a layer before its mean is trusted
     smoothing: float = 0.02        # moving-average weight of one observation
+    script: frozenset[tuple[int, int]] = frozenset()   # script: (position, layer) pairs to skip
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -96,6 +99,10 @@ def _protected(config: RouterConfig, stats: LayerStatistics, layer: int) -> bool
 def decide(config: RouterConfig, stats: LayerStatistics, token: TokenState, position: int,
            layer_start: int, layer_end: int) -> NodeDecision:
     """Skip decisions for one token on one node, made before the node runs."""
+    if config.policy == "script":
+        mask = sum(1 << offset for offset, layer in enumerate(range(layer_start, layer_end))
+                   if (position, layer) in config.script)
+        return NodeDecision(mask, mask == (1 << (layer_end - layer_start)) - 1 and layer_end > layer_start)
     if not config.enabled or position < config.protect_tokens or token.last_r is None or token.last_layer is None:
         return NodeDecision(0, False)
     anchor = token.last_layer

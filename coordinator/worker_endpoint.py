@@ -91,6 +91,8 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
         await cluster.ready(link, message)
     elif kind == "progress":
         link.info.progress = (message["done"], message["total"])
+    elif kind == "layer_stats":
+        link.keep_layer_stats(header.stream, message)
     elif kind == "stats":
         link.info.tokens = message["tokens"]
         link.info.compute_ms = float(message["compute_ms"])

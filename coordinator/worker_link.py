@@ -54,6 +54,7 @@ class WorkerLink:
         self.remote = remote
         self.info = WorkerInfo()
         self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
+        self._layer_stats: dict[tuple[int, int], dict[str, Any]] = {}
         self._send_lock = asyncio.Lock()
         self.closed = False
         self.frames_sent = 0
@@ -94,6 +95,15 @@ class WorkerLink:
         future = self._pending.get((header.stream, header.position))
         if future is not None and not future.done():
             future.set_result(frame)
+
+    def keep_layer_stats(self, stream: int, message: dict[str, Any]) -> None:
+        """A layer_stats report; it precedes its RESULT on the socket."""
+        if len(self._layer_stats) > 4096:  # reports nobody took (e.g. abandoned requests)
+            self._layer_stats.clear()
+        self._layer_stats[(stream, message["position"])] = message
+
+    def take_layer_stats(self, stream: int, position: int) -> dict[str, Any] | None:
+        return self._layer_stats.pop((stream, position), None)
 
     def fail_all(self, reason: str) -> None:
         self.closed = True

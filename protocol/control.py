@@ -27,6 +27,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "heartbeat": {"time": (Number, True)},
     "stats": {"tokens": ((int,), True), "compute_ms": (Number, True), "streams": ((int,), False)},
     "release": {"stream": ((int,), True)},
+    "layer_stats": {"position": ((int,), True), "ratios": ((list,), True), "node_ratio": (Number, True),
+                    "norms": ((list,), False)},
     "progress": {"done": ((int,), True), "total": ((int,), True), "what": ((str,), False)},
     "error": {"code": ((str,), True), "message": ((str,), True), "stream": ((int,), False)},
     "leave": {"reason": ((str,), True)},
@@ -51,8 +53,23 @@ def validate(message: Any) -> dict[str, Any]:
     return message
 
 
+SAFE_INTEGER = 2**53 - 1
+
+
+def canonical(value: Any) -> Any:
+    """The canonical msgpack form shared with JavaScript (which has one number type): a
+    float with an integral value within +-(2**53 - 1) is encoded as an integer."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= SAFE_INTEGER:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    return value
+
+
 def encode_control(message: dict[str, Any], stream: int = 0) -> bytes:
-    payload = msgpack.packb(validate(message), use_bin_type=True)
+    payload = msgpack.packb(canonical(validate(message)), use_bin_type=True)
     return pack_frame(FrameKind.CONTROL, 0, stream, 0, 0, 0, 0, 0, 0, 0, payload)
 
 

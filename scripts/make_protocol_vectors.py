@@ -106,6 +106,7 @@ def control_vectors() -> list[dict]:
         {"type": "ready", "layer_start": 0, "layer_end": 15, "load_ms": 812, "cached": True, "backend": "wasm"},
         {"type": "heartbeat", "time": 1700000000.25},
         {"type": "release", "stream": 42},
+        {"type": "layer_stats", "position": 17, "ratios": [0.25, 0.5], "node_ratio": 0.4375, "norms": [30.5, 31.0]},
         {"type": "error", "code": "bad-frame", "message": "payload CRC-32 does not match", "stream": 3},
         {"type": "leave", "reason": "page closed"},
     ]

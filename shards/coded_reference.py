@@ -40,8 +40,14 @@ class CodedBoundary:
 
 
 def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: SamplingParams,
-                   cuts: list[int], settings: CodecSettings, stop_ids: frozenset[int]) -> list[int]:
-    """Greedy/sampled token ids with the codec at every stage boundary (cuts = stage starts after 0)."""
+                   cuts: list[int], settings: CodecSettings, stop_ids: frozenset[int],
+                   skips: frozenset[tuple[int, int]] = frozenset()) -> list[int]:
+    """Greedy/sampled token ids with the codec at every stage boundary (cuts = stage starts after 0).
+
+    skips: (position, layer) pairs that run K/V-only (one-token steps only, as the router).
+    A stage whose layers are all skipped is bypassed: its output frame is its input frame,
+    so no codec step is added at its output (the pipeline relays the frame untouched).
+    """
     layers = executor.manifest.model.layers
     bounds = [0, *cuts, layers]
     links = [CodedBoundary(settings) for _ in bounds]
@@ -53,10 +59,16 @@ def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: S
         for _ in range(params.max_tokens):
             hidden = executor.embed(ids)
             positions = np.arange(position, position + len(ids), dtype=np.int64)[None]
+            passthrough = False
             for index, (first, last) in enumerate(itertools.pairwise(bounds)):
-                hidden = links[index](hidden[0], position)[None]
-                hidden = executor.stack.forward(stream, hidden, positions, layers=range(first, last))
-            hidden = links[-1](hidden[0], position)[None]
+                if not passthrough:
+                    hidden = links[index](hidden[0], position)[None]
+                skipped = frozenset(layer for layer in range(first, last)
+                                    if len(ids) == 1 and (position, layer) in skips)
+                hidden = executor.stack.forward(stream, hidden, positions, skip=skipped, layers=range(first, last))
+                passthrough = len(skipped) == last - first
+            if not passthrough:
+                hidden = links[-1](hidden[0], position)[None]
             token = sample_token(executor.logits(hidden[:, -1:])[0, -1], params, rng)
             tokens.append(token)
             if token in stop_ids:

@@ -66,12 +66,19 @@ class LayerStack:
 
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
                 skip: frozenset[int] = frozenset(), layers: range | None = None) -> np.ndarray:
+        return self.forward_reporting(stream, hidden, positions, skip, layers)[0]
+
+    def forward_reporting(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
+                          skip: frozenset[int] = frozenset(), layers: range | None = None
+                          ) -> tuple[np.ndarray, list[float], list[float]]:
         """Run this stack's layers (or the sub-range `layers`) on hidden (1, seq, hidden) at positions (1, seq).
 
         A layer in `skip` passes the hidden state through unchanged but still writes
         this position's K/V (computed from that unchanged state), keeping caches coherent.
         """
         state = self.streams.setdefault(stream, StreamState())
+        ratios: list[float] = []   # r = |update| / |input| per layer that ran (one-row calls)
+        norms: list[float] = []
         for index in layers if layers is not None else range(self.first, self.last):
             cache = state.caches.get(index) or self._empty_cache()
             feeds = {"hidden": hidden, "positions": positions,
@@ -79,9 +86,13 @@ class LayerStack:
             if index in skip:
                 key, value = self._kv_graph(index).run(None, feeds)
             else:
-                hidden, key, value = self.layers[index].run(None, feeds)
+                out, key, value = self.layers[index].run(None, feeds)
+                if out.shape[1] == 1:
+                    ratios.append(float(np.linalg.norm(out - hidden) / np.linalg.norm(hidden)))
+                    norms.append(float(np.linalg.norm(out)))
+                hidden = out
             state.caches[index] = LayerCache(key, value)
-        return hidden
+        return hidden, ratios, norms
 
     def release(self, stream: int) -> None:
         self.streams.pop(stream, None)

@@ -18,6 +18,8 @@ export const SCHEMAS = Object.freeze({
   heartbeat: { time: [[T.int, T.number], true] },
   stats: { tokens: [[T.int], true], compute_ms: [[T.int, T.number], true], streams: [[T.int], false] },
   release: { stream: [[T.int], true] },
+  layer_stats: { position: [[T.int], true], ratios: [[T.list], true], node_ratio: [[T.int, T.number], true],
+    norms: [[T.list], false] },
   progress: { done: [[T.int], true], total: [[T.int], true], what: [[T.string], false] },
   error: { code: [[T.string], true], message: [[T.string], true], stream: [[T.int], false] },
   leave: { reason: [[T.string], true] },

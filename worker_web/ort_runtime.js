@@ -42,6 +42,20 @@ export async function createSession(ort, modelBytes, backend) {
   });
 }
 
+/** |after - before| / |before| and |after| over one row. */
+export function updateRatio(before, after) {
+  let change = 0;
+  let base = 0;
+  let size = 0;
+  for (let i = 0; i < before.length; i += 1) {
+    const difference = after[i] - before[i];
+    change += difference * difference;
+    base += before[i] * before[i];
+    size += after[i] * after[i];
+  }
+  return { ratio: base > 0 ? Math.sqrt(change / base) : 0, norm: Math.sqrt(size) };
+}
+
 /** Float32 tensor from a Float32Array and dims. */
 export function floatTensor(ort, data, dims) {
   return new ort.Tensor('float32', data, dims);
@@ -81,7 +95,11 @@ export class LayerRunner {
     return { key: floatTensor(this.ort, new Float32Array(0), dims), value: floatTensor(this.ort, new Float32Array(0), dims) };
   }
 
-  /** hidden: Float32Array (rows * hidden) at positions position..position+rows-1. */
+  /**
+   * hidden: Float32Array (rows * hidden) at positions position..position+rows-1.
+   * Returns {output, ratios, norms, nodeRatio}; for one-row frames ratios holds
+   * r = |update| / |input| of each layer that ran (the router's input).
+   */
   async forward(stream, hidden, rows, position, skipMask) {
     let caches = this.streams.get(stream);
     if (!caches) {
@@ -90,16 +108,26 @@ export class LayerRunner {
     }
     let state = floatTensor(this.ort, hidden, [1, rows, this.model.hidden]);
     const positions = positionsTensor(this.ort, position, rows);
+    const ratios = [];
+    const norms = [];
     for (let index = 0; index < this.layers.length; index += 1) {
       const cache = caches[index];
       const feeds = { hidden: state, positions, past_key: cache.key, past_value: cache.value };
       const skipped = (skipMask >> BigInt(index)) & 1n;
       const session = skipped ? this.layers[index].kvOnly : this.layers[index].full;
       const out = await session.run(feeds);
-      if (!skipped) state = out.hidden_out;
+      if (!skipped) {
+        if (rows === 1) {
+          const { ratio, norm } = updateRatio(state.data, out.hidden_out.data);
+          ratios.push(ratio);
+          norms.push(norm);
+        }
+        state = out.hidden_out;
+      }
       caches[index] = { key: out.present_key, value: out.present_value };
     }
-    return state.data;
+    const nodeRatio = rows === 1 ? updateRatio(hidden, state.data).ratio : 0;
+    return { output: state.data, ratios, norms, nodeRatio };
   }
 
   release(stream) { this.streams.delete(stream); }

@@ -120,12 +120,18 @@ async function onForward(bytes, stream) {
     return;
   }
   const started = performance.now();
-  const output = echo ? values : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask);
+  const result = echo ? { output: values, ratios: [] }
+    : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask);
   if (!echo) {
     worker.computeMs += performance.now() - started;
     worker.tokens += header.rows;
   }
   if (header.flags & Flag.NO_REPLY) return;
+  if (!echo && header.rows === 1) {
+    sendControl({ type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
+      node_ratio: result.nodeRatio }, header.stream);
+  }
+  const output = result.output;
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
     runLength: header.encoding === Encoding.INT8_BLOCK, keyInterval: worker.assignment.codec.key_interval || 64 };
   send(encodeActivation(output, header.rows, header.columns, { kind: Kind.RESULT, stream: header.stream,

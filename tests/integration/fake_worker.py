@@ -33,6 +33,7 @@ class FakeWorker:
         self.decoders: dict[int, StreamCodecState] = {}
         self.encoders: dict[int, StreamCodecState] = {}
         self.frames_seen = 0
+        self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
         self.released: list[int] = []
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -84,12 +85,21 @@ class FakeWorker:
         skipped = frozenset(header.layer_start + bit for bit in range(64) if header.skip_mask >> bit & 1)
         positions = np.arange(header.position, header.position + header.rows, dtype=np.int64)[None]
         loop = asyncio.get_running_loop()
+        ratios: list[float] = []
+        norms: list[float] = []
         if header.layer_start == header.layer_end:  # an echo: no layers
             out = values[None]
         else:
-            out = await loop.run_in_executor(None, self.stack.forward, stream, values[None], positions, skipped)
+            out, ratios, norms = await loop.run_in_executor(
+                None, self.stack.forward_reporting, stream, values[None], positions, skipped)
+        self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY):
             return
+        if header.rows == 1 and header.layer_start != header.layer_end:
+            node_ratio = float(np.linalg.norm(out[0] - values) / np.linalg.norm(values))
+            await self.socket.send_bytes(encode_control(
+                {"type": "layer_stats", "position": header.position, "ratios": ratios, "norms": norms,
+                 "node_ratio": node_ratio}, stream))
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
                                  run_length=header.encoding == Encoding.INT8_BLOCK)
         route = Route(FrameKind.RESULT, stream, header.position, header.layer_start, header.layer_end,

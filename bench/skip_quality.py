@@ -1,0 +1,228 @@
+"""Layer-skipping quality harness: the router's policies on the in-process reference executor.
+
+For each policy and knob value: skip % of (token, layer) executions after the protected
+first tokens, node-bypass % of (token, node) pairs for 2, 3, 5 and 10 equal nodes,
+perplexity on the Moby-Dick window (teacher-forced, one token at a time, skipped layers
+still write K/V), and greedy agreement with full depth on chat prompts. Also an ablation:
+skipped layers that do NOT write K/V. Runs the same coordinator.router code as the
+pipeline. Writes bench/results/skip_quality.json and docs/skip_quality.png.
+
+Usage: .venv/bin/python -m bench.skip_quality [--tokens 1024] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from coordinator.cli import DEFAULT_TEXT
+from coordinator.planner import even_stages
+from coordinator.router import (
+    LayerStatistics,
+    RouterConfig,
+    TokenState,
+    decide,
+    observe,
+    start_token,
+)
+from shards.convert import convert
+from shards.executor import ReferenceExecutor
+from shards.gguf_model import default_model_path
+from shards.perplexity import log_softmax
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = ["What is the capital of France?", "Name three colours.", "Why is the sky blue?",
+           "Write a haiku about the sea.", "How do I boil an egg?"]
+
+
+@dataclass
+class RunResult:
+    perplexity: float
+    skip_percent: float
+    bypass_percent: dict[str, float]
+    tokens: list[int]
+    seconds: float
+    decide_microseconds: float
+
+
+def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stages: list[tuple[int, int]],
+        write_kv: bool = True, score: bool = True, generate: int = 0) -> RunResult:
+    """Teacher-forced over ids (score) or greedy after the prompt ids (generate > 0)."""
+    layers = executor.manifest.model.layers
+    stats, token = LayerStatistics(layers), TokenState()
+    stream = 77_000
+    nll, produced, skip_rows = [], [], []
+    decide_seconds, decisions = 0.0, 0
+    started = time.perf_counter()
+    sequence = list(ids)
+    position = 0
+    try:
+        while position < len(sequence):
+            start_token(token)
+            hidden = executor.embed([sequence[position]])
+            positions = np.array([[position]], dtype=np.int64)
+            row = []
+            for start, end in stages:
+                began = time.perf_counter()
+                decision = decide(config, stats, token, position, start, end)
+                decide_seconds += time.perf_counter() - began
+                decisions += 1
+                ratios, norms, node_input = [], [], hidden
+                for offset, layer in enumerate(range(start, end)):
+                    skip = bool(decision.skip_mask >> offset & 1)
+                    row.append(skip)
+                    if skip:
+                        if write_kv:
+                            executor.stack.forward(stream, hidden, positions, skip=frozenset({layer}),
+                                                   layers=range(layer, layer + 1))
+                        else:  # ablation: the cache gets zeros for this position instead of K/V
+                            _write_zero_kv(executor, stream, layer)
+                        continue
+                    out = executor.stack.forward(stream, hidden, positions, layers=range(layer, layer + 1))
+                    before = float(np.linalg.norm(hidden))
+                    ratios.append(float(np.linalg.norm(out - hidden)) / before)
+                    norms.append(float(np.linalg.norm(out)))
+                    hidden = out
+                node_ratio = float(np.linalg.norm(hidden - node_input) / np.linalg.norm(node_input))
+                observe(config, stats, token, start, end, decision, ratios, norms, node_ratio)
+            logits = executor.logits(hidden)[0, -1]
+            if position >= config.protect_tokens:
+                skip_rows.append(row)
+            if score and position + 1 < len(sequence):
+                nll.append(-float(log_softmax(logits[None])[0, sequence[position + 1]]))
+            if generate and position + 1 == len(sequence) and len(produced) < generate:
+                produced.append(int(np.argmax(logits)))
+                sequence.append(produced[-1])
+            position += 1
+    finally:
+        executor.stack.release(stream)
+    skips = np.array(skip_rows, dtype=bool) if skip_rows else np.zeros((0, layers), dtype=bool)
+    bypass = {}
+    for nodes in (2, 3, 5, 10):
+        cuts = [(s.layer_start, s.layer_end) for s in even_stages(layers, nodes)]
+        whole = [skips[:, a:b].all(axis=1) for a, b in cuts] if len(skips) else []
+        bypass[str(nodes)] = float(np.mean(whole) * 100) if len(skips) else 0.0
+    return RunResult(perplexity=math.exp(np.mean(nll)) if nll else float("nan"),
+                     skip_percent=float(skips.mean() * 100) if len(skips) else 0.0, bypass_percent=bypass,
+                     tokens=produced, seconds=time.perf_counter() - started,
+                     decide_microseconds=decide_seconds / max(decisions, 1) * 1e6)
+
+
+def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None:
+    from shards.executor import LayerCache
+
+    state = executor.stack.streams[stream]
+    cache = state.caches[layer]
+    zeros = np.zeros((1, cache.key.shape[1], 1, cache.key.shape[3]), dtype=np.float32)
+    state.caches[layer] = LayerCache(np.concatenate([cache.key, zeros], 2), np.concatenate([cache.value, zeros], 2))
+
+
+def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: dict[str, list[int]],
+              length: int) -> float:
+    """Mean fraction of the full-depth greedy continuation reproduced before the first difference."""
+    fractions = []
+    for prompt in PROMPTS:
+        ids = executor.text.encode_chat([{"role": "user", "content": prompt}])
+        tokens = run(executor, ids, config, stages, score=False, generate=length).tokens
+        same = next((i for i, (a, b) in enumerate(zip(tokens, full[prompt], strict=False)) if a != b), length)
+        fractions.append(same / length)
+    return float(np.mean(fractions))
+
+
+def sweeps(quick: bool) -> list[tuple[str, RouterConfig, list[tuple[int, int]] | None]]:
+    per_layer = None  # decisions layer by layer (the anchor is always the previous layer)
+    configs: list[tuple[str, RouterConfig, list[tuple[int, int]] | None]] = [("full depth", RouterConfig(), per_layer)]
+    thresholds = (0.12, 0.16) if quick else (0.08, 0.12, 0.15, 0.18, 0.22)
+    configs += [(f"predictor t={t}", RouterConfig(policy="predictor", threshold=t), per_layer) for t in thresholds]
+    capacities = (0.6,) if quick else (0.75, 0.65, 0.6, 0.55)
+    configs += [(f"synapse c={c}", RouterConfig(policy="synapse", capacity=c), per_layer) for c in capacities]
+    for nodes in ((10,) if quick else (10, 5)):
+        stages = [(s.layer_start, s.layer_end) for s in even_stages(30, nodes)]
+        for threshold in ((0.15,) if quick else (0.08, 0.12, 0.16, 0.2)):
+            configs.append((f"node {nodes}n t={threshold}", RouterConfig(policy="node", node_threshold=threshold), stages))
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--agree", type=int, default=24, help="greedy tokens per chat prompt")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    directory, _ = convert(default_model_path(), progress=False)
+    executor = ReferenceExecutor(directory, threads=2)
+    ids = executor.text.encode(DEFAULT_TEXT.read_text())[: 256 if args.quick else args.tokens]
+    layers = executor.manifest.model.layers
+    single = [(layer, layer + 1) for layer in range(layers)]
+    full_runs = {}
+    for prompt in PROMPTS:
+        prompt_ids = executor.text.encode_chat([{"role": "user", "content": prompt}])
+        full_runs[prompt] = run(executor, prompt_ids, RouterConfig(), single, score=False, generate=args.agree).tokens
+    results = []
+    baseline = None
+    for name, config, stages in sweeps(args.quick):
+        result = run(executor, ids, config, stages or single)
+        baseline = baseline or result.perplexity
+        entry = {"name": name, "policy": config.policy, "threshold": config.threshold, "capacity": config.capacity,
+                 "node_threshold": config.node_threshold, "nodes": len(stages) if stages else None,
+                 "perplexity": result.perplexity, "perplexity_change_percent": (result.perplexity / baseline - 1) * 100,
+                 "skip_percent": result.skip_percent, "bypass_percent": result.bypass_percent,
+                 "greedy_agreement": agreement(executor, config, stages or single, full_runs, args.agree),
+                 "decide_microseconds": result.decide_microseconds, "seconds": result.seconds}
+        results.append(entry)
+        print(f"{name:22} ppl {result.perplexity:8.3f} ({entry['perplexity_change_percent']:+6.2f}%)  "
+              f"skip {result.skip_percent:5.2f}%  bypass 2/3/5/10n "
+              + "/".join(f"{result.bypass_percent[n]:.2f}" for n in ("2", "3", "5", "10"))
+              + f"%  agree {entry['greedy_agreement']:.2f}  decide {result.decide_microseconds:.1f} µs", flush=True)
+    # KV-coherence ablation at the predictor's middle setting.
+    ablation_config = RouterConfig(policy="predictor", threshold=0.15)
+    coherent = run(executor, ids, ablation_config, single)
+    incoherent = run(executor, ids, ablation_config, single, write_kv=False)
+    ablation = {"skip_percent": coherent.skip_percent, "perplexity_with_kv": coherent.perplexity,
+                "perplexity_without_kv": incoherent.perplexity}
+    print(f"KV ablation (predictor t=0.15): with K/V {coherent.perplexity:.3f}, zeros instead {incoherent.perplexity:.3f}")
+    out = ROOT / "bench" / "results" / ("skip_quality_quick.json" if args.quick else "skip_quality.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"tokens": len(ids), "baseline_perplexity": baseline, "results": results,
+                               "kv_ablation": ablation}, indent=1) + "\n")
+    print(f"wrote {out}")
+    _plot(results, ROOT / "docs" / ("skip_quality_quick.png" if args.quick else "skip_quality.png"))
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is optional; the JSON holds the numbers
+        print("matplotlib not installed: no plot")
+        return
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for policy, marker in (("predictor", "o"), ("synapse", "s"), ("node", "^")):
+        points = [r for r in results if r["policy"] == policy]
+        if policy == "node":
+            xs = [r["bypass_percent"][str(r["nodes"])] for r in points]
+            axis.plot(xs, [r["perplexity_change_percent"] for r in points], marker, label="node bypass (% of token-node pairs)")
+        else:
+            axis.plot([r["skip_percent"] for r in points], [r["perplexity_change_percent"] for r in points],
+                      marker + "-", label=f"{policy} (% of layer executions)")
+    axis.axhline(5, color="grey", linestyle=":", linewidth=1)
+    axis.axhline(1, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("skipped %")
+    axis.set_ylabel("perplexity change %")
+    axis.set_title("SmolLM2-135M: training-free skipping on Moby-Dick")
+    axis.legend()
+    path.parent.mkdir(exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
