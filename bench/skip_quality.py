@@ -138,20 +138,20 @@ def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: d
 def sweeps(quick: bool) -> list[tuple[str, RouterConfig, list[tuple[int, int]] | None]]:
     per_layer = None  # decisions layer by layer (the anchor is always the previous layer)
     configs: list[tuple[str, RouterConfig, list[tuple[int, int]] | None]] = [("full depth", RouterConfig(), per_layer)]
-    thresholds = (0.12, 0.16) if quick else (0.08, 0.12, 0.15, 0.18, 0.22)
+    thresholds = (0.12, 0.16) if quick else (0.06, 0.08, 0.1, 0.12, 0.15)
     configs += [(f"predictor t={t}", RouterConfig(policy="predictor", threshold=t), per_layer) for t in thresholds]
-    capacities = (0.6,) if quick else (0.75, 0.65, 0.6, 0.55)
+    capacities = (0.6,) if quick else (0.85, 0.75, 0.65)
     configs += [(f"synapse c={c}", RouterConfig(policy="synapse", capacity=c), per_layer) for c in capacities]
     for nodes in ((10,) if quick else (10, 5)):
         stages = [(s.layer_start, s.layer_end) for s in even_stages(30, nodes)]
-        for threshold in ((0.15,) if quick else (0.08, 0.12, 0.16, 0.2)):
+        for threshold in ((0.15,) if quick else (0.02, 0.04, 0.06, 0.09)):
             configs.append((f"node {nodes}n t={threshold}", RouterConfig(policy="node", node_threshold=threshold), stages))
     return configs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--agree", type=int, default=24, help="greedy tokens per chat prompt")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()

@@ -12,6 +12,8 @@ import json
 import aiohttp
 import pytest
 
+from coordinator.config import CodecPresets
+from shards.coded_reference import coded_generate
 from shards.sampling import SamplingParams
 from tests.e2e.tabs import Tabs
 from tests.support import (
@@ -150,3 +152,25 @@ async def test_status_reports_worker_activity(cluster):
     status = await status_of(base)
     assert status["tokens_generated"] > 0
     assert all(worker["bytes_sent"] > 0 for worker in status["workers"])
+
+
+async def test_forced_skips_and_node_bypass_in_the_browser_equal_the_reference(cluster, reference):
+    """The tabs run K/V-only graphs for skipped layers and backfill a bypassed node's K/V:
+    the tokens equal the reference executor's under the same skip decisions."""
+    base, _ = cluster
+    status = await wait_ready(base, 2, LOAD_TIMEOUT)
+    cuts = cuts_of(status)
+    prompt_length = len(reference.text.encode_chat(COLOURS))
+    second = range(cuts[0], 30)
+    script = [(prompt_length + p, layer) for p in (2, 5) for layer in second]
+    script += [(prompt_length + 3, 7), (prompt_length + 8, 20)]
+    ids = reference.text.encode_chat(COLOURS)
+    want = coded_generate(reference, ids, SamplingParams(max_tokens=16), cuts, CodecPresets().get("lossless"),
+                          frozenset({reference.manifest.eos_id}), skips=frozenset(script))
+    code, body = await post(base, "/v1/chat/completions", {
+        "messages": COLOURS, "max_tokens": 16,
+        "tabswarm": {"codec": "lossless", "return_token_ids": True,
+                     "router": {"policy": "script", "script": [list(pair) for pair in script]}}})
+    assert code == 200, body
+    assert body["choices"][0]["token_ids"] == [t for t in want if t != reference.manifest.eos_id]
+    assert body["usage"]["tabswarm"]["nodes_bypassed"] == 2
