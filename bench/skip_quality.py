@@ -13,6 +13,7 @@ Usage: .venv/bin/python -m bench.skip_quality [--tokens 1024] [--quick]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -25,6 +26,7 @@ from coordinator.cli import DEFAULT_TEXT
 from coordinator.planner import even_stages
 from coordinator.router import (
     LayerStatistics,
+    NodeDecision,
     RouterConfig,
     TokenState,
     decide,
@@ -49,13 +51,22 @@ class RunResult:
     tokens: list[int]
     seconds: float
     decide_microseconds: float
+    stats: LayerStatistics
 
 
 def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stages: list[tuple[int, int]],
-        write_kv: bool = True, score: bool = True, generate: int = 0) -> RunResult:
-    """Teacher-forced over ids (score) or greedy after the prompt ids (generate > 0)."""
+        write_kv: bool = True, score: bool = True, generate: int = 0,
+        stats: LayerStatistics | None = None) -> RunResult:
+    """Teacher-forced over ids (score), or greedy after the prompt ids (generate > 0).
+
+    When generating, prompt tokens are never routed, as in the pipeline (a prompt travels
+    as one prefill frame without a skip mask); `stats` lets a run start from warmed
+    running statistics, as on a server that has been serving.
+    """
     layers = executor.manifest.model.layers
-    stats, token = LayerStatistics(layers), TokenState()
+    stats = stats if stats is not None else LayerStatistics(layers)
+    token = TokenState()
+    routable_from = len(ids) if generate else 0
     stream = 77_000
     nll, produced, skip_rows = [], [], []
     decide_seconds, decisions = 0.0, 0
@@ -70,7 +81,8 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
             row = []
             for start, end in stages:
                 began = time.perf_counter()
-                decision = decide(config, stats, token, position, start, end)
+                decision = (decide(config, stats, token, position, start, end) if position >= routable_from
+                            else NodeDecision(0, False))
                 decide_seconds += time.perf_counter() - began
                 decisions += 1
                 ratios, norms, node_input = [], [], hidden
@@ -111,7 +123,7 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
     return RunResult(perplexity=math.exp(np.mean(nll)) if nll else float("nan"),
                      skip_percent=float(skips.mean() * 100) if len(skips) else 0.0, bypass_percent=bypass,
                      tokens=produced, seconds=time.perf_counter() - started,
-                     decide_microseconds=decide_seconds / max(decisions, 1) * 1e6)
+                     decide_microseconds=decide_seconds / max(decisions, 1) * 1e6, stats=stats)
 
 
 def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None:
@@ -124,27 +136,30 @@ def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None
 
 
 def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: dict[str, list[int]],
-              length: int) -> float:
-    """Mean fraction of the full-depth greedy continuation reproduced before the first difference."""
+              length: int, warmed: LayerStatistics) -> float:
+    """Mean fraction of the full-depth greedy continuation reproduced before the first difference
+    (or before full depth's end of sequence)."""
     fractions = []
     for prompt in PROMPTS:
         ids = executor.text.encode_chat([{"role": "user", "content": prompt}])
-        tokens = run(executor, ids, config, stages, score=False, generate=length).tokens
-        same = next((i for i, (a, b) in enumerate(zip(tokens, full[prompt], strict=False)) if a != b), length)
-        fractions.append(same / length)
+        tokens = run(executor, ids, config, stages, score=False, generate=length, stats=copy.deepcopy(warmed)).tokens
+        reference = full[prompt]
+        end = reference.index(executor.manifest.eos_id) + 1 if executor.manifest.eos_id in reference else length
+        same = next((i for i, (a, b) in enumerate(zip(tokens[:end], reference[:end], strict=False)) if a != b), end)
+        fractions.append(same / end)
     return float(np.mean(fractions))
 
 
 def sweeps(quick: bool) -> list[tuple[str, RouterConfig, list[tuple[int, int]] | None]]:
     per_layer = None  # decisions layer by layer (the anchor is always the previous layer)
     configs: list[tuple[str, RouterConfig, list[tuple[int, int]] | None]] = [("full depth", RouterConfig(), per_layer)]
-    thresholds = (0.12, 0.16) if quick else (0.06, 0.08, 0.1, 0.12, 0.15)
+    thresholds = (0.12, 0.16) if quick else (0.06, 0.1, 0.15, 0.2)
     configs += [(f"predictor t={t}", RouterConfig(policy="predictor", threshold=t), per_layer) for t in thresholds]
     capacities = (0.6,) if quick else (0.85, 0.75, 0.65)
     configs += [(f"synapse c={c}", RouterConfig(policy="synapse", capacity=c), per_layer) for c in capacities]
     for nodes in ((10,) if quick else (10, 5)):
         stages = [(s.layer_start, s.layer_end) for s in even_stages(30, nodes)]
-        for threshold in ((0.15,) if quick else (0.02, 0.04, 0.06, 0.09)):
+        for threshold in ((0.15,) if quick else ((0.02, 0.04, 0.06, 0.09) if nodes == 10 else (0.02, 0.04, 0.06))):
             configs.append((f"node {nodes}n t={threshold}", RouterConfig(policy="node", node_threshold=threshold), stages))
     return configs
 
@@ -173,7 +188,8 @@ def main() -> None:
                  "node_threshold": config.node_threshold, "nodes": len(stages) if stages else None,
                  "perplexity": result.perplexity, "perplexity_change_percent": (result.perplexity / baseline - 1) * 100,
                  "skip_percent": result.skip_percent, "bypass_percent": result.bypass_percent,
-                 "greedy_agreement": agreement(executor, config, stages or single, full_runs, args.agree),
+                 "greedy_agreement": agreement(executor, config, stages or single, full_runs, args.agree,
+                                               result.stats),
                  "decide_microseconds": result.decide_microseconds, "seconds": result.seconds}
         results.append(entry)
         print(f"{name:22} ppl {result.perplexity:8.3f} ({entry['perplexity_change_percent']:+6.2f}%)  "
