@@ -40,8 +40,8 @@ MODES = {
     "float16": CodecSettings(encoding=Encoding.FLOAT16, block=0, run_length=False),
     "int8-b32": CodecSettings(block=32, run_length=False),
     "int8-b64": CodecSettings(block=64, run_length=False),
-    "int8-b32+rle": CodecSettings(block=32, run_length=True),
-    "int8-b64+rle (default)": CodecSettings(block=64, run_length=True),
+    "int8-b32+rle (default)": CodecSettings(block=32, run_length=True),
+    "int8-b64+rle": CodecSettings(block=64, run_length=True),
     "int8-b32+delta+rle": CodecSettings(block=32, delta=True, run_length=True),
     "int8-b64+delta+rle": CodecSettings(block=64, delta=True, run_length=True),
 }
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="256 tokens, two modes (a smoke run)")
     args = parser.parse_args()
     tokens = 256 if args.quick else args.tokens
-    modes = {name: MODES[name] for name in ('float32', 'int8-b32+rle')} if args.quick else MODES
+    modes = {name: MODES[name] for name in ('float32', 'int8-b32+rle (default)')} if args.quick else MODES
     directory, _ = convert(default_model_path(), progress=False)
     executor = ReferenceExecutor(directory, threads=2)
     ids = executor.text.encode(DEFAULT_TEXT.read_text())[:tokens]
