@@ -102,7 +102,7 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
                     norms.append(float(np.linalg.norm(out)))
                     hidden = out
                 node_ratio = float(np.linalg.norm(hidden - node_input) / np.linalg.norm(node_input))
-                observe(config, stats, token, start, end, decision, ratios, norms, node_ratio)
+                observe(config, stats, token, position, start, end, decision, ratios, norms, node_ratio)
             logits = executor.logits(hidden)[0, -1]
             if position >= config.protect_tokens:
                 skip_rows.append(row)
@@ -169,7 +169,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--agree", type=int, default=24, help="greedy tokens per chat prompt")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the saved results as a markdown table")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads((ROOT / "bench" / "results" / "skip_quality.json").read_text())))
+        return
     directory, _ = convert(default_model_path(), progress=False)
     executor = ReferenceExecutor(directory, threads=2)
     ids = executor.text.encode(DEFAULT_TEXT.read_text())[: 256 if args.quick else args.tokens]
@@ -209,6 +213,22 @@ def main() -> None:
                                "kv_ablation": ablation}, indent=1) + "\n")
     print(f"wrote {out}")
     _plot(results, ROOT / "docs" / ("skip_quality_quick.png" if args.quick else "skip_quality.png"))
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| policy | skip % | node bypass % (2/3/5/10 nodes) | perplexity | Δ | greedy agreement | decide µs |",
+             "|---|---|---|---|---|---|---|"]
+    for entry in report["results"]:
+        bypass = "/".join(f"{entry['bypass_percent'][n]:.2f}" for n in ("2", "3", "5", "10"))
+        lines.append(f"| {entry['name']} | {entry['skip_percent']:.2f} | {bypass} | {entry['perplexity']:.3f} | "
+                     f"{entry['perplexity_change_percent']:+.2f}% | {entry['greedy_agreement']:.2f} | "
+                     f"{entry['decide_microseconds']:.1f} |")
+    ablation = report["kv_ablation"]
+    lines.append("")
+    lines.append(f"K/V ablation (predictor t=0.15, {ablation['skip_percent']:.2f}% skipped): perplexity "
+                 f"{ablation['perplexity_with_kv']:.3f} when skipped layers write K/V, "
+                 f"{ablation['perplexity_without_kv']:.3f} when they leave zeros.")
+    return "\n".join(lines)
 
 
 def _plot(results: list[dict], path: Path) -> None:

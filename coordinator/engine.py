@@ -143,8 +143,8 @@ class GenerationEngine:
                 stats.bytes_sent += len(backfill)
                 stats.nodes_bypassed += 1
                 stats.hops_saved += 1
-                observe(request.router, self.layer_statistics, routing, stage.layer_start, stage.layer_end,
-                        decision, [], [], None)
+                observe(request.router, self.layer_statistics, routing, position, stage.layer_start,
+                        stage.layer_end, decision, [], [], None)
                 return frame   # the next stage gets the same payload
             forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
                                skip_mask=decision.skip_mask)
@@ -156,7 +156,8 @@ class GenerationEngine:
         stats.hops += 1
         report = link.take_layer_stats(stream, position)
         if report is not None:
-            observe(request.router, self.layer_statistics, routing, stage.layer_start, stage.layer_end, decision,
+            observe(request.router, self.layer_statistics, routing, position, stage.layer_start, stage.layer_end,
+                    decision,
                     [float(r) for r in report["ratios"]], [float(n) for n in report.get("norms", [])],
                     float(report["node_ratio"]))
         return result

@@ -6,6 +6,10 @@ worker runs the layer's K/V-only graph), so every cache stays coherent. A bypass
 gets the hidden state off the critical path to backfill its K/V.
 
 r = ||layer update|| / ||layer input||, reported by the worker for every layer it runs.
+Running statistics are geometric means (moving average of log r) and learn nothing from
+the protected first tokens: the attention-sink token's r of ~178 at layer 11 otherwise
+inflated layer 11's arithmetic mean six-fold and made the predictor skip layer 12 for
+nearly every token (measured).
 
 Policies:
   off        never skip.
@@ -55,18 +59,20 @@ class RouterConfig:
 
 @dataclass
 class LayerStatistics:
-    """Running mean r per layer and per node range, shared by all requests."""
+    """Running geometric-mean r per layer and per node range, shared by all requests."""
 
     layers: int
-    mean_r: list[float] = field(default_factory=list)
+    mean_r: list[float] = field(default_factory=list)          # exp(mean log r), kept in step with log_r
+    log_r: list[float] = field(default_factory=list)
     count: list[int] = field(default_factory=list)
-    node_mean: dict[tuple[int, int], float] = field(default_factory=dict)
+    node_mean: dict[tuple[int, int], float] = field(default_factory=dict)   # geometric means too
     node_count: dict[tuple[int, int], int] = field(default_factory=dict)
     executed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.mean_r = self.mean_r or [0.0] * self.layers
+        self.log_r = self.log_r or [math.log(r) if r > 0 else 0.0 for r in self.mean_r]
         self.count = self.count or [0] * self.layers
         self.executed = self.executed or [0] * self.layers
         self.skipped = self.skipped or [0] * self.layers
@@ -142,13 +148,19 @@ def token_difficulty(token: TokenState) -> float:
     return min(1.0, math.sqrt(variance) / mean) if mean > 0 else 1.0
 
 
-def observe(config: RouterConfig, stats: LayerStatistics, token: TokenState, layer_start: int,
+def _update_log_mean(current_log: float, count: int, value: float, smoothing: float) -> float:
+    weight = max(smoothing, 1.0 / (count + 1))
+    return current_log + weight * (math.log(value) - current_log)
+
+
+def observe(config: RouterConfig, stats: LayerStatistics, token: TokenState, position: int, layer_start: int,
             layer_end: int, decision: NodeDecision, ratios: list[float], norms: list[float],
             node_ratio: float | None) -> None:
     """Update running statistics and the token's state with what a node reported.
 
     ratios/norms: r and output norm for each layer that ran (skipped layers report nothing).
     """
+    learn = position >= config.protect_tokens
     ran = [layer for offset, layer in enumerate(range(layer_start, layer_end)) if not decision.skip_mask >> offset & 1]
     for layer in range(layer_start, layer_end):
         if layer in ran:
@@ -156,17 +168,18 @@ def observe(config: RouterConfig, stats: LayerStatistics, token: TokenState, lay
         else:
             stats.skipped[layer] += 1
     for layer, ratio in zip(ran, ratios, strict=False):
-        if not math.isfinite(ratio):
+        if not (math.isfinite(ratio) and ratio > 0):
             continue
-        weight = max(config.smoothing, 1.0 / (stats.count[layer] + 1))
-        stats.mean_r[layer] += weight * (ratio - stats.mean_r[layer])
-        stats.count[layer] += 1
+        if learn:
+            stats.log_r[layer] = _update_log_mean(stats.log_r[layer], stats.count[layer], ratio, config.smoothing)
+            stats.mean_r[layer] = math.exp(stats.log_r[layer])
+            stats.count[layer] += 1
         token.last_r, token.last_layer = ratio, layer
-    if node_ratio is not None and not decision.bypass and math.isfinite(node_ratio):
+    if learn and node_ratio is not None and not decision.bypass and math.isfinite(node_ratio) and node_ratio > 0:
         key = (layer_start, layer_end)
         count = stats.node_count.get(key, 0)
-        weight = max(config.smoothing, 1.0 / (count + 1))
-        stats.node_mean[key] = stats.node_mean.get(key, 0.0) + weight * (node_ratio - stats.node_mean.get(key, 0.0))
+        previous = math.log(stats.node_mean[key]) if key in stats.node_mean else 0.0
+        stats.node_mean[key] = math.exp(_update_log_mean(previous, count, node_ratio, config.smoothing))
         stats.node_count[key] = count + 1
     token.norms.extend(norms)
     last_offset = layer_end - layer_start - 1

@@ -82,12 +82,25 @@ def test_observe_updates_means_anchor_and_skip_counts():
     config = RouterConfig(policy="predictor", warmup=1)
     stats, state = LayerStatistics(4), TokenState()
     start_token(state)
-    observe(config, stats, state, 0, 4, NodeDecision(0b0100, False), [1.0, 0.5, 0.25], [10.0, 11.0, 12.0], 0.9)
+    observe(config, stats, state, 10, 0, 4, NodeDecision(0b0100, False), [1.0, 0.5, 0.25], [10.0, 11.0, 12.0], 0.9)
     assert stats.executed == [1, 1, 0, 1] and stats.skipped == [0, 0, 1, 0]
-    assert stats.mean_r == [1.0, 0.5, 0.0, 0.25]
+    assert stats.mean_r == pytest.approx([1.0, 0.5, 0.0, 0.25])
     assert (state.last_r, state.last_layer) == (0.25, 3)
     assert stats.node_mean[(0, 4)] == pytest.approx(0.9)
     assert state.norms == [10.0, 11.0, 12.0]
+
+
+def test_statistics_are_robust_to_the_attention_sink():
+    """Protected tokens teach nothing, and the running mean is geometric: one r of 178
+    among r = 0.3 values must not inflate the layer's mean (it did six-fold, measured)."""
+    config = RouterConfig(policy="predictor", warmup=1, protect_tokens=4)
+    stats, state = LayerStatistics(2), TokenState()
+    observe(config, stats, state, 0, 0, 2, NodeDecision(0, False), [178.0, 0.3], [], None)
+    assert stats.count == [0, 0] and state.last_r == 0.3   # position 0: the token routes, stats unchanged
+    for position in range(4, 200):
+        observe(config, stats, state, position, 0, 2, NodeDecision(0, False),
+                [178.0 if position == 50 else 0.3, 0.3], [], None)
+    assert stats.mean_r[0] < 0.45
 
 
 def test_token_difficulty_is_coefficient_of_variation():
