@@ -8,8 +8,11 @@ printed as one clear line with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -124,14 +127,10 @@ def _local_addresses() -> list[str]:
 
 
 def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
-    import asyncio
-
     return asyncio.run(_serve(config))
 
 
 async def _serve(config: AppConfig) -> int:
-    import asyncio
-
     from aiohttp import web
 
     from coordinator.app import API, create_app
@@ -153,17 +152,14 @@ async def _serve(config: AppConfig) -> int:
         print(f"  join from another device: http://{address}:{server.port}/worker/")
     print(f"  join from this machine:   {local}/worker/", flush=True)
     headless = None
-    if server.headless_workers:
-        headless = HeadlessWorkers(server.chromium)
-        await headless.start()
-        for index in range(server.headless_workers):
-            await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads))
-        print(f"  started {server.headless_workers} headless Chromium worker tab(s)", flush=True)
     try:
-        while True:
-            await asyncio.sleep(3600)
-    except asyncio.CancelledError:
-        pass
+        if server.headless_workers:
+            headless = HeadlessWorkers(server.chromium)
+            await headless.start()
+            for index in range(server.headless_workers):
+                await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads))
+            print(f"  started {server.headless_workers} headless Chromium worker tab(s)", flush=True)
+        await _until_stopped()
     finally:
         if headless is not None:
             await headless.stop()
@@ -171,16 +167,25 @@ async def _serve(config: AppConfig) -> int:
     return 0
 
 
-def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
-    import asyncio
+async def _until_stopped() -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM (docker stop), then let the caller clean up
+    (close the worker browser, the sockets)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on this platform
+            loop.add_signal_handler(number, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    print("tabswarm: stopping", file=sys.stderr, flush=True)
 
+
+def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
     return asyncio.run(_workers(config, args.url.rstrip("/"), args.tabs, args.threads_per_tab))
 
 
 async def _workers(config: AppConfig, url: str, tabs: int, threads: int) -> int:
     """Headless worker tabs joining a coordinator elsewhere (docker-compose's worker service)."""
-    import asyncio
-
     from coordinator.headless import HeadlessWorkers, worker_url
 
     headless = HeadlessWorkers(config.server.chromium, secure_origin=url)
@@ -189,10 +194,7 @@ async def _workers(config: AppConfig, url: str, tabs: int, threads: int) -> int:
         await headless.open(worker_url(url, f"remote-{index + 1}", threads))
     print(f"opened {tabs} headless worker tab(s) against {url}; Ctrl-C to stop", flush=True)
     try:
-        while True:
-            await asyncio.sleep(3600)
-    except asyncio.CancelledError:
-        pass
+        await _until_stopped()
     finally:
         await headless.stop()
     return 0
