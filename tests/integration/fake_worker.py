@@ -36,7 +36,6 @@ class FakeWorker:
         self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
         self.released: list[int] = []
         self.close_code: int | None = None
-        self.close_reason: str | None = None
         self.closed = asyncio.Event()
 
     async def start(self) -> FakeWorker:
@@ -58,7 +57,6 @@ class FakeWorker:
                 await self._handle(message.data)
         finally:
             self.close_code = self.socket.close_code
-            self.close_reason = (self.socket._close_message or "") if hasattr(self.socket, "_close_message") else None
             self.closed.set()
 
     async def _handle(self, data: bytes) -> None:
