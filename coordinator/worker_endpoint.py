@@ -75,7 +75,7 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
     if header.kind == FrameKind.RESULT:
         if link.info.state == "joining":
             raise ProtocolViolation("a RESULT before hello")
-        link.deliver_result(data)
+        link.deliver_result(data, header)
         return
     if header.kind == FrameKind.FORWARD:
         raise ProtocolViolation("workers do not send FORWARD frames")

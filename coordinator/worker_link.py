@@ -16,7 +16,7 @@ from aiohttp import web
 
 from coordinator.planner import Stage
 from protocol.control import encode_control
-from protocol.frames import parse_frame
+from protocol.frames import Header
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,9 @@ class WorkerLink:
         finally:
             self._pending.pop(key, None)
 
-    def deliver_result(self, frame: bytes) -> None:
-        """A RESULT frame arrived: wake the call waiting for it (late ones are dropped)."""
-        header, _ = parse_frame(frame)
+    def deliver_result(self, frame: bytes, header: Header) -> None:
+        """A RESULT frame arrived (already checked by parse_frame): wake the call waiting
+        for it (late ones are dropped)."""
         self.bytes_received += len(frame)
         future = self._pending.get((header.stream, header.position))
         if future is not None and not future.done():

@@ -139,11 +139,12 @@ def retarget(frame: bytes, kind: FrameKind, layer_start: int, layer_end: int, sk
     """The same payload under a new routing header (the checksum covers the payload only).
 
     Lets a relay pass one node's RESULT on as the next node's FORWARD without decoding
-    and re-quantizing it.
+    and re-quantizing it. `frame` must already be valid (built here, or checked by
+    parse_frame on arrival): this only rewrites header fields, it does not check again.
     """
-    header, payload = parse_frame(frame)
-    flags = header.flags & ~int(Flag.NO_REPLY) | (int(Flag.NO_REPLY) if no_reply else 0)
-    fields = HEADER.pack(MAGIC, VERSION, int(kind), flags, header.stream, header.position, header.rows,
-                         header.columns, header.block, layer_start, layer_end, skip_mask,
-                         header.payload_length, header.checksum)
-    return fields + bytes(payload)
+    (magic, version, _, flags, stream, position, rows, columns, block, _, _, _,
+     payload_length, checksum) = _fields(frame)
+    flags = flags & ~int(Flag.NO_REPLY) | (int(Flag.NO_REPLY) if no_reply else 0)
+    fields = HEADER.pack(magic, version, int(kind), flags, stream, position, rows, columns, block,
+                         layer_start, layer_end, skip_mask, payload_length, checksum)
+    return fields + frame[HEADER_SIZE:]

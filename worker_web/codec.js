@@ -273,8 +273,9 @@ export function encodeActivation(values, rows, columns, route, settings, state =
     layerStart: route.layerStart || 0, layerEnd: route.layerEnd || 0, skipMask: route.skipMask || 0n }, payload);
 }
 
-export function decodeActivation(bytes, state = null) {
-  const { header, payload } = parseFrame(bytes);
+/** parsed: parseFrame(bytes) when the caller already has it (it checks the CRC; once is enough). */
+export function decodeActivation(bytes, state = null, parsed = null) {
+  const { header, payload } = parsed || parseFrame(bytes);
   if (header.kind === Kind.CONTROL) throw new FrameError('bad-kind', 'a control frame is not an activation frame');
   const { rows, columns } = header;
   const count = rows * columns;

@@ -111,8 +111,8 @@ function streamState(map, stream) {
   return map.get(stream);
 }
 
-async function onForward(bytes, stream) {
-  const { header, values } = decodeActivation(bytes, streamState(worker.decoders, stream));
+async function onForward(bytes, parsed) {
+  const { header, values } = decodeActivation(bytes, streamState(worker.decoders, parsed.header.stream), parsed);
   const runner = worker.runner;
   const echo = header.layerStart === header.layerEnd; // no layers: a measured round trip
   if (!echo && (!runner || header.layerStart !== runner.layerStart || header.layerEnd !== runner.layerEnd)) {
@@ -175,18 +175,18 @@ function fail(error) {
 
 function onMessage(event) {
   const bytes = new Uint8Array(event.data);
-  let header;
+  let parsed;
   try {
-    header = parseFrame(bytes).header;
+    parsed = parseFrame(bytes);
   } catch (error) {
     ui.log(`bad frame from coordinator: ${error.message}`);
     worker.socket.close(1003, String(error.message).slice(0, 120));
     return;
   }
-  if (header.kind === Kind.CONTROL) {
+  if (parsed.header.kind === Kind.CONTROL) {
     try { onControl(decodeControl(bytes)); } catch (error) { fail(error); }
-  } else if (header.kind === Kind.FORWARD) {
-    worker.queue = worker.queue.then(() => onForward(bytes, header.stream)).catch(fail);
+  } else if (parsed.header.kind === Kind.FORWARD) {
+    worker.queue = worker.queue.then(() => onForward(bytes, parsed)).catch(fail);
   }
 }
 

@@ -22,7 +22,15 @@ from protocol.activation_codec import (
 )
 from protocol.control import decode_control, encode_control
 from protocol.errors import FrameError
-from protocol.frames import HEADER_SIZE, Encoding, FrameKind, pack_frame, parse_frame
+from protocol.frames import (
+    HEADER_SIZE,
+    Encoding,
+    Flag,
+    FrameKind,
+    pack_frame,
+    parse_frame,
+    retarget,
+)
 
 ROUTE = Route(FrameKind.FORWARD, stream=1, position=0, layer_start=0, layer_end=4)
 finite = st.floats(-3e4, 3e4, allow_nan=False, width=32)
@@ -194,3 +202,16 @@ def test_fuzz_ten_thousand_frames_raise_only_frame_errors():
             outcomes["rejected"] += 1
     assert outcomes["decoded"] + outcomes["rejected"] == 10_000
     assert outcomes["rejected"] > 5_000 and outcomes["decoded"] > 100
+
+
+def test_retarget_changes_routing_and_keeps_the_payload():
+    values = np.random.default_rng(3).standard_normal((2, 40)).astype(np.float32)
+    result = encode_activation(values, Route(FrameKind.RESULT, 7, 11, 0, 15), CodecSettings(block=8))
+    relayed = retarget(result, FrameKind.FORWARD, 15, 30, skip_mask=0b101, no_reply=True)
+    header, decoded = decode_activation(relayed)
+    assert (header.kind, header.layer_start, header.layer_end, header.skip_mask) == (FrameKind.FORWARD, 15, 30, 0b101)
+    assert (header.stream, header.position) == (7, 11) and header.has(Flag.NO_REPLY)
+    assert relayed[HEADER_SIZE:] == result[HEADER_SIZE:]
+    assert np.array_equal(decoded, decode_activation(result)[1])
+    back = retarget(relayed, FrameKind.FORWARD, 15, 30)
+    assert not parse_frame(back)[0].has(Flag.NO_REPLY)
