@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from coordinator.config import AppConfig, CodecPresets, ModelSource, RuntimeConfig, ServerConfig
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--chromium", default="/usr/bin/chromium")
     serve.add_argument("--router", default="off", metavar="POLICY[:KNOB]",
                        help="default layer-skipping router, e.g. off, predictor:0.12, node:0.1 (see docs/skipping.md)")
+    serve.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
+                       help="default fraction of attention heads to mask, 0 to 0.5 (default 0: off)")
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True, help="the coordinator, e.g. http://coordinator:8471")
     workers.add_argument("--tabs", type=int, default=2)
@@ -266,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                               max_queue=args.max_queue, headless_workers=args.headless_workers,
                               worker_threads=args.worker_threads, chromium=args.chromium)
         codecs = CodecPresets(default=args.codec)
-        router = _router_option(args.router)
+        try:
+            router = replace(_router_option(args.router), prune_heads=args.prune_heads)
+        except ValueError as error:  # a knob out of range: a usage error, not a crash
+            raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
                        runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,

@@ -153,9 +153,10 @@ class Cluster:
         model = self.manifest.model
         return {"type": "assign", "worker": link.id, "layer_start": stage.layer_start,
                 "layer_end": stage.layer_end, "files": files, "protocol": VERSION,
-                "model": {"name": model.name, "hidden": model.hidden, "kv_heads": model.kv_heads,
-                          "head_dim": model.head_dim, "layers": model.layers,
-                          "shard_sha256": self.manifest.source["sha256"]},
+                "model": {"name": model.name, "hidden": model.hidden, "heads": model.heads,
+                          "kv_heads": model.kv_heads, "head_dim": model.head_dim, "layers": model.layers,
+                          "shard_sha256": self.manifest.source["sha256"],
+                          "converter": self.manifest.source.get("converter", "")},
                 "codec": {"key_interval": 64}}
 
     # -- requests ----------------------------------------------------------------------

@@ -18,6 +18,14 @@ from dataclasses import dataclass, field
 
 from coordinator.cluster import Cluster, Pipeline
 from coordinator.config import ServerConfig
+from coordinator.head_pruning import (
+    HeadStatistics,
+    Masks,
+    applies,
+    node_masks,
+    observe_heads,
+    pruned_heads,
+)
 from coordinator.planner import Stage
 from coordinator.router import (
     LayerStatistics,
@@ -36,6 +44,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
+from protocol.control import HEAD_SAMPLE_INTERVAL
 from protocol.frames import FrameKind, retarget
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams, make_rng, sample_token
@@ -68,6 +77,7 @@ class HopStats:
     layers_skipped: int = 0
     nodes_bypassed: int = 0
     hops_saved: int = 0
+    heads_pruned: int = 0          # (token, layer, head) attention executions masked
     step_seconds: list[float] = field(default_factory=list)
 
 
@@ -86,7 +96,9 @@ class GenerationEngine:
         self.config = config
         self._streams = itertools.count(1)
         self.tokens_generated = 0
-        self.layer_statistics = LayerStatistics(ends.manifest.model.layers)  # the router's running means
+        model = ends.manifest.model
+        self.layer_statistics = LayerStatistics(model.layers)  # the router's running means
+        self.head_statistics = HeadStatistics(model.layers, model.heads)
 
     async def _run(self, function, *args):
         """Run a native onnxruntime call off the event loop (it releases the GIL)."""
@@ -98,6 +110,7 @@ class GenerationEngine:
         stats.stages = len(pipeline)
         encoder, decoder = StreamCodecState(), StreamCodecState()
         routing = TokenState()
+        heads = _StreamHeads()
         rng = make_rng(request.params)
         ids = list(request.prompt_ids)
         position = 0
@@ -109,9 +122,10 @@ class GenerationEngine:
                 rows = hidden[0]
                 frame = encode_activation(rows, Route(FrameKind.FORWARD, stream, position), request.codec, encoder)
                 start_token(routing)
+                heads.update(request, self.head_statistics, position, len(rows))
                 for stage, link in pipeline:
                     frame = await self._stage(request, stats, routing, stage, link, frame, stream, position,
-                                              one_row=len(rows) == 1)
+                                              one_row=len(rows) == 1, heads=heads)
                 _, values = decode_activation(frame, decoder)          # (rows, hidden)
                 logits = (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
                 token = sample_token(logits, request.params, rng)
@@ -127,13 +141,25 @@ class GenerationEngine:
             await self._release(pipeline, stream)
 
     async def _stage(self, request: GenerationRequest, stats: HopStats, routing: TokenState, stage: Stage,
-                     link: WorkerLink, frame: bytes, stream: int, position: int, one_row: bool) -> bytes:
+                     link: WorkerLink, frame: bytes, stream: int, position: int, one_row: bool,
+                     heads: _StreamHeads) -> bytes:
         """One stage for one step: run it (with the router's skip mask) or bypass it."""
         decision = (decide(request.router, self.layer_statistics, routing, position, stage.layer_start,
                            stage.layer_end) if one_row else NodeDecision(0, False))
         stats.layer_executions += stage.size
         stats.layers_skipped += bin(decision.skip_mask).count("1")
+        ran = [layer for offset, layer in enumerate(range(stage.layer_start, stage.layer_end))
+               if not decision.skip_mask >> offset & 1]
         try:
+            masks = heads.masks_for(stage)
+            if masks != heads.sent.get(stage.worker):
+                # Control frames and FORWARD frames share the socket, so this lands first.
+                await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
+                                         "masks": [list(row) for row in masks] if masks is not None else []}, stream)
+                heads.sent[stage.worker] = masks
+            if masks is not None:
+                stats.heads_pruned += sum(row.count(0) for layer, row in zip(
+                    range(stage.layer_start, stage.layer_end), masks, strict=True) if layer in ran)
             if decision.bypass:
                 # Off the critical path: the node gets the hidden state it would have seen and
                 # writes K/V for all its layers (K/V-only graphs); nobody waits for it.
@@ -160,6 +186,9 @@ class GenerationEngine:
                     decision,
                     [float(r) for r in report["ratios"]], [float(n) for n in report.get("norms", [])],
                     float(report["node_ratio"]))
+            if "head_ratios" in report:
+                observe_heads(request.router, self.head_statistics, position, stage.layer_start, ran,
+                              [[float(r) for r in row] for row in report["head_ratios"]])
         return result
 
     async def _release(self, pipeline: Pipeline, stream: int) -> None:
@@ -170,3 +199,23 @@ class GenerationEngine:
                 await link.send_control({"type": "release", "stream": stream}, stream)
             except WorkerLost:  # that worker is gone; its caches went with it
                 log.debug("release of stream %d skipped on gone worker %s", stream, stage.worker)
+
+
+@dataclass
+class _StreamHeads:
+    """One request's head masks: what the pruning policy wants now, and what each worker has."""
+
+    pruned: frozenset[tuple[int, int]] = frozenset()
+    heads: int = 0
+    sent: dict[str, Masks | None] = field(default_factory=dict)   # worker id -> masks it applies
+
+    def update(self, request: GenerationRequest, statistics: HeadStatistics, position: int, rows: int) -> None:
+        """Recompute the pruned heads when new head statistics may have arrived."""
+        self.heads = statistics.heads
+        if not applies(request.router, position, rows):
+            self.pruned = frozenset()
+        elif not self.pruned or position % HEAD_SAMPLE_INTERVAL == 0:
+            self.pruned = pruned_heads(request.router, statistics)
+
+    def masks_for(self, stage: Stage) -> Masks | None:
+        return node_masks(self.pruned, self.heads, stage.layer_start, stage.layer_end)

@@ -140,7 +140,7 @@ class Api:
                 "tabswarm": {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
                              "layer_executions": stats.layer_executions, "layers_skipped": stats.layers_skipped,
                              "nodes_bypassed": stats.nodes_bypassed, "hops_saved": stats.hops_saved,
-                             "bytes_received": stats.bytes_received,
+                             "heads_pruned": stats.heads_pruned, "bytes_received": stats.bytes_received,
                              "decode_tokens_per_second": round((len(steps) - 1) / sum(stats.step_seconds[1:]), 2)
                              if len(steps) > 1 else None}}
 
@@ -264,7 +264,9 @@ class Api:
             "codecs": self.config.codecs.names(), "default_codec": self.config.codecs.default,
             "router": {"default_policy": self.config.router.policy, "skip_rate_per_layer": self._skip_rates(),
                        "skipped_per_layer": list(self.engine.layer_statistics.skipped),
-                       "mean_ratio_per_layer": [round(r, 4) for r in self.engine.layer_statistics.mean_r]},
+                       "mean_ratio_per_layer": [round(r, 4) for r in self.engine.layer_statistics.mean_r],
+                       "default_prune_heads": self.config.router.prune_heads,
+                       "head_samples_per_layer": list(self.engine.head_statistics.count)},
         } | self.cluster.status())
 
     def _skip_rates(self) -> list[float | None]:

@@ -160,7 +160,8 @@ ROUTER_KNOBS = ("threshold", "capacity", "node_threshold")
 
 def _router(value: Any) -> RouterConfig | None:
     """`tabswarm.router`: {"policy": ..., "threshold" | "capacity" | "node_threshold": number,
-    "protect_tokens": int, "script": [[position, layer], ...]}."""
+    "protect_tokens": int, "script": [[position, layer], ...], "prune_heads": number in [0, 0.5],
+    "head_script": [[layer, head], ...]}."""
     if value is None:
         return None
     if not isinstance(value, dict) or value.get("policy") not in POLICIES:
@@ -179,4 +180,17 @@ def _router(value: Any) -> RouterConfig | None:
         raise ApiError(400, "'tabswarm.router.script' must be a list of [position, layer] pairs",
                        "tabswarm.router.script")
     options["script"] = frozenset((position, layer) for position, layer in script)
+    if "prune_heads" in value:
+        options["prune_heads"] = _number(value, "prune_heads", 0.0, 0.0, 0.5)
+    options["head_script"] = frozenset(_pairs(value, "head_script", "[layer, head]"))
     return RouterConfig(**options)
+
+
+def _pairs(value: dict, name: str, what: str) -> list[tuple[int, int]]:
+    pairs = value.get(name, [])
+    if not isinstance(pairs, list) or not all(
+            isinstance(pair, list) and len(pair) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 20 for x in pair)
+            for pair in pairs):
+        raise ApiError(400, f"'tabswarm.router.{name}' must be a list of {what} pairs", f"tabswarm.router.{name}")
+    return [(first, second) for first, second in pairs]

@@ -45,12 +45,17 @@ class RouterConfig:
     warmup: int = 32               # observations of a layer before its mean is trusted
     smoothing: float = 0.02        # moving-average weight of one observation
     script: frozenset[tuple[int, int]] = frozenset()   # script: (position, layer) pairs to skip
+    prune_heads: float = 0.0       # fraction of unprotected attention heads to mask (head_pruning.py)
+    head_warmup: int = 16          # sampled observations of every layer's heads before pruning starts
+    head_script: frozenset[tuple[int, int]] = frozenset()   # (layer, head) pairs to mask, overriding prune_heads
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"router policy must be one of {', '.join(POLICIES)}")
         if self.protect_tokens < 1:
             raise ValueError("protect_tokens must be >= 1 (token 0 is an attention sink)")
+        if not 0.0 <= self.prune_heads <= 0.5:
+            raise ValueError("prune_heads must be between 0 and 0.5")
 
     @property
     def enabled(self) -> bool:

@@ -14,6 +14,9 @@ import msgpack
 from protocol.errors import FrameError
 from protocol.frames import FrameKind, pack_frame, parse_frame
 
+# layer_stats carries head_ratios for one-row frames at positions that are multiples of this.
+HEAD_SAMPLE_INTERVAL = 8
+
 # type -> {field: (python types, required)}
 Number = (int, float)
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -27,8 +30,9 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "heartbeat": {"time": (Number, True)},
     "stats": {"tokens": ((int,), True), "compute_ms": (Number, True), "streams": ((int,), False)},
     "release": {"stream": ((int,), True)},
+    "head_mask": {"stream": ((int,), True), "layer_start": ((int,), True), "masks": ((list,), True)},
     "layer_stats": {"position": ((int,), True), "ratios": ((list,), True), "node_ratio": (Number, True),
-                    "norms": ((list,), False)},
+                    "norms": ((list,), False), "head_ratios": ((list,), False)},
     "progress": {"done": ((int,), True), "total": ((int,), True), "what": ((str,), False)},
     "error": {"code": ((str,), True), "message": ((str,), True), "stream": ((int,), False)},
     "leave": {"reason": ((str,), True)},

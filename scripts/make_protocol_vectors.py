@@ -107,6 +107,9 @@ def control_vectors() -> list[dict]:
         {"type": "heartbeat", "time": 1700000000.25},
         {"type": "release", "stream": 42},
         {"type": "layer_stats", "position": 17, "ratios": [0.25, 0.5], "node_ratio": 0.4375, "norms": [30.5, 31.0]},
+        {"type": "layer_stats", "position": 16, "ratios": [0.25], "node_ratio": 0.25, "norms": [30.5],
+         "head_ratios": [[0.03125, 0.0625, 0.5]]},
+        {"type": "head_mask", "stream": 5, "layer_start": 3, "masks": [[1, 0, 1], [1, 1, 1]]},
         {"type": "error", "code": "bad-frame", "message": "payload CRC-32 does not match", "stream": 3},
         {"type": "leave", "reason": "page closed"},
     ]

@@ -41,12 +41,14 @@ class CodedBoundary:
 
 def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: SamplingParams,
                    cuts: list[int], settings: CodecSettings, stop_ids: frozenset[int],
-                   skips: frozenset[tuple[int, int]] = frozenset()) -> list[int]:
+                   skips: frozenset[tuple[int, int]] = frozenset(),
+                   pruned_heads: frozenset[tuple[int, int]] = frozenset(), heads_from: int = 0) -> list[int]:
     """Greedy/sampled token ids with the codec at every stage boundary (cuts = stage starts after 0).
 
     skips: (position, layer) pairs that run K/V-only (one-token steps only, as the router).
     A stage whose layers are all skipped is bypassed: its output frame is its input frame,
     so no codec step is added at its output (the pipeline relays the frame untouched).
+    pruned_heads: (layer, head) pairs masked on one-token steps at positions >= heads_from.
     """
     layers = executor.manifest.model.layers
     bounds = [0, *cuts, layers]
@@ -65,7 +67,13 @@ def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: S
                     hidden = links[index](hidden[0], position)[None]
                 skipped = frozenset(layer for layer in range(first, last)
                                     if len(ids) == 1 and (position, layer) in skips)
-                hidden = executor.stack.forward(stream, hidden, positions, skip=skipped, layers=range(first, last))
+                masks = None
+                if pruned_heads and len(ids) == 1 and position >= heads_from:
+                    heads = executor.manifest.model.heads
+                    masks = {layer: np.array([0.0 if (layer, head) in pruned_heads else 1.0 for head in range(heads)],
+                                             dtype=np.float32) for layer in range(first, last)}
+                hidden = executor.stack.forward(stream, hidden, positions, skip=skipped, layers=range(first, last),
+                                                head_masks=masks)
                 passthrough = len(skipped) == last - first
             if not passthrough:
                 hidden = links[-1](hidden[0], position)[None]

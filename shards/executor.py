@@ -8,8 +8,9 @@ yardstick the distributed pipeline is held to. It never does network I/O.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from shards.manifest import Manifest, load_manifest, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
 
-__all__ = ["GenerationStep", "LayerStack", "ReferenceExecutor", "session_options"]
+__all__ = ["GenerationStep", "LayerReport", "LayerStack", "ReferenceExecutor", "session_options"]
 
 
 @dataclass
@@ -29,6 +30,18 @@ class LayerCache:
 
     key: np.ndarray
     value: np.ndarray
+
+
+@dataclass
+class LayerReport:
+    """What a forward pass measured. For one-row calls, per layer that ran: r =
+    ||update|| / ||input||, the output norm, and each head's contribution norm over the
+    input norm (before its mask); empty lists for multi-row calls."""
+
+    hidden: np.ndarray                       # (1, seq, hidden) the output
+    ratios: list[float] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+    head_ratios: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +63,7 @@ class LayerStack:
         }
         self._kv_graphs: dict[int, ort.InferenceSession] = {}
         self._directory, self._options = directory, options
+        self._all_heads = np.ones(manifest.model.heads, dtype=np.float32)
         self.streams: dict[int, StreamState] = {}
 
     def _empty_cache(self) -> LayerCache:
@@ -65,20 +79,22 @@ class LayerStack:
         return self._kv_graphs[index]
 
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
-                skip: frozenset[int] = frozenset(), layers: range | None = None) -> np.ndarray:
-        return self.forward_reporting(stream, hidden, positions, skip, layers)[0]
+                skip: frozenset[int] = frozenset(), layers: range | None = None,
+                head_masks: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
+        return self.forward_reporting(stream, hidden, positions, skip, layers, head_masks).hidden
 
     def forward_reporting(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
-                          skip: frozenset[int] = frozenset(), layers: range | None = None
-                          ) -> tuple[np.ndarray, list[float], list[float]]:
+                          skip: frozenset[int] = frozenset(), layers: range | None = None,
+                          head_masks: Mapping[int, np.ndarray] | None = None) -> LayerReport:
         """Run this stack's layers (or the sub-range `layers`) on hidden (1, seq, hidden) at positions (1, seq).
 
         A layer in `skip` passes the hidden state through unchanged but still writes
         this position's K/V (computed from that unchanged state), keeping caches coherent.
+        head_masks[layer] (heads,) scales each attention head's contribution (0 prunes it);
+        layers not in it keep every head.
         """
         state = self.streams.setdefault(stream, StreamState())
-        ratios: list[float] = []   # r = |update| / |input| per layer that ran (one-row calls)
-        norms: list[float] = []
+        report = LayerReport(hidden)
         for index in layers if layers is not None else range(self.first, self.last):
             cache = state.caches.get(index) or self._empty_cache()
             feeds = {"hidden": hidden, "positions": positions,
@@ -86,13 +102,19 @@ class LayerStack:
             if index in skip:
                 key, value = self._kv_graph(index).run(None, feeds)
             else:
-                out, key, value = self.layers[index].run(None, feeds)
+                mask = head_masks.get(index) if head_masks is not None else None
+                feeds["head_mask"] = self._all_heads if mask is None else np.asarray(mask, dtype=np.float32)
+                out, key, value, head_energy = self.layers[index].run(None, feeds)
                 if out.shape[1] == 1:
-                    ratios.append(float(np.linalg.norm(out - hidden) / np.linalg.norm(hidden)))
-                    norms.append(float(np.linalg.norm(out)))
+                    input_norm = float(np.linalg.norm(hidden))
+                    report.ratios.append(float(np.linalg.norm(out - hidden)) / input_norm)
+                    report.norms.append(float(np.linalg.norm(out)))
+                    report.head_ratios.append([math.sqrt(max(float(energy), 0.0)) / input_norm
+                                               for energy in head_energy[0, 0]])
                 hidden = out
             state.caches[index] = LayerCache(key, value)
-        return hidden, ratios, norms
+        report.hidden = hidden
+        return report
 
     def release(self, stream: int) -> None:
         self.streams.pop(stream, None)

@@ -15,7 +15,7 @@ from typing import Any
 from shards.errors import ShardIntegrityError
 from shards.model_config import ModelConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 

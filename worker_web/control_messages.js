@@ -4,6 +4,9 @@
 import { decode, encode } from '@msgpack/msgpack';
 import { FrameError, Kind, packFrame, parseFrame } from './codec.js';
 
+// layer_stats carries head_ratios for one-row frames at positions that are multiples of this.
+export const HEAD_SAMPLE_INTERVAL = 8;
+
 const T = { int: 'int', number: 'number', string: 'str', bool: 'bool', list: 'list', map: 'dict' };
 
 // type -> {field: [types, required]}
@@ -18,8 +21,9 @@ export const SCHEMAS = Object.freeze({
   heartbeat: { time: [[T.int, T.number], true] },
   stats: { tokens: [[T.int], true], compute_ms: [[T.int, T.number], true], streams: [[T.int], false] },
   release: { stream: [[T.int], true] },
+  head_mask: { stream: [[T.int], true], layer_start: [[T.int], true], masks: [[T.list], true] },
   layer_stats: { position: [[T.int], true], ratios: [[T.list], true], node_ratio: [[T.int, T.number], true],
-    norms: [[T.list], false] },
+    norms: [[T.list], false], head_ratios: [[T.list], false] },
   progress: { done: [[T.int], true], total: [[T.int], true], what: [[T.string], false] },
   error: { code: [[T.string], true], message: [[T.string], true], stream: [[T.int], false] },
   leave: { reason: [[T.string], true] },

@@ -56,6 +56,14 @@ export function updateRatio(before, after) {
   return { ratio: base > 0 ? Math.sqrt(change / base) : 0, norm: Math.sqrt(size) };
 }
 
+/** Each head's contribution norm over |input|, from the graph's squared norms (one row). */
+export function headContributions(input, energies) {
+  let base = 0;
+  for (let i = 0; i < input.length; i += 1) base += input[i] * input[i];
+  const scale = base > 0 ? 1 / Math.sqrt(base) : 0;
+  return Array.from(energies, (energy) => Math.sqrt(Math.max(energy, 0)) * scale);
+}
+
 /** Float32 tensor from a Float32Array and dims. */
 export function floatTensor(ort, data, dims) {
   return new ort.Tensor('float32', data, dims);
@@ -78,6 +86,20 @@ export class LayerRunner {
     Object.assign(this, { ort, backend, model, layerStart, layerEnd });
     this.layers = [];      // [{full, kvOnly}] by layer - layerStart
     this.streams = new Map(); // stream -> [{key, value}] by layer - layerStart
+    this.headMasks = new Map(); // stream -> [head_mask tensor (heads,)] by layer - layerStart
+    this.allHeads = floatTensor(ort, new Float32Array(model.heads).fill(1), [model.heads]);
+  }
+
+  /** Head masks for a stream from the coordinator's head_mask message; [] keeps every head. */
+  setHeadMasks(stream, layerStart, masks) {
+    const tensors = this.layers.map(() => this.allHeads);
+    masks.forEach((mask, offset) => {
+      const index = layerStart + offset - this.layerStart;
+      if (index >= 0 && index < tensors.length && mask.length === this.model.heads) {
+        tensors[index] = floatTensor(this.ort, Float32Array.from(mask, Number), [this.model.heads]);
+      }
+    });
+    this.headMasks.set(stream, tensors);
   }
 
   async load(files, onLoaded) {
@@ -97,10 +119,11 @@ export class LayerRunner {
 
   /**
    * hidden: Float32Array (rows * hidden) at positions position..position+rows-1.
-   * Returns {output, ratios, norms, nodeRatio}; for one-row frames ratios holds
-   * r = |update| / |input| of each layer that ran (the router's input).
+   * Returns {output, ratios, norms, nodeRatio, headRatios}; for one-row frames ratios holds
+   * r = |update| / |input| of each layer that ran (the router's input), and, when
+   * sampleHeads, headRatios each head's contribution norm / |input| per layer that ran.
    */
-  async forward(stream, hidden, rows, position, skipMask) {
+  async forward(stream, hidden, rows, position, skipMask, sampleHeads = false) {
     let caches = this.streams.get(stream);
     if (!caches) {
       caches = this.layers.map(() => this.emptyCache());
@@ -110,10 +133,13 @@ export class LayerRunner {
     const positions = positionsTensor(this.ort, position, rows);
     const ratios = [];
     const norms = [];
+    const headRatios = [];
+    const masks = this.headMasks.get(stream);
     for (let index = 0; index < this.layers.length; index += 1) {
       const cache = caches[index];
       const feeds = { hidden: state, positions, past_key: cache.key, past_value: cache.value };
       const skipped = (skipMask >> BigInt(index)) & 1n;
+      if (!skipped) feeds.head_mask = masks ? masks[index] : this.allHeads;
       const session = skipped ? this.layers[index].kvOnly : this.layers[index].full;
       const out = await session.run(feeds);
       if (!skipped) {
@@ -121,20 +147,22 @@ export class LayerRunner {
           const { ratio, norm } = updateRatio(state.data, out.hidden_out.data);
           ratios.push(ratio);
           norms.push(norm);
+          if (sampleHeads) headRatios.push(headContributions(state.data, out.head_energy.data));
         }
         state = out.hidden_out;
       }
       caches[index] = { key: out.present_key, value: out.present_value };
     }
     const nodeRatio = rows === 1 ? updateRatio(hidden, state.data).ratio : 0;
-    return { output: state.data, ratios, norms, nodeRatio };
+    return { output: state.data, ratios, norms, nodeRatio, headRatios };
   }
 
-  release(stream) { this.streams.delete(stream); }
+  release(stream) { this.streams.delete(stream); this.headMasks.delete(stream); }
 
   async dispose() {
     for (const { full, kvOnly } of this.layers) { await full.release(); await kvOnly.release(); }
     this.layers = [];
     this.streams.clear();
+    this.headMasks.clear();
   }
 }

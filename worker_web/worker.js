@@ -3,7 +3,7 @@
 // it is doing. Owns the WebSocket and the page; codec.js owns bytes, ort_runtime.js owns
 // onnxruntime, shard_store.js owns shard files.
 import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame } from './codec.js';
-import { decodeControl, encodeControl } from './control_messages.js';
+import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
 import { LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
 import { fetchShardFiles } from './shard_store.js';
 
@@ -75,7 +75,7 @@ async function onAssign(message) {
   const { layer_start: start, layer_end: end, model } = message;
   worker.assignment = message;
   const same = worker.runner && worker.runner.layerStart === start && worker.runner.layerEnd === end
-    && worker.runner.model.shard_sha256 === model.shard_sha256;
+    && worker.runner.model.shard_sha256 === model.shard_sha256 && worker.runner.model.converter === model.converter;
   if (same) {
     sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: 0, cached: true, backend: worker.backend });
     return;
@@ -120,16 +120,20 @@ async function onForward(bytes, parsed) {
     return;
   }
   const started = performance.now();
+  const sampleHeads = header.rows === 1 && header.position % HEAD_SAMPLE_INTERVAL === 0
+    && !(header.flags & Flag.NO_REPLY);
   const result = echo ? { output: values, ratios: [] }
-    : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask);
+    : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask, sampleHeads);
   if (!echo) {
     worker.computeMs += performance.now() - started;
     worker.tokens += header.rows;
   }
   if (header.flags & Flag.NO_REPLY) return;
   if (!echo && header.rows === 1) {
-    sendControl({ type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
-      node_ratio: result.nodeRatio }, header.stream);
+    const report = { type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
+      node_ratio: result.nodeRatio };
+    if (sampleHeads) report.head_ratios = result.headRatios;
+    sendControl(report, header.stream);
   }
   const output = result.output;
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
@@ -148,6 +152,12 @@ function onControl(message) {
   switch (message.type) {
     case 'assign':
       worker.queue = worker.queue.then(() => onAssign(message)).catch(fail);
+      break;
+    case 'head_mask':
+      // Queued behind the frames already received, so it applies from the next FORWARD on.
+      worker.queue = worker.queue.then(() => {
+        worker.runner?.setHeadMasks(message.stream, message.layer_start, message.masks);
+      });
       break;
     case 'release':
       worker.queue = worker.queue.then(() => {

@@ -21,13 +21,14 @@ async ({layer, hidden, prefill, backend}) => {
   const bytes = new Uint8Array(await (await fetch(`/shards/layer_${String(layer).padStart(2, '0')}.onnx`)).arrayBuffer());
   const session = await rt.createSession(ort, bytes, backend);
   const empty = rt.floatTensor(ort, new Float32Array(0), [1, 3, 0, 64]);
+  const heads = rt.floatTensor(ort, new Float32Array(9).fill(1), [9]);
   const first = await session.run({
     hidden: rt.floatTensor(ort, Float32Array.from(hidden.slice(0, prefill * 576)), [1, prefill, 576]),
-    positions: rt.positionsTensor(ort, 0, prefill), past_key: empty, past_value: empty});
+    positions: rt.positionsTensor(ort, 0, prefill), past_key: empty, past_value: empty, head_mask: heads});
   const second = await session.run({
     hidden: rt.floatTensor(ort, Float32Array.from(hidden.slice(prefill * 576)), [1, 1, 576]),
     positions: rt.positionsTensor(ort, prefill, 1),
-    past_key: first.present_key, past_value: first.present_value});
+    past_key: first.present_key, past_value: first.present_value, head_mask: heads});
   return {prefill: Array.from(first.hidden_out.data), decode: Array.from(second.hidden_out.data),
           key: Array.from(second.present_key.data), dims: second.present_key.dims};
 }
@@ -37,10 +38,11 @@ async ({layer, hidden, prefill, backend}) => {
 def native_layer(shard_dir, hidden: np.ndarray, prefill: int):
     session = ort.InferenceSession(str(shard_dir / f"layer_{LAYER:02d}.onnx"), session_options(1))
     empty = np.zeros((1, 3, 0, 64), dtype=np.float32)
+    heads = np.ones(9, dtype=np.float32)
     first = session.run(None, {"hidden": hidden[:, :prefill], "positions": np.arange(prefill)[None],
-                               "past_key": empty, "past_value": empty})
+                               "past_key": empty, "past_value": empty, "head_mask": heads})
     second = session.run(None, {"hidden": hidden[:, prefill:], "positions": np.array([[prefill]]),
-                                "past_key": first[1], "past_value": first[2]})
+                                "past_key": first[1], "past_value": first[2], "head_mask": heads})
     return first[0], second[0], second[1]
 
 

@@ -16,7 +16,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
-from protocol.control import decode_control, encode_control
+from protocol.control import HEAD_SAMPLE_INTERVAL, decode_control, encode_control
 from protocol.frames import Encoding, Flag, FrameKind, parse_frame
 from shards.executor import LayerStack
 from shards.manifest import load_manifest
@@ -35,6 +35,8 @@ class FakeWorker:
         self.frames_seen = 0
         self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
         self.released: list[int] = []
+        self.head_masks: dict[int, dict[int, np.ndarray]] = {}   # stream -> layer -> (heads,) mask
+        self.head_mask_messages: list[dict] = []
         self.close_code: int | None = None
         self.closed = asyncio.Event()
 
@@ -65,8 +67,14 @@ class FakeWorker:
             message = decode_control(data)
             if message["type"] == "assign":
                 await self._assign(message)
+            elif message["type"] == "head_mask":
+                self.head_mask_messages.append(message)
+                self.head_masks[message["stream"]] = {
+                    message["layer_start"] + offset: np.array(mask, dtype=np.float32)
+                    for offset, mask in enumerate(message["masks"])}
             elif message["type"] == "release":
                 self.released.append(message["stream"])
+                self.head_masks.pop(message["stream"], None)
                 self.decoders.pop(message["stream"], None)
                 self.encoders.pop(message["stream"], None)
                 if self.stack:
@@ -88,16 +96,20 @@ class FakeWorker:
         if header.layer_start == header.layer_end:  # an echo: no layers
             out = values[None]
         else:
-            out, ratios, norms = await loop.run_in_executor(
-                None, self.stack.forward_reporting, stream, values[None], positions, skipped)
+            report = await loop.run_in_executor(
+                None, self.stack.forward_reporting, stream, values[None], positions, skipped, None,
+                self.head_masks.get(stream))
+            out, ratios, norms = report.hidden, report.ratios, report.norms
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY):
             return
         if header.rows == 1 and header.layer_start != header.layer_end:
             node_ratio = float(np.linalg.norm(out[0] - values) / np.linalg.norm(values))
-            await self.socket.send_bytes(encode_control(
-                {"type": "layer_stats", "position": header.position, "ratios": ratios, "norms": norms,
-                 "node_ratio": node_ratio}, stream))
+            stats = {"type": "layer_stats", "position": header.position, "ratios": ratios, "norms": norms,
+                     "node_ratio": node_ratio}
+            if header.position % HEAD_SAMPLE_INTERVAL == 0:
+                stats["head_ratios"] = report.head_ratios
+            await self.socket.send_bytes(encode_control(stats, stream))
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
                                  run_length=header.encoding == Encoding.INT8_BLOCK)
         route = Route(FrameKind.RESULT, stream, header.position, header.layer_start, header.layer_end,

@@ -87,7 +87,8 @@ def test_quant_type_converts_and_computes_with_dequantized_weights(tmp_path, mat
     hidden = np.random.default_rng(6).standard_normal((3, HIDDEN)).astype(np.float32)
     empty = np.zeros((1, KV_HEADS, 0, 64), dtype=np.float32)
     got = session.run(None, {"hidden": hidden[None], "positions": np.arange(3)[None],
-                             "past_key": empty, "past_value": empty})[0][0]
+                             "past_key": empty, "past_value": empty,
+                             "head_mask": np.ones(config.heads, dtype=np.float32)})[0][0]
     empty64 = np.zeros((KV_HEADS, 0, 64))
     want, _, _ = numpy_layer(weights, hidden.astype(np.float64), np.arange(3), empty64, empty64, config)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())  # float32 vs float64

@@ -42,8 +42,9 @@ def rotate(x, positions, heads, config):
     return np.concatenate([first * cos - second * sin, second * cos + first * sin], -1)
 
 
-def numpy_layer(w, hidden, positions, past_k, past_v, c: ModelConfig = CONFIG):
+def numpy_layer(w, hidden, positions, past_k, past_v, c: ModelConfig = CONFIG, head_mask=None):
     """hidden (seq, hidden); past (kv_heads, past, dim). Returns new hidden, K, V."""
+    mask = np.ones(c.heads) if head_mask is None else head_mask
     x = rms_norm(hidden, w["attn_norm"], c)
     q = rotate(x @ w["attn_q"].T, positions, c.heads, c)                      # (seq, heads, dim)
     k = rotate(x @ w["attn_k"].T, positions, c.kv_heads, c).transpose(1, 0, 2)  # (kv, seq, dim)
@@ -56,6 +57,7 @@ def numpy_layer(w, hidden, positions, past_k, past_v, c: ModelConfig = CONFIG):
         scores[np.arange(keys.shape[1])[None, :] > positions[:, None]] = -np.inf
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         out[:, head] = (weights / weights.sum(-1, keepdims=True)) @ values[head // group]
+    out = out * mask[None, :, None]
     after = hidden + out.reshape(len(positions), -1) @ w["attn_output"].T
     y = rms_norm(after, w["ffn_norm"], c)
     gate = y @ w["ffn_gate"].T
@@ -71,11 +73,12 @@ def sessions():
     return weights, layer, kv_only
 
 
-def run(session, hidden, positions, past_k, past_v):
-    return session.run(None, {"hidden": hidden[None].astype(np.float32),
-                              "positions": positions[None].astype(np.int64),
-                              "past_key": past_k[None].astype(np.float32),
-                              "past_value": past_v[None].astype(np.float32)})
+def run(session, hidden, positions, past_k, past_v, head_mask=None):
+    feeds = {"hidden": hidden[None].astype(np.float32), "positions": positions[None].astype(np.int64),
+             "past_key": past_k[None].astype(np.float32), "past_value": past_v[None].astype(np.float32)}
+    if any(node.name == "head_mask" for node in session.get_inputs()):
+        feeds["head_mask"] = (np.ones(CONFIG.heads) if head_mask is None else head_mask).astype(np.float32)
+    return session.run(None, feeds)
 
 
 def test_prefill_then_decode_match_numpy(sessions):
@@ -83,12 +86,12 @@ def test_prefill_then_decode_match_numpy(sessions):
     rng = np.random.default_rng(1)
     empty = np.zeros((CONFIG.kv_heads, 0, CONFIG.head_dim))
     prompt = rng.standard_normal((5, CONFIG.hidden))
-    out, key, value = run(layer, prompt, np.arange(5), empty, empty)
+    out, key, value, _ = run(layer, prompt, np.arange(5), empty, empty)
     want, want_k, want_v = numpy_layer(weights, prompt, np.arange(5), empty, empty)
     assert np.abs(out[0] - want).max() < 1e-4
     assert np.abs(key[0] - want_k).max() < 1e-4 and np.abs(value[0] - want_v).max() < 1e-4
     step = rng.standard_normal((1, CONFIG.hidden))
-    out2, key2, _ = run(layer, step, np.array([5]), key[0], value[0])
+    out2, key2, _, _ = run(layer, step, np.array([5]), key[0], value[0])
     want2, _, _ = numpy_layer(weights, step, np.array([5]), want_k, want_v)
     assert np.abs(out2[0] - want2).max() < 1e-4
     assert key2.shape == (1, CONFIG.kv_heads, 6, CONFIG.head_dim)
@@ -114,7 +117,7 @@ def test_kv_only_graph_writes_the_same_cache_as_the_full_layer(sessions):
     past_k = rng.standard_normal((CONFIG.kv_heads, 3, CONFIG.head_dim))
     past_v = rng.standard_normal((CONFIG.kv_heads, 3, CONFIG.head_dim))
     hidden = rng.standard_normal((1, CONFIG.hidden))
-    _, key, value = run(layer, hidden, np.array([3]), past_k, past_v)
+    _, key, value, _ = run(layer, hidden, np.array([3]), past_k, past_v, np.zeros(CONFIG.heads))
     only_key, only_value = run(kv_only, hidden, np.array([3]), past_k, past_v)
     assert np.array_equal(key, only_key) and np.array_equal(value, only_value)
 
@@ -126,3 +129,43 @@ def test_undo_rotary_permutation_inverts_llama_cpp_permutation():
     # llama.cpp's convert script: reshape(heads, 2, dim/2, in).swapaxes(1, 2)
     permuted = original.reshape(heads, 2, dim // 2, columns).swapaxes(1, 2).reshape(heads * dim, columns)
     assert np.array_equal(undo_rotary_permutation(permuted, heads), original)
+
+
+def test_head_mask_prunes_heads_and_head_norms_measure_each_contribution(sessions):
+    """A masked head adds nothing to the residual stream; K/V are written regardless;
+    head_energy is each head's squared contribution before the mask."""
+    weights, layer, _ = sessions
+    rng = np.random.default_rng(5)
+    past_k = rng.standard_normal((CONFIG.kv_heads, 4, CONFIG.head_dim))
+    past_v = rng.standard_normal((CONFIG.kv_heads, 4, CONFIG.head_dim))
+    hidden = rng.standard_normal((2, CONFIG.hidden))
+    positions = np.array([4, 5])
+    mask = np.array([1.0, 0.0, 1.0, 0.0])
+    full, full_key, full_value, norms = run(layer, hidden, positions, past_k, past_v)
+    pruned, key, value, pruned_norms = run(layer, hidden, positions, past_k, past_v, mask)
+    want, _, _ = numpy_layer(weights, hidden, positions, past_k, past_v, head_mask=mask)
+    assert np.abs(pruned[0] - want).max() < 1e-4
+    assert np.abs(full - pruned).max() > 1e-3
+    assert np.array_equal(key, full_key) and np.array_equal(value, full_value)
+    assert norms.shape == (1, 2, CONFIG.heads) and np.array_equal(norms, pruned_norms)
+    contribution = _attention_contributions(weights, hidden, positions, past_k, past_v)
+    assert np.abs(np.sqrt(np.maximum(norms[0], 0)) - np.linalg.norm(contribution, axis=-1)).max() < 1e-4
+
+
+def _attention_contributions(w, hidden, positions, past_k, past_v, c: ModelConfig = CONFIG):
+    """Each head's output through its slice of the output projection: (seq, heads, hidden)."""
+    x = rms_norm(hidden, w["attn_norm"], c)
+    q = rotate(x @ w["attn_q"].T, positions, c.heads, c)
+    k = rotate(x @ w["attn_k"].T, positions, c.kv_heads, c).transpose(1, 0, 2)
+    v = (x @ w["attn_v"].T).reshape(len(positions), c.kv_heads, c.head_dim).transpose(1, 0, 2)
+    keys, values = np.concatenate([past_k, k], 1), np.concatenate([past_v, v], 1)
+    group = c.heads // c.kv_heads
+    result = np.zeros((len(positions), c.heads, c.hidden))
+    for head in range(c.heads):
+        scores = q[:, head] @ keys[head // group].T / np.sqrt(c.head_dim)
+        scores[np.arange(keys.shape[1])[None, :] > positions[:, None]] = -np.inf
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        out = (weights / weights.sum(-1, keepdims=True)) @ values[head // group]
+        columns = slice(head * c.head_dim, (head + 1) * c.head_dim)
+        result[:, head] = out @ w["attn_output"][:, columns].T
+    return result

@@ -9,7 +9,15 @@ import pytest
 
 from shards.errors import ModelFileError, ShardIntegrityError, UnsupportedModelError
 from shards.gguf_model import GGUFModel
-from shards.manifest import FileEntry, LayerEntry, Manifest, load_manifest, sha256_of, verify_files
+from shards.manifest import (
+    FORMAT_VERSION,
+    FileEntry,
+    LayerEntry,
+    Manifest,
+    load_manifest,
+    sha256_of,
+    verify_files,
+)
 from tests.unit.test_graphs import CONFIG
 
 
@@ -65,7 +73,7 @@ def make_manifest(directory: Path) -> Manifest:
     (directory / "layer_00.kv.onnx").write_bytes(b"y" * 10)
     files = {name: FileEntry(size=(directory / name).stat().st_size, sha256=sha256_of(directory / name))
              for name in ("layer_00.onnx", "layer_00.kv.onnx")}
-    manifest = Manifest(format_version=1, model=CONFIG, source={"sha256": "0"}, weight_format={},
+    manifest = Manifest(format_version=FORMAT_VERSION, model=CONFIG, source={"sha256": "0"}, weight_format={},
                         opset=23, layers=(LayerEntry(0, "layer_00.onnx", "layer_00.kv.onnx"),),
                         embedding="embedding.onnx", head="head.onnx", tokenizer="tokenizer.json",
                         chat_template=None, eos_id=2, bos_id=None, files=files)
@@ -97,7 +105,7 @@ def test_missing_manifest_and_wrong_version(tmp_path):
     with pytest.raises(ShardIntegrityError, match="run `tabswarm convert`"):
         load_manifest(tmp_path)
     make_manifest(tmp_path)
-    text = (tmp_path / "manifest.json").read_text().replace('"format_version": 1', '"format_version": 99')
+    text = (tmp_path / "manifest.json").read_text().replace(f'"format_version": {FORMAT_VERSION}', '"format_version": 99')
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(ShardIntegrityError, match="format version 99"):
         load_manifest(tmp_path)
