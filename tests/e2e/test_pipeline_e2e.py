@@ -174,3 +174,26 @@ async def test_forced_skips_and_node_bypass_in_the_browser_equal_the_reference(c
     assert code == 200, body
     assert body["choices"][0]["token_ids"] == [t for t in want if t != reference.manifest.eos_id]
     assert body["usage"]["tabswarm"]["nodes_bypassed"] == 2
+
+
+async def test_head_masks_in_the_browser_equal_the_reference(cluster, reference):
+    """The tabs apply the coordinator's head masks (and report each head's contribution for
+    the running statistics): the tokens equal the reference executor's under the same masks."""
+    base, _ = cluster
+    cuts = cuts_of(await wait_ready(base, 2, LOAD_TIMEOUT))
+    pruned = [(layer, head) for layer in range(2, 6) for head in range(9)] + [(20, 0), (20, 4), (20, 8)]
+    ids = reference.text.encode_chat(COLOURS)
+    want = coded_generate(reference, ids, SamplingParams(max_tokens=12), cuts, CodecPresets().get("lossless"),
+                          frozenset({reference.manifest.eos_id}), pruned_heads=frozenset(pruned), heads_from=4)
+    unpruned = coded_generate(reference, ids, SamplingParams(max_tokens=12), cuts, CodecPresets().get("lossless"),
+                              frozenset({reference.manifest.eos_id}))
+    assert want != unpruned
+    samples_before = sum((await status_of(base))["router"]["head_samples_per_layer"])
+    code, body = await post(base, "/v1/chat/completions", {
+        "messages": COLOURS, "max_tokens": 12,
+        "tabswarm": {"codec": "lossless", "return_token_ids": True,
+                     "router": {"policy": "off", "head_script": [list(pair) for pair in pruned]}}})
+    assert code == 200, body
+    assert body["choices"][0]["token_ids"] == [t for t in want if t != reference.manifest.eos_id]
+    assert body["usage"]["tabswarm"]["heads_pruned"] == len(pruned) * (body["usage"]["completion_tokens"] - 1)
+    assert sum((await status_of(base))["router"]["head_samples_per_layer"]) > samples_before
