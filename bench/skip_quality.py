@@ -23,6 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.cli import DEFAULT_TEXT
+from coordinator.head_pruning import (
+    HeadStatistics,
+    applies,
+    node_masks,
+    observe_heads,
+    pruned_heads,
+)
 from coordinator.planner import even_stages
 from coordinator.router import (
     LayerStatistics,
@@ -33,6 +40,7 @@ from coordinator.router import (
     observe,
     start_token,
 )
+from protocol.control import HEAD_SAMPLE_INTERVAL
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import default_model_path
@@ -52,19 +60,25 @@ class RunResult:
     seconds: float
     decide_microseconds: float
     stats: LayerStatistics
+    head_stats: HeadStatistics
+    heads_pruned_percent: float
 
 
 def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stages: list[tuple[int, int]],
         write_kv: bool = True, score: bool = True, generate: int = 0,
-        stats: LayerStatistics | None = None) -> RunResult:
+        stats: LayerStatistics | None = None, head_stats: HeadStatistics | None = None) -> RunResult:
     """Teacher-forced over ids (score), or greedy after the prompt ids (generate > 0).
 
     When generating, prompt tokens are never routed, as in the pipeline (a prompt travels
     as one prefill frame without a skip mask); `stats` lets a run start from warmed
-    running statistics, as on a server that has been serving.
+    running statistics, as on a server that has been serving. Head contributions are
+    sampled every HEAD_SAMPLE_INTERVAL positions, as the workers report them.
     """
-    layers = executor.manifest.model.layers
+    layers, heads = executor.manifest.model.layers, executor.manifest.model.heads
     stats = stats if stats is not None else LayerStatistics(layers)
+    head_stats = head_stats if head_stats is not None else HeadStatistics(layers, heads)
+    pruned: frozenset[tuple[int, int]] = frozenset()
+    head_slots, heads_masked = 0, 0
     token = TokenState()
     routable_from = len(ids) if generate else 0
     stream = 77_000
@@ -78,6 +92,11 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
             start_token(token)
             hidden = executor.embed([sequence[position]])
             positions = np.array([[position]], dtype=np.int64)
+            if not (applies(config, position, 1) and position >= routable_from):
+                pruned = frozenset()
+            elif not pruned or position % HEAD_SAMPLE_INTERVAL == 0:
+                pruned = pruned_heads(config, head_stats)
+            sample_heads = position % HEAD_SAMPLE_INTERVAL == 0
             row = []
             for start, end in stages:
                 began = time.perf_counter()
@@ -96,11 +115,18 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
                         else:  # ablation: the cache gets zeros for this position instead of K/V
                             _write_zero_kv(executor, stream, layer)
                         continue
-                    out = executor.stack.forward(stream, hidden, positions, layers=range(layer, layer + 1))
-                    before = float(np.linalg.norm(hidden))
-                    ratios.append(float(np.linalg.norm(out - hidden)) / before)
-                    norms.append(float(np.linalg.norm(out)))
-                    hidden = out
+                    masks = node_masks(pruned, heads, layer, layer + 1)
+                    report = executor.stack.forward_reporting(
+                        stream, hidden, positions, layers=range(layer, layer + 1),
+                        head_masks={layer: np.array(masks[0], dtype=np.float32)} if masks else None)
+                    if position >= config.protect_tokens:
+                        head_slots += heads
+                        heads_masked += masks[0].count(0) if masks else 0
+                    if sample_heads:
+                        observe_heads(config, head_stats, position, layer, [layer], report.head_ratios)
+                    ratios.extend(report.ratios)
+                    norms.extend(report.norms)
+                    hidden = report.hidden
                 node_ratio = float(np.linalg.norm(hidden - node_input) / np.linalg.norm(node_input))
                 observe(config, stats, token, position, start, end, decision, ratios, norms, node_ratio)
             logits = executor.logits(hidden)[0, -1]
@@ -123,7 +149,8 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
     return RunResult(perplexity=math.exp(np.mean(nll)) if nll else float("nan"),
                      skip_percent=float(skips.mean() * 100) if len(skips) else 0.0, bypass_percent=bypass,
                      tokens=produced, seconds=time.perf_counter() - started,
-                     decide_microseconds=decide_seconds / max(decisions, 1) * 1e6, stats=stats)
+                     decide_microseconds=decide_seconds / max(decisions, 1) * 1e6, stats=stats,
+                     head_stats=head_stats, heads_pruned_percent=heads_masked / max(head_slots, 1) * 100)
 
 
 def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None:
@@ -136,13 +163,14 @@ def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None
 
 
 def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: dict[str, list[int]],
-              length: int, warmed: LayerStatistics) -> float:
+              length: int, warmed: LayerStatistics, warmed_heads: HeadStatistics) -> float:
     """Mean fraction of the full-depth greedy continuation reproduced before the first difference
     (or before full depth's end of sequence)."""
     fractions = []
     for prompt in PROMPTS:
         ids = executor.text.encode_chat([{"role": "user", "content": prompt}])
-        tokens = run(executor, ids, config, stages, score=False, generate=length, stats=copy.deepcopy(warmed)).tokens
+        tokens = run(executor, ids, config, stages, score=False, generate=length, stats=copy.deepcopy(warmed),
+                     head_stats=copy.deepcopy(warmed_heads)).tokens
         reference = full[prompt]
         end = reference.index(executor.manifest.eos_id) + 1 if executor.manifest.eos_id in reference else length
         same = next((i for i, (a, b) in enumerate(zip(tokens[:end], reference[:end], strict=False)) if a != b), end)
@@ -153,7 +181,7 @@ def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: d
 def sweeps(quick: bool) -> list[tuple[str, RouterConfig, list[tuple[int, int]] | None]]:
     per_layer = None  # decisions layer by layer (the anchor is always the previous layer)
     configs: list[tuple[str, RouterConfig, list[tuple[int, int]] | None]] = [("full depth", RouterConfig(), per_layer)]
-    thresholds = (0.12, 0.16) if quick else (0.06, 0.1, 0.15, 0.2)
+    thresholds = (0.12, 0.16) if quick else (0.06, 0.1, 0.15, 0.17, 0.2)
     configs += [(f"predictor t={t}", RouterConfig(policy="predictor", threshold=t), per_layer) for t in thresholds]
     capacities = (0.6,) if quick else (0.85, 0.75, 0.65)
     configs += [(f"synapse c={c}", RouterConfig(policy="synapse", capacity=c), per_layer) for c in capacities]
@@ -161,6 +189,8 @@ def sweeps(quick: bool) -> list[tuple[str, RouterConfig, list[tuple[int, int]] |
         stages = [(s.layer_start, s.layer_end) for s in even_stages(30, nodes)]
         for threshold in ((0.15,) if quick else ((0.02, 0.04, 0.06, 0.09) if nodes == 10 else (0.02, 0.04, 0.06))):
             configs.append((f"node {nodes}n t={threshold}", RouterConfig(policy="node", node_threshold=threshold), stages))
+    fractions = (0.05,) if quick else (0.02, 0.035, 0.05, 0.1)
+    configs += [(f"heads f={f}", RouterConfig(prune_heads=f), per_layer) for f in fractions]
     return configs
 
 
@@ -183,23 +213,29 @@ def main() -> None:
     for prompt in PROMPTS:
         prompt_ids = executor.text.encode_chat([{"role": "user", "content": prompt}])
         full_runs[prompt] = run(executor, prompt_ids, RouterConfig(), single, score=False, generate=args.agree).tokens
+    # Head statistics as a running server would have them: sampled on a disjoint calibration
+    # window (512 tokens starting at token 4096), full depth.
+    calibration = executor.text.encode(DEFAULT_TEXT.read_text())[4096:4096 + 512]
+    calibrated = run(executor, calibration, RouterConfig(), single, score=False).head_stats
     results = []
     baseline = None
     for name, config, stages in sweeps(args.quick):
-        result = run(executor, ids, config, stages or single)
+        warm_heads = copy.deepcopy(calibrated) if config.prune_heads > 0 else None
+        result = run(executor, ids, config, stages or single, head_stats=warm_heads)
         baseline = baseline or result.perplexity
         entry = {"name": name, "policy": config.policy, "threshold": config.threshold, "capacity": config.capacity,
                  "node_threshold": config.node_threshold, "nodes": len(stages) if stages else None,
+                 "prune_heads": config.prune_heads, "heads_pruned_percent": result.heads_pruned_percent,
                  "perplexity": result.perplexity, "perplexity_change_percent": (result.perplexity / baseline - 1) * 100,
                  "skip_percent": result.skip_percent, "bypass_percent": result.bypass_percent,
                  "greedy_agreement": agreement(executor, config, stages or single, full_runs, args.agree,
-                                               result.stats),
+                                               result.stats, result.head_stats),
                  "decide_microseconds": result.decide_microseconds, "seconds": result.seconds}
         results.append(entry)
         print(f"{name:22} ppl {result.perplexity:8.3f} ({entry['perplexity_change_percent']:+6.2f}%)  "
               f"skip {result.skip_percent:5.2f}%  bypass 2/3/5/10n "
               + "/".join(f"{result.bypass_percent[n]:.2f}" for n in ("2", "3", "5", "10"))
-              + f"%  agree {entry['greedy_agreement']:.2f}  decide {result.decide_microseconds:.1f} µs", flush=True)
+              + f"%  heads {result.heads_pruned_percent:5.2f}%  agree {entry['greedy_agreement']:.2f}  decide {result.decide_microseconds:.1f} µs", flush=True)
     # KV-coherence ablation at the predictor's middle setting.
     ablation_config = RouterConfig(policy="predictor", threshold=0.15)
     coherent = run(executor, ids, ablation_config, single)
@@ -216,11 +252,13 @@ def main() -> None:
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| policy | skip % | node bypass % (2/3/5/10 nodes) | perplexity | Δ | greedy agreement | decide µs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| policy | skip % | node bypass % (2/3/5/10 nodes) | heads masked % | perplexity | Δ "
+             "| greedy agreement | decide µs |",
+             "|---|---|---|---|---|---|---|---|"]
     for entry in report["results"]:
         bypass = "/".join(f"{entry['bypass_percent'][n]:.2f}" for n in ("2", "3", "5", "10"))
-        lines.append(f"| {entry['name']} | {entry['skip_percent']:.2f} | {bypass} | {entry['perplexity']:.3f} | "
+        lines.append(f"| {entry['name']} | {entry['skip_percent']:.2f} | {bypass} | "
+                     f"{entry.get('heads_pruned_percent', 0.0):.2f} | {entry['perplexity']:.3f} | "
                      f"{entry['perplexity_change_percent']:+.2f}% | {entry['greedy_agreement']:.2f} | "
                      f"{entry['decide_microseconds']:.1f} |")
     ablation = report["kv_ablation"]
@@ -241,13 +279,16 @@ def _plot(results: list[dict], path: Path) -> None:
         return
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for policy, marker in (("predictor", "o"), ("synapse", "s"), ("node", "^")):
-        points = [r for r in results if r["policy"] == policy]
+        points = [r for r in results if r["policy"] == policy and not r.get("prune_heads")]
         if policy == "node":
             xs = [r["bypass_percent"][str(r["nodes"])] for r in points]
             axis.plot(xs, [r["perplexity_change_percent"] for r in points], marker, label="node bypass (% of token-node pairs)")
         else:
             axis.plot([r["skip_percent"] for r in points], [r["perplexity_change_percent"] for r in points],
                       marker + "-", label=f"{policy} (% of layer executions)")
+    heads = [r for r in results if r.get("prune_heads", 0) > 0]
+    axis.plot([r["heads_pruned_percent"] for r in heads], [r["perplexity_change_percent"] for r in heads], "D-",
+              label="head pruning (% of head executions masked)")
     axis.axhline(5, color="grey", linestyle=":", linewidth=1)
     axis.axhline(1, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("skipped %")
