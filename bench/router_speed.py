@@ -1,6 +1,6 @@
 """End-to-end decode tokens/s with the router off vs on, through 2 real Chromium tabs,
-measured side by side (alternating runs) in one process. Also the skip and bypass counts
-the pipeline reported. Writes bench/results/router_speed.json.
+measured side by side (alternating runs) in one process. Also the skip, bypass and
+masked-head counts the pipeline reported. Writes bench/results/router_speed.json.
 
 Usage: .venv/bin/python -m bench.router_speed [--tokens 64] [--runs 4]
 """
@@ -24,6 +24,9 @@ SETTINGS = {
     "off": None,
     "predictor t=0.1": {"policy": "predictor", "threshold": 0.1},
     "node t=0.04": {"policy": "node", "node_threshold": 0.04},
+    "predictor t=0.2": {"policy": "predictor", "threshold": 0.2},     # past the quality budget: shows the speed side
+    "node t=0.15": {"policy": "node", "node_threshold": 0.15},
+    "heads f=0.05": {"policy": "off", "prune_heads": 0.05},
 }
 
 
@@ -54,7 +57,8 @@ async def run(tokens: int, runs: int) -> dict:
                     "layers_skipped_percent": 100 * sum(u["layers_skipped"] for u in usages)
                     / max(1, sum(u["layer_executions"] for u in usages)),
                     "nodes_bypassed": sum(u["nodes_bypassed"] for u in usages),
-                    "hops_saved": sum(u["hops_saved"] for u in usages)}
+                    "hops_saved": sum(u["hops_saved"] for u in usages),
+                    "heads_pruned": sum(u["heads_pruned"] for u in usages)}
                 print(name, json.dumps(report["settings"][name]), flush=True)
         finally:
             await headless.stop()
