@@ -98,6 +98,8 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
         link.info.compute_ms = float(message["compute_ms"])
     elif kind == "error":
         log.warning("worker %s reports %s: %s", link.id, message["code"], message["message"])
+        if "stream" in message:  # that stream's step will get no RESULT: fail it now, not at the timeout
+            link.fail_stream(message["stream"], f"{message['code']}: {message['message']}")
     elif kind == "leave":
         raise WorkerLeaving(message["reason"])
     # heartbeat: last_seen was updated above

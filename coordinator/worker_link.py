@@ -105,6 +105,13 @@ class WorkerLink:
     def take_layer_stats(self, stream: int, position: int) -> dict[str, Any] | None:
         return self._layer_stats.pop((stream, position), None)
 
+    def fail_stream(self, stream: int, reason: str) -> None:
+        """The worker cannot answer this stream's pending step (e.g. a replan moved its
+        layers away mid-request): the waiting call raises WorkerLost at once."""
+        for (pending_stream, _), future in self._pending.items():
+            if pending_stream == stream and not future.done():
+                future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) failed the step: {reason}"))
+
     def fail_all(self, reason: str) -> None:
         self.closed = True
         for future in self._pending.values():

@@ -24,9 +24,10 @@ from shards.manifest import load_manifest
 
 class FakeWorker:
     def __init__(self, base_url: str, shard_dir: Path, name: str, benchmark_ms: float = 10.0,
-                 memory_mb: float | None = None, answer: bool = True) -> None:
+                 memory_mb: float | None = None, answer: bool = True, refuse: bool = False) -> None:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
+        self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
@@ -84,6 +85,10 @@ class FakeWorker:
             return
         self.frames_seen += 1
         if not self.answer:
+            return
+        if self.refuse:
+            await self.send_control({"type": "error", "code": "not-assigned", "stream": header.stream,
+                                     "message": f"layers [{header.layer_start}, {header.layer_end}) are not loaded"})
             return
         stream = header.stream
         header, values = decode_activation(data, self.decoders.setdefault(stream, StreamCodecState()))

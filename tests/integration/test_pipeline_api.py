@@ -168,6 +168,23 @@ async def test_worker_lost_mid_request_fails_fast_and_cluster_replans(shard_dir)
         await first.stop()
 
 
+async def test_worker_refusing_a_step_fails_the_request_at_once(shard_dir):
+    """A tab answers a step with an error for that stream (its layers moved in a replan
+    mid-request): the request fails now with a clear error, not at the step timeout."""
+    async with running_app(shard_dir, step_timeout_seconds=30.0) as (_, base):
+        first = await FakeWorker(base, shard_dir, "first").start()
+        refusing = await FakeWorker(base, shard_dir, "refusing", refuse=True).start()
+        await wait_ready(base, 2)
+        started = asyncio.get_running_loop().time()
+        status, body = await asyncio.wait_for(
+            post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 8}), 10)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert status == 503 and body["error"]["code"] == "worker_lost"
+        assert "not-assigned" in body["error"]["message"]
+        await first.stop()
+        await refusing.stop()
+
+
 async def test_worker_lost_mid_stream_sends_an_error_event(shard_dir):
     async with running_app(shard_dir) as (_, base):
         first = await FakeWorker(base, shard_dir, "first").start()
