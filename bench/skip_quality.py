@@ -7,7 +7,7 @@ still write K/V), and greedy agreement with full depth on chat prompts. Also an 
 skipped layers that do NOT write K/V. Runs the same coordinator.router code as the
 pipeline. Writes bench/results/skip_quality.json and docs/skip_quality.png.
 
-Usage: .venv/bin/python -m bench.skip_quality [--tokens 1024] [--quick]
+Usage: .venv/bin/python -m bench.skip_quality [--tokens 1024] [--quick] [--only PREFIX] [--table]
 """
 
 from __future__ import annotations
@@ -66,13 +66,18 @@ class RunResult:
 
 def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stages: list[tuple[int, int]],
         write_kv: bool = True, score: bool = True, generate: int = 0,
-        stats: LayerStatistics | None = None, head_stats: HeadStatistics | None = None) -> RunResult:
+        stats: LayerStatistics | None = None, head_stats: HeadStatistics | None = None,
+        oracle: float = 0.0, node_oracle: float = 0.0) -> RunResult:
     """Teacher-forced over ids (score), or greedy after the prompt ids (generate > 0).
 
     When generating, prompt tokens are never routed, as in the pipeline (a prompt travels
     as one prefill frame without a skip mask); `stats` lets a run start from warmed
     running statistics, as on a server that has been serving. Head contributions are
     sampled every HEAD_SAMPLE_INTERVAL positions, as the workers report them.
+
+    oracle / node_oracle: upper bounds no router can reach (they look at the answer): run
+    the layer (node), and if its true r (node update ratio) is under the bound, discard
+    the update; a discarded node's K/V are recomputed from its input, as a bypass would.
     """
     layers, heads = executor.manifest.model.layers, executor.manifest.model.heads
     stats = stats if stats is not None else LayerStatistics(layers)
@@ -124,10 +129,21 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
                         heads_masked += masks[0].count(0) if masks else 0
                     if sample_heads:
                         observe_heads(config, head_stats, position, layer, [layer], report.head_ratios)
+                    if (oracle > 0 and position >= max(config.protect_tokens, routable_from)
+                            and layer not in (0, layers - 1) and report.ratios[0] < oracle):
+                        row[-1] = True   # discard the update; its K/V came from the unchanged input
+                        continue
                     ratios.extend(report.ratios)
                     norms.extend(report.norms)
                     hidden = report.hidden
                 node_ratio = float(np.linalg.norm(hidden - node_input) / np.linalg.norm(node_input))
+                if (node_oracle > 0 and position >= max(config.protect_tokens, routable_from)
+                        and start > 0 and end < layers and node_ratio < node_oracle):
+                    _drop_last_position(executor, stream, range(start, end))
+                    executor.stack.forward(stream, node_input, positions, skip=frozenset(range(start, end)),
+                                           layers=range(start, end))
+                    row[-(end - start):] = [True] * (end - start)
+                    hidden = node_input
                 observe(config, stats, token, position, start, end, decision, ratios, norms, node_ratio)
             logits = executor.logits(hidden)[0, -1]
             if position >= config.protect_tokens:
@@ -153,6 +169,14 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
                      head_stats=head_stats, heads_pruned_percent=heads_masked / max(head_slots, 1) * 100)
 
 
+def _drop_last_position(executor: ReferenceExecutor, stream: int, layers: range) -> None:
+    from shards.executor import LayerCache
+
+    caches = executor.stack.streams[stream].caches
+    for layer in layers:
+        caches[layer] = LayerCache(caches[layer].key[:, :, :-1], caches[layer].value[:, :, :-1])
+
+
 def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None:
     from shards.executor import LayerCache
 
@@ -162,15 +186,17 @@ def _write_zero_kv(executor: ReferenceExecutor, stream: int, layer: int) -> None
     state.caches[layer] = LayerCache(np.concatenate([cache.key, zeros], 2), np.concatenate([cache.value, zeros], 2))
 
 
-def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: dict[str, list[int]],
+def agreement(executor: ReferenceExecutor, setting: Setting, full: dict[str, list[int]],
               length: int, warmed: LayerStatistics, warmed_heads: HeadStatistics) -> float:
     """Mean fraction of the full-depth greedy continuation reproduced before the first difference
     (or before full depth's end of sequence)."""
     fractions = []
     for prompt in PROMPTS:
         ids = executor.text.encode_chat([{"role": "user", "content": prompt}])
-        tokens = run(executor, ids, config, stages, score=False, generate=length, stats=copy.deepcopy(warmed),
-                     head_stats=copy.deepcopy(warmed_heads)).tokens
+        stages = setting.stages or [(layer, layer + 1) for layer in range(executor.manifest.model.layers)]
+        tokens = run(executor, ids, setting.config, stages, score=False, generate=length, stats=copy.deepcopy(warmed),
+                     head_stats=copy.deepcopy(warmed_heads), oracle=setting.oracle,
+                     node_oracle=setting.node_oracle).tokens
         reference = full[prompt]
         end = reference.index(executor.manifest.eos_id) + 1 if executor.manifest.eos_id in reference else length
         same = next((i for i, (a, b) in enumerate(zip(tokens[:end], reference[:end], strict=False)) if a != b), end)
@@ -178,20 +204,33 @@ def agreement(executor: ReferenceExecutor, config: RouterConfig, stages, full: d
     return float(np.mean(fractions))
 
 
-def sweeps(quick: bool) -> list[tuple[str, RouterConfig, list[tuple[int, int]] | None]]:
-    per_layer = None  # decisions layer by layer (the anchor is always the previous layer)
-    configs: list[tuple[str, RouterConfig, list[tuple[int, int]] | None]] = [("full depth", RouterConfig(), per_layer)]
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    config: RouterConfig
+    stages: list[tuple[int, int]] | None = None   # None: decisions layer by layer
+    oracle: float = 0.0
+    node_oracle: float = 0.0
+
+
+def sweeps(quick: bool) -> list[Setting]:
+    settings = [Setting("full depth", RouterConfig())]
     thresholds = (0.12, 0.16) if quick else (0.06, 0.1, 0.15, 0.17, 0.2)
-    configs += [(f"predictor t={t}", RouterConfig(policy="predictor", threshold=t), per_layer) for t in thresholds]
+    settings += [Setting(f"predictor t={t}", RouterConfig(policy="predictor", threshold=t)) for t in thresholds]
     capacities = (0.6,) if quick else (0.85, 0.75, 0.65)
-    configs += [(f"synapse c={c}", RouterConfig(policy="synapse", capacity=c), per_layer) for c in capacities]
+    settings += [Setting(f"synapse c={c}", RouterConfig(policy="synapse", capacity=c)) for c in capacities]
+    ten = [(s.layer_start, s.layer_end) for s in even_stages(30, 10)]
     for nodes in ((10,) if quick else (10, 5)):
         stages = [(s.layer_start, s.layer_end) for s in even_stages(30, nodes)]
         for threshold in ((0.15,) if quick else ((0.02, 0.04, 0.06, 0.09) if nodes == 10 else (0.02, 0.04, 0.06))):
-            configs.append((f"node {nodes}n t={threshold}", RouterConfig(policy="node", node_threshold=threshold), stages))
+            settings.append(Setting(f"node {nodes}n t={threshold}", RouterConfig(policy="node", node_threshold=threshold),
+                                    stages))
     fractions = (0.05,) if quick else (0.02, 0.035, 0.05, 0.1)
-    configs += [(f"heads f={f}", RouterConfig(prune_heads=f), per_layer) for f in fractions]
-    return configs
+    settings += [Setting(f"heads f={f}", RouterConfig(prune_heads=f)) for f in fractions]
+    settings += [Setting(f"oracle layer r<{t}", RouterConfig(), oracle=t) for t in ((0.16,) if quick else (0.12, 0.16, 0.2))]
+    settings += [Setting(f"oracle node 10n r<{t}", RouterConfig(), ten, node_oracle=t)
+                 for t in ((0.2,) if quick else (0.15, 0.2, 0.25))]
+    return settings
 
 
 def main() -> None:
@@ -199,6 +238,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--agree", type=int, default=24, help="greedy tokens per chat prompt")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", metavar="PREFIX",
+                        help="run only settings whose name starts with PREFIX (plus full depth) and merge "
+                             "them into the saved results")
     parser.add_argument("--table", action="store_true", help="print the saved results as a markdown table")
     args = parser.parse_args()
     if args.table:
@@ -219,16 +261,21 @@ def main() -> None:
     calibrated = run(executor, calibration, RouterConfig(), single, score=False).head_stats
     results = []
     baseline = None
-    for name, config, stages in sweeps(args.quick):
+    chosen = [setting for setting in sweeps(args.quick)
+              if not args.only or setting.name == "full depth" or setting.name.startswith(args.only)]
+    for setting in chosen:
+        name, config, stages = setting.name, setting.config, setting.stages
         warm_heads = copy.deepcopy(calibrated) if config.prune_heads > 0 else None
-        result = run(executor, ids, config, stages or single, head_stats=warm_heads)
+        result = run(executor, ids, config, stages or single, head_stats=warm_heads, oracle=setting.oracle,
+                     node_oracle=setting.node_oracle)
         baseline = baseline or result.perplexity
         entry = {"name": name, "policy": config.policy, "threshold": config.threshold, "capacity": config.capacity,
                  "node_threshold": config.node_threshold, "nodes": len(stages) if stages else None,
                  "prune_heads": config.prune_heads, "heads_pruned_percent": result.heads_pruned_percent,
                  "perplexity": result.perplexity, "perplexity_change_percent": (result.perplexity / baseline - 1) * 100,
                  "skip_percent": result.skip_percent, "bypass_percent": result.bypass_percent,
-                 "greedy_agreement": agreement(executor, config, stages or single, full_runs, args.agree,
+                 "oracle": setting.oracle, "node_oracle": setting.node_oracle,
+                 "greedy_agreement": agreement(executor, setting, full_runs, args.agree,
                                                result.stats, result.head_stats),
                  "decide_microseconds": result.decide_microseconds, "seconds": result.seconds}
         results.append(entry)
@@ -236,17 +283,26 @@ def main() -> None:
               f"skip {result.skip_percent:5.2f}%  bypass 2/3/5/10n "
               + "/".join(f"{result.bypass_percent[n]:.2f}" for n in ("2", "3", "5", "10"))
               + f"%  heads {result.heads_pruned_percent:5.2f}%  agree {entry['greedy_agreement']:.2f}  decide {result.decide_microseconds:.1f} µs", flush=True)
-    # KV-coherence ablation at the predictor's middle setting.
-    ablation_config = RouterConfig(policy="predictor", threshold=0.15)
-    coherent = run(executor, ids, ablation_config, single)
-    incoherent = run(executor, ids, ablation_config, single, write_kv=False)
-    ablation = {"skip_percent": coherent.skip_percent, "perplexity_with_kv": coherent.perplexity,
-                "perplexity_without_kv": incoherent.perplexity}
-    print(f"KV ablation (predictor t=0.15): with K/V {coherent.perplexity:.3f}, zeros instead {incoherent.perplexity:.3f}")
     out = ROOT / "bench" / "results" / ("skip_quality_quick.json" if args.quick else "skip_quality.json")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"tokens": len(ids), "baseline_perplexity": baseline, "results": results,
-                               "kv_ablation": ablation}, indent=1) + "\n")
+    if args.only:   # merge into the saved sweep: replace same-named settings, keep the rest
+        saved = json.loads(out.read_text())
+        fresh = {entry["name"]: entry for entry in results}
+        kept = [fresh.pop(entry["name"], entry) for entry in saved["results"]]
+        saved["results"] = kept + list(fresh.values())
+        results = saved["results"]
+        out.write_text(json.dumps(saved, indent=1) + "\n")
+    else:
+        # KV-coherence ablation at the predictor's middle setting.
+        ablation_config = RouterConfig(policy="predictor", threshold=0.15)
+        coherent = run(executor, ids, ablation_config, single)
+        incoherent = run(executor, ids, ablation_config, single, write_kv=False)
+        ablation = {"skip_percent": coherent.skip_percent, "perplexity_with_kv": coherent.perplexity,
+                    "perplexity_without_kv": incoherent.perplexity}
+        print(f"KV ablation (predictor t=0.15): with K/V {coherent.perplexity:.3f}, "
+              f"zeros instead {incoherent.perplexity:.3f}")
+        out.write_text(json.dumps({"tokens": len(ids), "baseline_perplexity": baseline, "results": results,
+                                   "kv_ablation": ablation}, indent=1) + "\n")
     print(f"wrote {out}")
     _plot(results, ROOT / "docs" / ("skip_quality_quick.png" if args.quick else "skip_quality.png"))
 
@@ -279,7 +335,8 @@ def _plot(results: list[dict], path: Path) -> None:
         return
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for policy, marker in (("predictor", "o"), ("synapse", "s"), ("node", "^")):
-        points = [r for r in results if r["policy"] == policy and not r.get("prune_heads")]
+        points = [r for r in results if r["policy"] == policy and not r.get("prune_heads")
+                  and not r.get("oracle") and not r.get("node_oracle")]
         if policy == "node":
             xs = [r["bypass_percent"][str(r["nodes"])] for r in points]
             axis.plot(xs, [r["perplexity_change_percent"] for r in points], marker, label="node bypass (% of token-node pairs)")
@@ -289,6 +346,11 @@ def _plot(results: list[dict], path: Path) -> None:
     heads = [r for r in results if r.get("prune_heads", 0) > 0]
     axis.plot([r["heads_pruned_percent"] for r in heads], [r["perplexity_change_percent"] for r in heads], "D-",
               label="head pruning (% of head executions masked)")
+    for key, label, marker in (("oracle", "oracle per layer (upper bound)", "x--"),
+                               ("node_oracle", "oracle node bypass, 10 nodes (upper bound)", "+--")):
+        points = [r for r in results if r.get(key)]
+        xs = [r["bypass_percent"]["10"] if key == "node_oracle" else r["skip_percent"] for r in points]
+        axis.plot(xs, [r["perplexity_change_percent"] for r in points], marker, label=label)
     axis.axhline(5, color="grey", linestyle=":", linewidth=1)
     axis.axhline(1, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("skipped %")
