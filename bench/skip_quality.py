@@ -230,6 +230,14 @@ def sweeps(quick: bool) -> list[Setting]:
     settings += [Setting(f"oracle layer r<{t}", RouterConfig(), oracle=t) for t in ((0.16,) if quick else (0.12, 0.16, 0.2))]
     settings += [Setting(f"oracle node 10n r<{t}", RouterConfig(), ten, node_oracle=t)
                  for t in ((0.2,) if quick else (0.15, 0.2, 0.25))]
+    ablation = ROOT / "bench" / "results" / "attention_ablation.json"
+    if ablation.exists():   # static attention-only skipping: the cheapest layers from a disjoint window
+        candidates = json.loads(ablation.read_text())["candidates"]
+        for count in sorted({min(count, len(candidates)) for count in (2, 4, 6, 8)} - {0}):
+            chosen = candidates[:count]
+            pairs = frozenset((layer, head) for layer in chosen for head in range(9))
+            settings.append(Setting(f"attention off {','.join(map(str, sorted(chosen)))}",
+                                    RouterConfig(head_script=pairs)))
     return settings
 
 
