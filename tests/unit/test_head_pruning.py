@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from coordinator.head_pruning import HeadStatistics, applies, node_masks, observe_heads, pruned_heads
+from coordinator.head_pruning import (
+    HeadStatistics,
+    applies,
+    node_masks,
+    observe_heads,
+    pruned_heads,
+)
 from coordinator.router import RouterConfig
 
 
