@@ -229,7 +229,7 @@ def sweeps(quick: bool) -> list[Setting]:
     settings += [Setting(f"heads f={f}", RouterConfig(prune_heads=f)) for f in fractions]
     settings += [Setting(f"oracle layer r<{t}", RouterConfig(), oracle=t) for t in ((0.16,) if quick else (0.12, 0.16, 0.2))]
     settings += [Setting(f"oracle node 10n r<{t}", RouterConfig(), ten, node_oracle=t)
-                 for t in ((0.2,) if quick else (0.15, 0.2, 0.25, 0.35, 0.45))]
+                 for t in ((0.2,) if quick else (0.15, 0.2, 0.25, 0.35))]
     ablation = ROOT / "bench" / "results" / "attention_ablation.json"
     if ablation.exists():   # static attention-only skipping: the cheapest layers from a disjoint window
         candidates = json.loads(ablation.read_text())["candidates"]
