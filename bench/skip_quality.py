@@ -23,13 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.cli import DEFAULT_TEXT
-from coordinator.head_pruning import (
-    HeadStatistics,
-    applies,
-    node_masks,
-    observe_heads,
-    pruned_heads,
-)
+from coordinator.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
 from coordinator.planner import even_stages
 from coordinator.router import (
     LayerStatistics,
@@ -82,7 +76,7 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
     layers, heads = executor.manifest.model.layers, executor.manifest.model.heads
     stats = stats if stats is not None else LayerStatistics(layers)
     head_stats = head_stats if head_stats is not None else HeadStatistics(layers, heads)
-    pruned: frozenset[tuple[int, int]] = frozenset()
+    head_masks = StreamHeadMasks(heads, HEAD_SAMPLE_INTERVAL)
     head_slots, heads_masked = 0, 0
     token = TokenState()
     routable_from = len(ids) if generate else 0
@@ -97,10 +91,8 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
             start_token(token)
             hidden = executor.embed([sequence[position]])
             positions = np.array([[position]], dtype=np.int64)
-            if not (applies(config, position, 1) and position >= routable_from):
-                pruned = frozenset()
-            elif not pruned or position % HEAD_SAMPLE_INTERVAL == 0:
-                pruned = pruned_heads(config, head_stats)
+            # A prompt position travels in the prompt frame (routable_from rows), as in the pipeline.
+            head_masks.update(config, head_stats, position, 1 if position >= routable_from else routable_from)
             sample_heads = position % HEAD_SAMPLE_INTERVAL == 0
             row = []
             for start, end in stages:
@@ -120,10 +112,11 @@ def run(executor: ReferenceExecutor, ids: list[int], config: RouterConfig, stage
                         else:  # ablation: the cache gets zeros for this position instead of K/V
                             _write_zero_kv(executor, stream, layer)
                         continue
-                    masks = node_masks(pruned, heads, layer, layer + 1)
+                    masks = head_masks.masks_for(layer, layer + 1)
                     report = executor.stack.forward_reporting(
                         stream, hidden, positions, layers=range(layer, layer + 1),
-                        head_masks={layer: np.array(masks[0], dtype=np.float32)} if masks else None)
+                        head_masks={layer: np.array(masks[0], dtype=np.float32)} if masks else None,
+                        measure_heads=sample_heads)
                     if position >= config.protect_tokens:
                         head_slots += heads
                         heads_masked += masks[0].count(0) if masks else 0

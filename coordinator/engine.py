@@ -18,14 +18,7 @@ from dataclasses import dataclass, field
 
 from coordinator.cluster import Cluster, Pipeline
 from coordinator.config import ServerConfig
-from coordinator.head_pruning import (
-    HeadStatistics,
-    Masks,
-    applies,
-    node_masks,
-    observe_heads,
-    pruned_heads,
-)
+from coordinator.head_pruning import HeadStatistics, Masks, StreamHeadMasks, observe_heads
 from coordinator.planner import Stage
 from coordinator.router import (
     LayerStatistics,
@@ -110,7 +103,8 @@ class GenerationEngine:
         stats.stages = len(pipeline)
         encoder, decoder = StreamCodecState(), StreamCodecState()
         routing = TokenState()
-        heads = _StreamHeads()
+        heads = StreamHeadMasks(self.head_statistics.heads, HEAD_SAMPLE_INTERVAL)
+        masks_sent: dict[str, Masks | None] = {}   # worker id -> the masks it applies to this stream
         rng = make_rng(request.params)
         ids = list(request.prompt_ids)
         position = 0
@@ -122,10 +116,10 @@ class GenerationEngine:
                 rows = hidden[0]
                 frame = encode_activation(rows, Route(FrameKind.FORWARD, stream, position), request.codec, encoder)
                 start_token(routing)
-                heads.update(request, self.head_statistics, position, len(rows))
+                heads.update(request.router, self.head_statistics, position, len(rows))
                 for stage, link in pipeline:
                     frame = await self._stage(request, stats, routing, stage, link, frame, stream, position,
-                                              one_row=len(rows) == 1, heads=heads)
+                                              one_row=len(rows) == 1, heads=heads, masks_sent=masks_sent)
                 _, values = decode_activation(frame, decoder)          # (rows, hidden)
                 logits = (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
                 token = sample_token(logits, request.params, rng)
@@ -142,7 +136,7 @@ class GenerationEngine:
 
     async def _stage(self, request: GenerationRequest, stats: HopStats, routing: TokenState, stage: Stage,
                      link: WorkerLink, frame: bytes, stream: int, position: int, one_row: bool,
-                     heads: _StreamHeads) -> bytes:
+                     heads: StreamHeadMasks, masks_sent: dict[str, Masks | None]) -> bytes:
         """One stage for one step: run it (with the router's skip mask) or bypass it."""
         decision = (decide(request.router, self.layer_statistics, routing, position, stage.layer_start,
                            stage.layer_end) if one_row else NodeDecision(0, False))
@@ -151,12 +145,12 @@ class GenerationEngine:
         ran = [layer for offset, layer in enumerate(range(stage.layer_start, stage.layer_end))
                if not decision.skip_mask >> offset & 1]
         try:
-            masks = heads.masks_for(stage)
-            if masks != heads.sent.get(stage.worker):
+            masks = heads.masks_for(stage.layer_start, stage.layer_end)
+            if masks != masks_sent.get(stage.worker):
                 # Control frames and FORWARD frames share the socket, so this lands first.
                 await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
                                          "masks": [list(row) for row in masks] if masks is not None else []}, stream)
-                heads.sent[stage.worker] = masks
+                masks_sent[stage.worker] = masks
             if masks is not None:
                 stats.heads_pruned += sum(row.count(0) for layer, row in zip(
                     range(stage.layer_start, stage.layer_end), masks, strict=True) if layer in ran)
@@ -200,22 +194,3 @@ class GenerationEngine:
             except WorkerLost:  # that worker is gone; its caches went with it
                 log.debug("release of stream %d skipped on gone worker %s", stream, stage.worker)
 
-
-@dataclass
-class _StreamHeads:
-    """One request's head masks: what the pruning policy wants now, and what each worker has."""
-
-    pruned: frozenset[tuple[int, int]] = frozenset()
-    heads: int = 0
-    sent: dict[str, Masks | None] = field(default_factory=dict)   # worker id -> masks it applies
-
-    def update(self, request: GenerationRequest, statistics: HeadStatistics, position: int, rows: int) -> None:
-        """Recompute the pruned heads when new head statistics may have arrived."""
-        self.heads = statistics.heads
-        if not applies(request.router, position, rows):
-            self.pruned = frozenset()
-        elif not self.pruned or position % HEAD_SAMPLE_INTERVAL == 0:
-            self.pruned = pruned_heads(request.router, statistics)
-
-    def masks_for(self, stage: Stage) -> Masks | None:
-        return node_masks(self.pruned, self.heads, stage.layer_start, stage.layer_end)

@@ -88,3 +88,31 @@ def node_masks(pruned: frozenset[tuple[int, int]], heads: int, layer_start: int,
 def applies(config: RouterConfig, position: int, rows: int) -> bool:
     """Head masks apply to one-row steps past the protected first tokens."""
     return (config.prune_heads > 0.0 or bool(config.head_script)) and rows == 1 and position >= config.protect_tokens
+
+
+@dataclass
+class StreamHeadMasks:
+    """One stream's pruned heads over time: re-ranked when new head statistics may have
+    arrived (every HEAD_SAMPLE_INTERVAL positions, or while nothing is pruned yet), with
+    each node's masks built once per change. The pipeline and the quality harness share it."""
+
+    heads: int
+    sample_interval: int
+    pruned: frozenset[tuple[int, int]] = frozenset()
+    _masks: dict[tuple[int, int], Masks | None] = field(default_factory=dict)
+
+    def update(self, config: RouterConfig, stats: HeadStatistics, position: int, rows: int) -> None:
+        if not applies(config, position, rows):
+            pruned: frozenset[tuple[int, int]] = frozenset()
+        elif not self.pruned or position % self.sample_interval == 0:
+            pruned = pruned_heads(config, stats)
+        else:
+            return
+        if pruned != self.pruned:
+            self.pruned, self._masks = pruned, {}
+
+    def masks_for(self, layer_start: int, layer_end: int) -> Masks | None:
+        key = (layer_start, layer_end)
+        if key not in self._masks:
+            self._masks[key] = node_masks(self.pruned, self.heads, layer_start, layer_end)
+        return self._masks[key]

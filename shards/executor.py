@@ -35,8 +35,8 @@ class LayerCache:
 @dataclass
 class LayerReport:
     """What a forward pass measured. For one-row calls, per layer that ran: r =
-    ||update|| / ||input||, the output norm, and each head's contribution norm over the
-    input norm (before its mask); empty lists for multi-row calls."""
+    ||update|| / ||input||, the output norm, and (if asked) each head's contribution norm
+    over the input norm, before its mask; empty lists for multi-row or unmeasured calls."""
 
     hidden: np.ndarray                       # (1, seq, hidden) the output
     ratios: list[float] = field(default_factory=list)
@@ -81,17 +81,19 @@ class LayerStack:
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
                 skip: frozenset[int] = frozenset(), layers: range | None = None,
                 head_masks: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
-        return self.forward_reporting(stream, hidden, positions, skip, layers, head_masks).hidden
+        return self.forward_reporting(stream, hidden, positions, skip, layers, head_masks, measure=False).hidden
 
     def forward_reporting(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
                           skip: frozenset[int] = frozenset(), layers: range | None = None,
-                          head_masks: Mapping[int, np.ndarray] | None = None) -> LayerReport:
+                          head_masks: Mapping[int, np.ndarray] | None = None, measure: bool = True,
+                          measure_heads: bool = False) -> LayerReport:
         """Run this stack's layers (or the sub-range `layers`) on hidden (1, seq, hidden) at positions (1, seq).
 
         A layer in `skip` passes the hidden state through unchanged but still writes
         this position's K/V (computed from that unchanged state), keeping caches coherent.
         head_masks[layer] (heads,) scales each attention head's contribution (0 prunes it);
-        layers not in it keep every head.
+        layers not in it keep every head. One-row calls report r and norms when `measure`,
+        and head contribution ratios too when `measure_heads` (what a worker samples).
         """
         state = self.streams.setdefault(stream, StreamState())
         report = LayerReport(hidden)
@@ -105,12 +107,13 @@ class LayerStack:
                 mask = head_masks.get(index) if head_masks is not None else None
                 feeds["head_mask"] = self._all_heads if mask is None else np.asarray(mask, dtype=np.float32)
                 out, key, value, head_energy = self.layers[index].run(None, feeds)
-                if out.shape[1] == 1:
+                if measure and out.shape[1] == 1:
                     input_norm = float(np.linalg.norm(hidden))
                     report.ratios.append(float(np.linalg.norm(out - hidden)) / input_norm)
                     report.norms.append(float(np.linalg.norm(out)))
-                    report.head_ratios.append([math.sqrt(max(float(energy), 0.0)) / input_norm
-                                               for energy in head_energy[0, 0]])
+                    if measure_heads:
+                        report.head_ratios.append([math.sqrt(max(float(energy), 0.0)) / input_norm
+                                                   for energy in head_energy[0, 0]])
                 hidden = out
             state.caches[index] = LayerCache(key, value)
         report.hidden = hidden

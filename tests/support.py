@@ -13,6 +13,7 @@ from aiohttp import web
 
 from coordinator.app import create_app
 from coordinator.config import AppConfig, CodecPresets, ServerConfig
+from coordinator.router import RouterConfig
 from shards.coded_reference import coded_generate
 from shards.sampling import SamplingParams
 
@@ -71,11 +72,15 @@ async def stream_events(base: str, body: dict) -> list:
     return events
 
 
-def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: list[int]) -> list[int]:
-    """The reference executor's tokens through the same codec and stage cuts (EOS dropped)."""
+def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: list[int],
+                     skips=(), pruned_heads=()) -> list[int]:
+    """The reference executor's tokens through the same codec and stage cuts (EOS dropped),
+    under the same (position, layer) skips and (layer, head) masks as a router would apply."""
     ids = reference.text.encode_chat(messages)
     tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts,
-                            CodecPresets().get(codec), frozenset({reference.manifest.eos_id}))
+                            CodecPresets().get(codec), frozenset({reference.manifest.eos_id}),
+                            skips=frozenset(skips), pruned_heads=frozenset(pruned_heads),
+                            heads_from=RouterConfig().protect_tokens)
     return [token for token in tokens if token != reference.manifest.eos_id]
 
 

@@ -42,7 +42,7 @@ export async function createSession(ort, modelBytes, backend) {
   });
 }
 
-/** |after - before| / |before| and |after| over one row. */
+/** |after - before| / |before|, |after| and |before| over one row. */
 export function updateRatio(before, after) {
   let change = 0;
   let base = 0;
@@ -53,14 +53,12 @@ export function updateRatio(before, after) {
     base += before[i] * before[i];
     size += after[i] * after[i];
   }
-  return { ratio: base > 0 ? Math.sqrt(change / base) : 0, norm: Math.sqrt(size) };
+  return { ratio: base > 0 ? Math.sqrt(change / base) : 0, norm: Math.sqrt(size), inputNorm: Math.sqrt(base) };
 }
 
-/** Each head's contribution norm over |input|, from the graph's squared norms (one row). */
-export function headContributions(input, energies) {
-  let base = 0;
-  for (let i = 0; i < input.length; i += 1) base += input[i] * input[i];
-  const scale = base > 0 ? 1 / Math.sqrt(base) : 0;
+/** Each head's contribution norm over the layer's input norm, from the graph's squared norms (one row). */
+export function headContributions(inputNorm, energies) {
+  const scale = inputNorm > 0 ? 1 / inputNorm : 0;
   return Array.from(energies, (energy) => Math.sqrt(Math.max(energy, 0)) * scale);
 }
 
@@ -144,10 +142,10 @@ export class LayerRunner {
       const out = await session.run(feeds);
       if (!skipped) {
         if (rows === 1) {
-          const { ratio, norm } = updateRatio(state.data, out.hidden_out.data);
+          const { ratio, norm, inputNorm } = updateRatio(state.data, out.hidden_out.data);
           ratios.push(ratio);
           norms.push(norm);
-          if (sampleHeads) headRatios.push(headContributions(state.data, out.head_energy.data));
+          if (sampleHeads) headRatios.push(headContributions(inputNorm, out.head_energy.data));
         }
         state = out.hidden_out;
       }

@@ -12,8 +12,6 @@ import json
 import aiohttp
 import pytest
 
-from coordinator.config import CodecPresets
-from shards.coded_reference import coded_generate
 from shards.sampling import SamplingParams
 from tests.e2e.tabs import Tabs
 from tests.support import (
@@ -164,15 +162,13 @@ async def test_forced_skips_and_node_bypass_in_the_browser_equal_the_reference(c
     second = range(cuts[0], 30)
     script = [(prompt_length + p, layer) for p in (2, 5) for layer in second]
     script += [(prompt_length + 3, 7), (prompt_length + 8, 20)]
-    ids = reference.text.encode_chat(COLOURS)
-    want = coded_generate(reference, ids, SamplingParams(max_tokens=16), cuts, CodecPresets().get("lossless"),
-                          frozenset({reference.manifest.eos_id}), skips=frozenset(script))
+    want = reference_tokens(reference, COLOURS, "lossless", 16, cuts, skips=script)
     code, body = await post(base, "/v1/chat/completions", {
         "messages": COLOURS, "max_tokens": 16,
         "tabswarm": {"codec": "lossless", "return_token_ids": True,
                      "router": {"policy": "script", "script": [list(pair) for pair in script]}}})
     assert code == 200, body
-    assert body["choices"][0]["token_ids"] == [t for t in want if t != reference.manifest.eos_id]
+    assert body["choices"][0]["token_ids"] == want
     assert body["usage"]["tabswarm"]["nodes_bypassed"] == 2
 
 
@@ -182,18 +178,14 @@ async def test_head_masks_in_the_browser_equal_the_reference(cluster, reference)
     base, _ = cluster
     cuts = cuts_of(await wait_ready(base, 2, LOAD_TIMEOUT))
     pruned = [(layer, head) for layer in range(2, 6) for head in range(9)] + [(20, 0), (20, 4), (20, 8)]
-    ids = reference.text.encode_chat(COLOURS)
-    want = coded_generate(reference, ids, SamplingParams(max_tokens=12), cuts, CodecPresets().get("lossless"),
-                          frozenset({reference.manifest.eos_id}), pruned_heads=frozenset(pruned), heads_from=4)
-    unpruned = coded_generate(reference, ids, SamplingParams(max_tokens=12), cuts, CodecPresets().get("lossless"),
-                              frozenset({reference.manifest.eos_id}))
-    assert want != unpruned
+    want = reference_tokens(reference, COLOURS, "lossless", 12, cuts, pruned_heads=pruned)
+    assert want != reference_tokens(reference, COLOURS, "lossless", 12, cuts)
     samples_before = sum((await status_of(base))["router"]["head_samples_per_layer"])
     code, body = await post(base, "/v1/chat/completions", {
         "messages": COLOURS, "max_tokens": 12,
         "tabswarm": {"codec": "lossless", "return_token_ids": True,
                      "router": {"policy": "off", "head_script": [list(pair) for pair in pruned]}}})
     assert code == 200, body
-    assert body["choices"][0]["token_ids"] == [t for t in want if t != reference.manifest.eos_id]
+    assert body["choices"][0]["token_ids"] == want
     assert body["usage"]["tabswarm"]["heads_pruned"] == len(pruned) * (body["usage"]["completion_tokens"] - 1)
     assert sum((await status_of(base))["router"]["head_samples_per_layer"]) > samples_before

@@ -4,6 +4,7 @@ with native onnxruntime (shards.executor.LayerStack) instead of a browser."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 import aiohttp
@@ -101,9 +102,10 @@ class FakeWorker:
         if header.layer_start == header.layer_end:  # an echo: no layers
             out = values[None]
         else:
-            report = await loop.run_in_executor(
-                None, self.stack.forward_reporting, stream, values[None], positions, skipped, None,
-                self.head_masks.get(stream))
+            report = await loop.run_in_executor(None, functools.partial(
+                self.stack.forward_reporting, stream, values[None], positions, skipped,
+                head_masks=self.head_masks.get(stream),
+                measure_heads=header.position % HEAD_SAMPLE_INTERVAL == 0))
             out, ratios, norms = report.hidden, report.ratios, report.norms
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY):

@@ -8,31 +8,20 @@ from __future__ import annotations
 import pytest
 
 from coordinator.app import ENGINE
-from coordinator.config import CodecPresets
 from coordinator.head_pruning import pruned_heads
 from coordinator.router import RouterConfig
-from shards.coded_reference import coded_generate
-from shards.sampling import SamplingParams
-from tests.support import COLOURS, cuts_of, post, status_of, wait_ready
+from tests.support import COLOURS, cuts_of, post, reference_tokens, status_of, wait_ready
 
 # Every head of layers 2-5 and three heads of layer 20: enough to change the answer.
 HEAD_SCRIPT = [(layer, head) for layer in range(2, 6) for head in range(9)] + [(20, 0), (20, 4), (20, 8)]
-
-
-def reference_tokens(reference, cuts, codec, pruned, max_tokens):
-    ids = reference.text.encode_chat(COLOURS)
-    tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts, CodecPresets().get(codec),
-                            frozenset({reference.manifest.eos_id}), pruned_heads=frozenset(pruned),
-                            heads_from=RouterConfig().protect_tokens)
-    return [t for t in tokens if t != reference.manifest.eos_id]
 
 
 @pytest.mark.parametrize("codec", ["lossless", "int8"])
 async def test_forced_head_masks_equal_reference_with_the_same_masks(two_worker_cluster, reference, codec):
     _, base, workers = two_worker_cluster
     cuts = cuts_of(await wait_ready(base, 2))
-    want = reference_tokens(reference, cuts, codec, HEAD_SCRIPT, 12)
-    unpruned = reference_tokens(reference, cuts, codec, [], 12)
+    want = reference_tokens(reference, COLOURS, codec, 12, cuts, pruned_heads=HEAD_SCRIPT)
+    unpruned = reference_tokens(reference, COLOURS, codec, 12, cuts)
     assert want != unpruned   # the masks change the computation, so equality below means they were applied
     code, body = await post(base, "/v1/chat/completions", {
         "messages": COLOURS, "max_tokens": 12,

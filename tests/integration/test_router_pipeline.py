@@ -6,18 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from shards.coded_reference import coded_generate
-from shards.sampling import SamplingParams
-from tests.support import COLOURS, cuts_of, post, status_of, wait_ready
-
-
-def reference_with_skips(reference, cuts, codec, skips, max_tokens):
-    from coordinator.config import CodecPresets
-
-    ids = reference.text.encode_chat(COLOURS)
-    tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts, CodecPresets().get(codec),
-                            frozenset({reference.manifest.eos_id}), skips=frozenset(skips))
-    return [t for t in tokens if t != reference.manifest.eos_id], len(ids)
+from tests.support import COLOURS, cuts_of, post, reference_tokens, status_of, wait_ready
 
 
 @pytest.mark.parametrize("codec", ["lossless", "int8"])
@@ -30,8 +19,8 @@ async def test_forced_bypass_equals_reference_with_the_same_skips(two_worker_clu
     bypass_positions = [prompt_length + 2, prompt_length + 5]           # whole second node
     single_skips = [(prompt_length + 3, 7), (prompt_length + 8, 20)]    # one layer each
     script = [(p, layer) for p in bypass_positions for layer in second] + single_skips
-    want, _ = reference_with_skips(reference, cuts, codec, script, 16)
-    baseline, _ = reference_with_skips(reference, cuts, codec, [], 16)
+    want = reference_tokens(reference, COLOURS, codec, 16, cuts, skips=script)
+    baseline = reference_tokens(reference, COLOURS, codec, 16, cuts)
     for worker in workers:
         worker.skip_masks.clear()
     code, body = await post(base, "/v1/chat/completions", {

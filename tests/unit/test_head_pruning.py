@@ -8,6 +8,7 @@ import pytest
 
 from coordinator.head_pruning import (
     HeadStatistics,
+    StreamHeadMasks,
     applies,
     node_masks,
     observe_heads,
@@ -80,3 +81,19 @@ def test_masks_apply_to_one_row_steps_past_the_protected_tokens(config, position
 def test_prune_fraction_is_bounded():
     with pytest.raises(ValueError, match="prune_heads"):
         RouterConfig(prune_heads=0.75)
+
+
+def test_a_stream_re_ranks_heads_only_when_new_samples_may_have_arrived():
+    config = RouterConfig(prune_heads=0.2)
+    stats = warmed(config)
+    stream = StreamHeadMasks(heads=3, sample_interval=8)
+    stream.update(config, stats, position=10, rows=1)
+    assert stream.pruned == {(1, 0)} and stream.masks_for(0, 2) == ((1, 1, 1), (0, 1, 1))
+    stats.log_ratio[2][0] = math.log(1e-6)           # head (2, 0) becomes the weakest
+    stream.update(config, stats, position=11, rows=1)
+    assert stream.pruned == {(1, 0)}                # not a sampling position: unchanged
+    stream.update(config, stats, position=16, rows=1)
+    assert stream.pruned == {(2, 0)} and stream.masks_for(0, 2) is None   # rebuilt, nothing pruned there
+    assert stream.masks_for(2, 4) == ((0, 1, 1), (1, 1, 1))
+    stream.update(config, stats, position=17, rows=5)   # a multi-row frame runs every head
+    assert stream.pruned == frozenset() and stream.masks_for(2, 4) is None
