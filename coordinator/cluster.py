@@ -1,9 +1,18 @@
-"""The cluster: which workers are connected, the current plan, and who is ready.
+"""The cluster: which workers are connected, what each holds, the target and active plans.
 
-Owns worker lifecycle (hello -> assigned -> loading -> ready -> gone) and turns planner
-decisions into `assign` messages. Replans when workers join or leave; a join while
-requests are generating waits until they finish, so a running request never has its
-layers moved under it. A leave replans at once (requests that needed the worker fail fast).
+Owns worker lifecycle (hello -> loading -> ready -> gone) and turns `swarm_plan` decisions
+into `assign` and `retain` messages. Two plans exist at once:
+
+- the **target** (`swarm_plan.plan_swarm` over the workers now connected): what every
+  worker is told to load, stages and standby replicas;
+- the **active** plan (`plan`): the stages requests run on. It becomes the target only
+  when every target stage's worker holds its layers, so requests never see a
+  half-loaded layout. Joins replan at once (after a short settle) and load in the
+  background while requests keep running on the active plan; running requests move to
+  a new active plan at their next step boundary (the engine replays them onto it).
+
+Workers keep layers they no longer need until no pipeline session runs on an older plan;
+then a `retain` tells each to drop what lies outside its assignment.
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ import itertools
 import logging
 import math
 import time
+from collections import Counter
 from typing import Any
 
 from coordinator.config import ServerConfig
-from coordinator.planner import PlanError, Stage, WorkerCapacity, plan_layers
+from coordinator.planner import PlanError, Stage, WorkerCapacity
+from coordinator.swarm_plan import SwarmPlan, plan_swarm
 from coordinator.worker_link import WorkerLink
 from protocol.frames import VERSION
 from shards.manifest import Manifest
@@ -39,19 +50,25 @@ class Cluster:
         self.manifest = manifest
         self.config = config
         self.workers: dict[str, WorkerLink] = {}
-        self.plan: tuple[Stage, ...] = ()
+        self.target = SwarmPlan(())
+        self.plan: tuple[Stage, ...] = ()       # the active stages
         self.plan_error: str | None = "no workers have joined yet"
         self.plan_version = 0
-        self.active_requests = 0
-        self._replan_pending = False
+        self.sessions: Counter[int] = Counter()   # open pipeline sessions by plan version
+        self.events: list[dict[str, Any]] = []     # recent joins, losses, replans (status page)
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1)
         self._pending_replan: asyncio.Task[None] | None = None
+        self._retain_due = False
         self.layer_bytes = [sum(manifest.files[name].size for name in manifest.layer_files(index))
                             for index in range(manifest.model.layers)]
 
     def next_worker_id(self) -> str:
         return f"w{next(self._ids)}"
+
+    def _event(self, kind: str, **details: Any) -> None:
+        self.events.append({"time": round(time.time(), 3), "event": kind, **details})
+        del self.events[:-100]
 
     # -- lifecycle ---------------------------------------------------------------------
     async def join(self, link: WorkerLink, hello: dict[str, Any]) -> None:
@@ -66,6 +83,7 @@ class Cluster:
         self.workers[link.id] = link
         log.info("worker %s (%s, %s, %d threads, benchmark %.1f ms) joined from %s",
                  link.id, info.name, info.backend, info.threads, info.benchmark_ms, link.remote)
+        self._event("join", worker=link.id, name=info.name)
         self._schedule_replan()
 
     def _schedule_replan(self) -> None:
@@ -85,21 +103,30 @@ class Cluster:
         if self.workers.pop(link.id, None) is None:
             return
         log.warning("worker %s (%s) left: %s", link.id, link.info.name, reason)
-        await self.replan(force=True)
+        self._event("leave", worker=link.id, name=link.info.name, reason=reason)
+        await self.replan()
+
+    async def evict(self, link: WorkerLink, reason: str) -> None:
+        """Drop a worker that stalled (a frozen tab keeps its socket open): close it and replan."""
+        if link.id not in self.workers:
+            return
+        log.warning("evicting worker %s (%s): %s", link.id, link.info.name, reason)
+        await link.close(1008, reason)
+        await self.leave(link, reason)
 
     async def ready(self, link: WorkerLink, message: dict[str, Any]) -> None:
-        stage = link.info.stage
-        if stage is None or (message["layer_start"], message["layer_end"]) != (stage.layer_start, stage.layer_end):
-            log.info("worker %s reported ready for a stale assignment; ignored", link.id)
-            return
-        link.info.loaded = stage
-        link.info.state = "ready"
+        loaded = range(message["layer_start"], message["layer_end"])
+        link.info.holds = link.info.holds | frozenset(loaded)
         link.info.load_ms = float(message["load_ms"])
         link.info.cached = message.get("cached")
         link.info.progress = None
-        log.info("worker %s ready with layers [%d, %d) in %.0f ms%s", link.id, stage.layer_start,
-                 stage.layer_end, link.info.load_ms, " (cached)" if link.info.cached else "")
-        await self._notify()
+        stage = link.info.stage
+        if stage is not None and link.holds(stage):
+            link.info.state = "ready"
+        log.info("worker %s holds layers [%d, %d) after %.0f ms%s", link.id, loaded.start, loaded.stop,
+                 link.info.load_ms, " (cached)" if link.info.cached else "")
+        self._event("ready", worker=link.id, layers=[loaded.start, loaded.stop], load_ms=round(link.info.load_ms))
+        await self._switch_if_ready()
 
     # -- planning ----------------------------------------------------------------------
     def capacities(self, links: list[WorkerLink]) -> list[WorkerCapacity]:
@@ -118,31 +145,67 @@ class Cluster:
             capacities.append(WorkerCapacity(link.id, 2.0 ** round(math.log2(relative)), max_layers))
         return capacities
 
-    async def replan(self, force: bool = False) -> None:
-        if self.active_requests and not force:
-            self._replan_pending = True
-            return
-        self._replan_pending = False
+    async def replan(self) -> None:
+        """A new target from the workers connected now; assign what each must load."""
         workers = [link for link in self.workers.values() if not link.closed]
+        holdings = {link.id: link.info.holds for link in workers}
         try:
-            stages = plan_layers(self.manifest.model.layers, self.capacities(workers))
+            target = plan_swarm(self.manifest.model.layers, self.capacities(workers), holdings,
+                                self.config.standby_workers)
             self.plan_error = None
         except PlanError as error:
-            stages, self.plan_error = (), str(error)
-        if stages != self.plan:
+            target, self.plan_error = SwarmPlan(()), str(error)
+        if target != self.target:
+            self.target = target
+            log.info("target plan: %s%s", ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})"
+                                                    for s in target.stages) or self.plan_error,
+                     "".join(f"; standby {s.worker}[{s.layer_start},{s.layer_end})" for s in target.standbys))
+            self._event("replan", stages=[[s.worker, s.layer_start, s.layer_end] for s in target.stages],
+                        standbys=[[s.worker, s.layer_start, s.layer_end] for s in target.standbys])
+        stage_workers = {stage.worker for stage in target.stages}
+        for link in workers:
+            wanted = target.range_of(link.id)
+            link.info.role = "stage" if link.id in stage_workers else "standby" if wanted else "idle"
+            if wanted is None:
+                link.info.stage, link.info.state = None, "idle"
+            elif link.holds(wanted):
+                link.info.stage, link.info.state = wanted, "ready"
+            elif link.info.stage != wanted or link.info.state != "loading":
+                link.info.stage, link.info.state = wanted, "loading"
+                await link.send_control(self.assign_message(link, wanted))
+        await self._switch_if_ready()
+
+    async def _switch_if_ready(self) -> None:
+        """Make the target's stages the active plan once every one of them is loaded."""
+        stages = self.target.stages
+        if stages and stages != self.plan and all(
+                (link := self.workers.get(stage.worker)) is not None and not link.closed and link.holds(stage)
+                for stage in stages):
             self.plan = stages
             self.plan_version += 1
-            log.info("plan v%d: %s", self.plan_version,
-                     ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})" for s in stages) or self.plan_error)
-        planned = {stage.worker: stage for stage in stages}
-        for link in workers:
-            stage = planned.get(link.id)
-            if stage is None:
-                link.info.stage, link.info.state = None, "idle"
-            elif link.info.stage != stage:
-                link.info.stage, link.info.state = stage, "loading"
-                await link.send_control(self.assign_message(link, stage))
+            self._retain_due = True
+            log.info("plan v%d active: %s", self.plan_version,
+                     ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})" for s in stages))
+            self._event("plan", version=self.plan_version,
+                        stages=[[s.worker, s.layer_start, s.layer_end] for s in stages])
+        await self._send_retains()
         await self._notify()
+
+    async def _send_retains(self) -> None:
+        """Once no session runs on an older plan, workers drop layers outside their assignment."""
+        if not self._retain_due or any(version < self.plan_version and count
+                                       for version, count in self.sessions.items()):
+            return
+        self._retain_due = False
+        for link in list(self.workers.values()):
+            stage = link.info.stage
+            if stage is None or link.closed or link.info.state != "ready":
+                continue
+            keep = frozenset(range(stage.layer_start, stage.layer_end))
+            if link.info.holds - keep:
+                link.info.holds = link.info.holds & keep
+                await link.send_control({"type": "retain", "layer_start": stage.layer_start,
+                                         "layer_end": stage.layer_end})
 
     def assign_message(self, link: WorkerLink, stage: Stage) -> dict[str, Any]:
         files = []
@@ -152,7 +215,7 @@ class Cluster:
                 files.append({"name": name, "size": entry.size, "sha256": entry.sha256, "url": f"/shards/{name}"})
         model = self.manifest.model
         return {"type": "assign", "worker": link.id, "layer_start": stage.layer_start,
-                "layer_end": stage.layer_end, "files": files, "protocol": VERSION,
+                "layer_end": stage.layer_end, "files": files, "protocol": VERSION, "role": link.info.role,
                 "model": {"name": model.name, "hidden": model.hidden, "heads": model.heads,
                           "kv_heads": model.kv_heads, "head_dim": model.head_dim, "layers": model.layers,
                           "shard_sha256": self.manifest.source["sha256"],
@@ -161,13 +224,13 @@ class Cluster:
 
     # -- requests ----------------------------------------------------------------------
     def pipeline(self) -> Pipeline | None:
-        """The ready stages in order, or None while any stage is loading or missing."""
+        """The active stages with their links, or None while any of them is gone."""
         if not self.plan:
             return None
         stages = []
         for stage in self.plan:
             link = self.workers.get(stage.worker)
-            if link is None or link.closed or link.info.loaded != stage:
+            if link is None or link.closed or not link.holds(stage):
                 return None
             stages.append((stage, link))
         return stages
@@ -193,13 +256,14 @@ class Cluster:
         loading = [link.id for link in self.workers.values() if link.info.state == "loading"]
         return f"workers still loading their layers: {', '.join(loading)}" if loading else "no ready pipeline"
 
-    def request_started(self) -> None:
-        self.active_requests += 1
+    def session_opened(self, version: int) -> None:
+        self.sessions[version] += 1
 
-    async def request_finished(self) -> None:
-        self.active_requests -= 1
-        if not self.active_requests and self._replan_pending:
-            await self.replan()
+    async def session_closed(self, version: int) -> None:
+        self.sessions[version] -= 1
+        if self.sessions[version] <= 0:
+            del self.sessions[version]
+        await self._send_retains()
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -209,8 +273,13 @@ class Cluster:
         return {
             "plan_version": self.plan_version,
             "plan": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in self.plan],
+            "target": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in self.target.stages],
+            "standbys": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end],
+                          "ready": (link := self.workers.get(s.worker)) is not None and link.holds(s)}
+                         for s in self.target.standbys],
             "plan_error": self.plan_error,
             "ready": self.pipeline() is not None,
-            "replan_pending": self._replan_pending,
+            "replan_pending": self.target.stages != self.plan,
             "workers": [link.status() for link in self.workers.values()],
+            "events": self.events[-20:],
         }

@@ -52,8 +52,13 @@ class ServerConfig:
     port: int = 8471
     max_active: int = 8             # requests generating at once
     max_queue: int = 32             # requests waiting beyond those; past it: 429
-    worker_wait_seconds: float = 120.0   # how long a request waits for a ready cluster
-    step_timeout_seconds: float = 60.0   # one hop without an answer fails the request
+    worker_wait_seconds: float = 120.0   # how long a new request waits for a ready cluster
+    recovery_seconds: float = 10.0       # after a loss: how long a running request waits for a pipeline
+    max_replays: int = 8                 # losses one request survives before it fails
+    standby_workers: int = 1             # with >= standby + 2 tabs, this many hold replicas instead of stages
+    step_timeout_seconds: float = 30.0   # a worker's first steps: no answer within this is a stall
+    stall_floor_seconds: float = 3.0     # later steps: a stall is > stall_factor x its usual step time,
+    stall_factor: float = 30.0           # and never less than the floor
     heartbeat_seconds: float = 5.0
     join_settle_seconds: float = 1.0     # replan this long after the last join
     default_max_tokens: int = 256

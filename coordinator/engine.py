@@ -1,10 +1,19 @@
-"""The generation engine: drives one request's tokens through the pipeline of workers.
+"""The generation engine: drives requests' tokens through the pipeline of workers.
 
-Owns the per-request loop: embed (on the coordinator), send the hidden state through
-each stage in layer order, run the head, sample, and yield tokens as they come. The
-hidden state is quantized once by each sender; the coordinator relays one worker's
-RESULT payload to the next worker untouched (only the routing header changes), so a
-token crosses N + 1 codec steps for N stages. Never touches HTTP.
+Owns the step loop over the data in `generation_state`: schedule (pure) -> execute (the
+only I/O: embed on the coordinator, each stage in layer order, the head) -> update
+(pure). The hidden state is quantized once by each sender; the coordinator relays one
+worker's RESULT payload to the next worker untouched (only the routing header changes),
+so a token crosses N + 1 codec steps for N stages.
+
+A request is not tied to the workers it started on. When a stage's worker is lost
+(socket closed, stalled past its step-time bound, or it refused the step), the
+request's `PipelineSession` is thrown away and a new one is opened on whatever pipeline
+the cluster can form within `recovery_seconds`; the new session's first step replays
+prompt + generated as one prefill, which rebuilds every cache. When the cluster
+activates a new plan (a join), running requests move to it the same way at their next
+step boundary. The sampler's RNG lives in the Sequence, so a seeded stream continues
+as it would have. Never touches HTTP.
 """
 
 from __future__ import annotations
@@ -16,8 +25,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from coordinator.cluster import Cluster, Pipeline
+import numpy as np
+
+from coordinator.cluster import Cluster, NoWorkers, Pipeline
 from coordinator.config import ServerConfig
+from coordinator.generation_state import Sequence, Step, schedule, update
 from coordinator.head_pruning import HeadStatistics, Masks, StreamHeadMasks, observe_heads
 from coordinator.planner import Stage
 from coordinator.router import (
@@ -38,15 +50,16 @@ from protocol.activation_codec import (
     encode_activation,
 )
 from protocol.control import HEAD_SAMPLE_INTERVAL
-from protocol.frames import FrameKind, retarget
+from protocol.frames import FrameKind, StepKind, retarget
 from shards.model_ends import ModelEnds
-from shards.sampling import SamplingParams, make_rng, sample_token
+from shards.sampling import SamplingParams, sample_token
 
 log = logging.getLogger(__name__)
 
 
 class GenerationFailed(RuntimeError):
-    """A request could not complete (a worker left, or stopped answering)."""
+    """A request could not complete: no pipeline could be formed within the recovery
+    bound after a loss, or it was lost more times than `max_replays`."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,9 @@ class HopStats:
     nodes_bypassed: int = 0
     hops_saved: int = 0
     heads_pruned: int = 0          # (token, layer, head) attention executions masked
+    replays: int = 0               # sessions rebuilt after a lost worker
+    moves: int = 0                 # sessions moved to a newly activated plan
+    replayed_rows: int = 0
     step_seconds: list[float] = field(default_factory=list)
 
 
@@ -78,6 +94,21 @@ class HopStats:
 class TokenEvent:
     token: int
     seconds: float
+
+
+@dataclass
+class PipelineSession:
+    """Where a sequence runs now: one stream on one pipeline, and the state that goes with it."""
+
+    stream: int
+    pipeline: Pipeline
+    plan_version: int
+    encoder: StreamCodecState = field(default_factory=StreamCodecState)   # coordinator -> stage 0
+    decoder: StreamCodecState = field(default_factory=StreamCodecState)   # last stage -> coordinator
+    routing: TokenState = field(default_factory=TokenState)
+    heads: StreamHeadMasks | None = None
+    masks_sent: dict[str, Masks | None] = field(default_factory=dict)    # worker id -> masks it applies
+    cached: int = 0                # ids of the sequence the workers' caches hold
 
 
 class GenerationEngine:
@@ -88,7 +119,11 @@ class GenerationEngine:
         self.cluster = cluster
         self.config = config
         self._streams = itertools.count(1)
+        self._steps = itertools.count(1)
         self.tokens_generated = 0
+        self.replays_total = 0
+        self.moves_total = 0
+        self.failures_total = 0
         model = ends.manifest.model
         self.layer_statistics = LayerStatistics(model.layers)  # the router's running means
         self.head_statistics = HeadStatistics(model.layers, model.heads)
@@ -98,80 +133,119 @@ class GenerationEngine:
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
     async def generate(self, request: GenerationRequest, stats: HopStats) -> AsyncIterator[TokenEvent]:
-        pipeline = await self.cluster.wait_pipeline(self.config.worker_wait_seconds)
-        stream = next(self._streams)
-        stats.stages = len(pipeline)
-        encoder, decoder = StreamCodecState(), StreamCodecState()
-        routing = TokenState()
-        heads = StreamHeadMasks(self.head_statistics.heads, HEAD_SAMPLE_INTERVAL)
-        masks_sent: dict[str, Masks | None] = {}   # worker id -> the masks it applies to this stream
-        rng = make_rng(request.params)
-        ids = list(request.prompt_ids)
-        position = 0
-        self.cluster.request_started()
+        sequence = Sequence.start(request.prompt_ids, request.params, request.stop_ids)
+        session = self._open(await self.cluster.wait_pipeline(self.config.worker_wait_seconds), stats)
+        losses = 0
         try:
-            hidden = await self._run(self.ends.embed, ids)  # (1, seq, hidden)
-            for _ in range(request.params.max_tokens):
+            while sequence.finish_reason is None:
+                if session.plan_version != self.cluster.plan_version and (moved := self.cluster.pipeline()):
+                    # A new plan is active (a join, or a replan after a loss elsewhere): move at
+                    # this step boundary; the next step replays the sequence onto it.
+                    await self._close(session)
+                    session = self._open(moved, stats)
+                    stats.moves += 1
+                    self.moves_total += 1
+                step = schedule(sequence, session.cached, next(self._steps))
                 started = time.perf_counter()
-                rows = hidden[0]
-                frame = encode_activation(rows, Route(FrameKind.FORWARD, stream, position), request.codec, encoder)
-                start_token(routing)
-                heads.update(request.router, self.head_statistics, position, len(rows))
-                for stage, link in pipeline:
-                    frame = await self._stage(request, stats, routing, stage, link, frame, stream, position,
-                                              one_row=len(rows) == 1, heads=heads, masks_sent=masks_sent)
-                _, values = decode_activation(frame, decoder)          # (rows, hidden)
-                logits = (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
-                token = sample_token(logits, request.params, rng)
-                position += len(rows)
+                try:
+                    logits = await self._execute(request, stats, session, step)   # (vocab,)
+                except WorkerLost as error:
+                    losses += 1
+                    session = await self._recover(session, stats, error, losses)
+                    continue
+                token = sample_token(logits, request.params, sequence.rng)
+                session.cached += step.rows
+                update(sequence, token)
                 seconds = time.perf_counter() - started
                 stats.step_seconds.append(seconds)
                 self.tokens_generated += 1
                 yield TokenEvent(token, seconds)
-                if token in request.stop_ids:
-                    return
-                hidden = await self._run(self.ends.embed, [token])
         finally:
-            await self._release(pipeline, stream)
+            await self._close(session)
 
-    async def _stage(self, request: GenerationRequest, stats: HopStats, routing: TokenState, stage: Stage,
-                     link: WorkerLink, frame: bytes, stream: int, position: int, one_row: bool,
-                     heads: StreamHeadMasks, masks_sent: dict[str, Masks | None]) -> bytes:
+    def _open(self, pipeline: Pipeline, stats: HopStats) -> PipelineSession:
+        session = PipelineSession(next(self._streams), pipeline, self.cluster.plan_version,
+                                  heads=StreamHeadMasks(self.head_statistics.heads, HEAD_SAMPLE_INTERVAL))
+        self.cluster.session_opened(session.plan_version)
+        stats.stages = len(pipeline)
+        return session
+
+    async def _recover(self, session: PipelineSession, stats: HopStats, error: WorkerLost,
+                       losses: int) -> PipelineSession:
+        """A stage was lost mid-step: drop the session, get a pipeline, replay from scratch."""
+        log.warning("stream %d: %s; replaying on a new pipeline", session.stream, error)
+        await self._close(session)
+        link = self.cluster.workers.get(error.worker)
+        if link is not None and not error.refused:
+            # A stalled worker is evicted; one whose socket failed under a send may not have
+            # been noticed by its reader yet: either way the next pipeline must not include it.
+            await (self.cluster.evict(link, str(error)) if error.stalled else self.cluster.leave(link, str(error)))
+        if losses > self.config.max_replays:
+            self.failures_total += 1
+            raise GenerationFailed(f"{error} (lost {losses} times; giving up)") from error
+        try:
+            pipeline = await self.cluster.wait_pipeline(self.config.recovery_seconds)
+        except NoWorkers as waited:
+            self.failures_total += 1
+            raise GenerationFailed(f"{error}; no pipeline could be formed within "
+                                   f"{self.config.recovery_seconds:.0f} s: {waited}") from error
+        stats.replays += 1
+        self.replays_total += 1
+        return self._open(pipeline, stats)
+
+    async def _execute(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
+                       step: Step) -> np.ndarray:
+        """Embed the step's ids, run every stage in order, return the last row's logits (vocab,)."""
+        if step.kind == StepKind.PREFILL and step.position == 0 and step.rows > len(request.prompt_ids):
+            stats.replayed_rows += step.rows
+        hidden = await self._run(self.ends.embed, list(step.ids))           # (1, rows, hidden)
+        route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
+        frame = encode_activation(hidden[0], route, request.codec, session.encoder)
+        start_token(session.routing)
+        assert session.heads is not None
+        session.heads.update(request.router, self.head_statistics, step.position, step.rows)
+        for stage, link in session.pipeline:
+            frame = await self._stage(request, stats, session, stage, link, frame, step)
+        _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
+        return (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
+
+    async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, stage: Stage,
+                     link: WorkerLink, frame: bytes, step: Step) -> bytes:
         """One stage for one step: run it (with the router's skip mask) or bypass it."""
+        routing, heads, masks_sent = session.routing, session.heads, session.masks_sent
+        stream, position = session.stream, step.position
+        assert heads is not None
         decision = (decide(request.router, self.layer_statistics, routing, position, stage.layer_start,
-                           stage.layer_end) if one_row else NodeDecision(0, False))
+                           stage.layer_end) if step.kind == StepKind.DECODE else NodeDecision(0, False))
         stats.layer_executions += stage.size
         stats.layers_skipped += bin(decision.skip_mask).count("1")
         ran = [layer for offset, layer in enumerate(range(stage.layer_start, stage.layer_end))
                if not decision.skip_mask >> offset & 1]
-        try:
-            masks = heads.masks_for(stage.layer_start, stage.layer_end)
-            if masks != masks_sent.get(stage.worker):
-                # Control frames and FORWARD frames share the socket, so this lands first.
-                await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
-                                         "masks": [list(row) for row in masks] if masks is not None else []}, stream)
-                masks_sent[stage.worker] = masks
-            if masks is not None:
-                stats.heads_pruned += sum(row.count(0) for layer, row in zip(
-                    range(stage.layer_start, stage.layer_end), masks, strict=True) if layer in ran)
-            if decision.bypass:
-                # Off the critical path: the node gets the hidden state it would have seen and
-                # writes K/V for all its layers (K/V-only graphs); nobody waits for it.
-                backfill = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
-                                    skip_mask=decision.skip_mask, no_reply=True)
-                await link.send(backfill)
-                stats.bytes_sent += len(backfill)
-                stats.nodes_bypassed += 1
-                stats.hops_saved += 1
-                observe(request.router, self.layer_statistics, routing, position, stage.layer_start,
-                        stage.layer_end, decision, [], [], None)
-                return frame   # the next stage gets the same payload
-            forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
-                               skip_mask=decision.skip_mask)
-            stats.bytes_sent += len(forward)
-            result = await link.call(forward, stream, position, self.config.step_timeout_seconds)
-        except WorkerLost as error:
-            raise GenerationFailed(str(error)) from error
+        masks = heads.masks_for(stage.layer_start, stage.layer_end)
+        if masks != masks_sent.get(stage.worker):
+            # Control frames and FORWARD frames share the socket, so this lands first.
+            await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
+                                     "masks": [list(row) for row in masks] if masks is not None else []}, stream)
+            masks_sent[stage.worker] = masks
+        if masks is not None:
+            stats.heads_pruned += sum(row.count(0) for layer, row in zip(
+                range(stage.layer_start, stage.layer_end), masks, strict=True) if layer in ran)
+        if decision.bypass:
+            # Off the critical path: the node gets the hidden state it would have seen and
+            # writes K/V for all its layers (K/V-only graphs); nobody waits for it.
+            backfill = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
+                                skip_mask=decision.skip_mask, no_reply=True)
+            await link.send(backfill)
+            stats.bytes_sent += len(backfill)
+            stats.nodes_bypassed += 1
+            stats.hops_saved += 1
+            observe(request.router, self.layer_statistics, routing, position, stage.layer_start,
+                    stage.layer_end, decision, [], [], None)
+            return frame   # the next stage gets the same payload
+        forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
+                           skip_mask=decision.skip_mask)
+        stats.bytes_sent += len(forward)
+        result = await link.call(forward, stream, step.step_id, step.rows)
         stats.bytes_received += len(result)
         stats.hops += 1
         report = link.take_layer_stats(stream, position)
@@ -185,12 +259,11 @@ class GenerationEngine:
                               [[float(r) for r in row] for row in report["head_ratios"]])
         return result
 
-    async def _release(self, pipeline: Pipeline, stream: int) -> None:
-        """The request is over: count it out, and have every worker free its caches."""
-        await self.cluster.request_finished()
-        for stage, link in pipeline:
+    async def _close(self, session: PipelineSession) -> None:
+        """The session is over: every worker still there frees its caches for the stream."""
+        await self.cluster.session_closed(session.plan_version)
+        for stage, link in session.pipeline:
             try:
-                await link.send_control({"type": "release", "stream": stream}, stream)
+                await link.send_control({"type": "release", "stream": session.stream}, session.stream)
             except WorkerLost:  # that worker is gone; its caches went with it
-                log.debug("release of stream %d skipped on gone worker %s", stream, stage.worker)
-
+                log.debug("release of stream %d skipped on gone worker %s", session.stream, stage.worker)

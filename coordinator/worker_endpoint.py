@@ -14,6 +14,7 @@ import time
 from aiohttp import WSMsgType, web
 
 from coordinator.cluster import Cluster
+from coordinator.step_timing import StallPolicy
 from coordinator.worker_link import WorkerLink
 from protocol.control import decode_control
 from protocol.errors import FrameError
@@ -36,7 +37,10 @@ class WorkerLeaving(Exception):
 async def handle_worker(request: web.Request, cluster: Cluster) -> web.WebSocketResponse:
     socket = web.WebSocketResponse(compress=False, max_msg_size=HEADER_SIZE + MAX_PAYLOAD)
     await socket.prepare(request)
-    link = WorkerLink(cluster.next_worker_id(), socket, request.remote or "?")
+    server = cluster.config
+    stall = StallPolicy(floor_seconds=server.stall_floor_seconds, factor=server.stall_factor,
+                        initial_seconds=server.step_timeout_seconds)
+    link = WorkerLink(cluster.next_worker_id(), socket, request.remote or "?", stall)
     reason = "connection closed"
     try:
         async for message in socket:

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from coordinator.planner import Stage
+from coordinator.step_timing import StallPolicy, StepTimer
 from protocol.control import encode_control
 from protocol.frames import Header
 
@@ -22,7 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class WorkerLost(RuntimeError):
-    """The worker holding a stage went away (or stopped answering) during a request."""
+    """The worker holding a stage went away, stalled, or refused a step during a request.
+
+    `stalled`: it did not answer within its step-time bound (the worker should be evicted);
+    `refused`: it answered the step with an error (the stream is replayed, the worker stays).
+    """
+
+    def __init__(self, message: str, worker: str = "", stalled: bool = False, refused: bool = False) -> None:
+        super().__init__(message)
+        self.worker, self.stalled, self.refused = worker, stalled, refused
 
 
 @dataclass
@@ -36,8 +45,9 @@ class WorkerInfo:
     memory_mb: float | None = None
     agent: str = ""
     state: str = "joining"         # joining -> loading -> ready
-    stage: Stage | None = None     # what it was assigned
-    loaded: Stage | None = None    # what it reported ready for
+    role: str = "idle"             # stage | standby | idle
+    stage: Stage | None = None     # the layers it was assigned (its stage or its replica)
+    holds: frozenset[int] = frozenset()   # layers it reported loaded and still keeps
     load_ms: float | None = None
     cached: bool | None = None
     progress: tuple[int, int] | None = None
@@ -48,11 +58,13 @@ class WorkerInfo:
 
 
 class WorkerLink:
-    def __init__(self, worker_id: str, socket: web.WebSocketResponse, remote: str) -> None:
+    def __init__(self, worker_id: str, socket: web.WebSocketResponse, remote: str,
+                 stall: StallPolicy | None = None) -> None:
         self.id = worker_id
         self.socket = socket
         self.remote = remote
         self.info = WorkerInfo()
+        self.timer = StepTimer(stall or StallPolicy())
         self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
         self._layer_stats: dict[tuple[int, int], dict[str, Any]] = {}
         self._send_lock = asyncio.Lock()
@@ -61,38 +73,47 @@ class WorkerLink:
         self.bytes_sent = 0
         self.bytes_received = 0
 
+    def holds(self, stage: Stage) -> bool:
+        return all(layer in self.info.holds for layer in range(stage.layer_start, stage.layer_end))
+
     async def send(self, frame: bytes) -> None:
         if self.closed:
-            raise WorkerLost(f"worker {self.id} is gone")
+            raise WorkerLost(f"worker {self.id} is gone", self.id)
         async with self._send_lock:
             try:
                 await self.socket.send_bytes(frame)
             except (ConnectionResetError, RuntimeError) as error:  # socket closed under us
-                raise WorkerLost(f"worker {self.id} is gone: {error}") from error
+                raise WorkerLost(f"worker {self.id} is gone: {error}", self.id) from error
         self.frames_sent += 1
         self.bytes_sent += len(frame)
 
     async def send_control(self, message: dict[str, Any], stream: int = 0) -> None:
         await self.send(encode_control(message, stream))
 
-    async def call(self, frame: bytes, stream: int, position: int, timeout: float) -> bytes:
-        """Send a FORWARD frame and wait for the RESULT for the same (stream, position)."""
-        key = (stream, position)
+    async def call(self, frame: bytes, stream: int, step: int, rows: int) -> bytes:
+        """Send a FORWARD frame and wait for the RESULT of the same (stream, step), no
+        longer than this worker's step-time bound (then WorkerLost with stalled=True)."""
+        key = (stream, step)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
+        bound = self.timer.bound(rows)
+        started = time.monotonic()
         try:
             await self.send(frame)
-            return await asyncio.wait_for(future, timeout)
+            result = await asyncio.wait_for(future, bound)
         except TimeoutError as error:
-            raise WorkerLost(f"worker {self.id} did not answer within {timeout:.0f} s") from error
+            raise WorkerLost(f"worker {self.id} ({self.info.name}) stalled: no answer to a {rows}-row step "
+                             f"within {bound:.1f} s", self.id, stalled=True) from error
         finally:
             self._pending.pop(key, None)
+        self.timer.observe(rows, time.monotonic() - started)
+        return result
 
     def deliver_result(self, frame: bytes, header: Header) -> None:
         """A RESULT frame arrived (already checked by parse_frame): wake the call waiting
-        for it (late ones are dropped)."""
+        for it (late ones, e.g. for a stream already replayed elsewhere, are dropped)."""
         self.bytes_received += len(frame)
-        future = self._pending.get((header.stream, header.position))
+        future = self._pending.get((header.stream, header.step))
         if future is not None and not future.done():
             future.set_result(frame)
 
@@ -110,13 +131,14 @@ class WorkerLink:
         layers away mid-request): the waiting call raises WorkerLost at once."""
         for (pending_stream, _), future in self._pending.items():
             if pending_stream == stream and not future.done():
-                future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) failed the step: {reason}"))
+                future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) failed the step: {reason}",
+                                                self.id, refused=True))
 
     def fail_all(self, reason: str) -> None:
         self.closed = True
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) left: {reason}"))
+                future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) left: {reason}", self.id))
         self._pending.clear()
 
     async def close(self, code: int, reason: str) -> None:
@@ -129,11 +151,24 @@ class WorkerLink:
         return {
             "id": self.id, "name": info.name, "remote": self.remote, "state": info.state,
             "backend": info.backend, "threads": info.threads, "benchmark_ms": info.benchmark_ms,
-            "memory_mb": info.memory_mb, "agent": info.agent,
+            "memory_mb": info.memory_mb, "agent": info.agent, "role": info.role,
             "layers": [info.stage.layer_start, info.stage.layer_end] if info.stage else None,
+            "holds": _ranges(info.holds),
+            "step_ms": round(self.timer.one_row_seconds * 1000, 2) if self.timer.one_row_seconds else None,
             "load_ms": info.load_ms, "cached": info.cached,
             "progress": list(info.progress) if info.progress else None,
             "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
             "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
         }
+
+
+def _ranges(layers: frozenset[int]) -> list[list[int]]:
+    """{0, 1, 2, 7, 8} -> [[0, 3], [7, 9]]: held layers as half-open ranges."""
+    ranges: list[list[int]] = []
+    for layer in sorted(layers):
+        if ranges and ranges[-1][1] == layer:
+            ranges[-1][1] = layer + 1
+        else:
+            ranges.append([layer, layer + 1])
+    return ranges

@@ -16,7 +16,7 @@ import numpy as np
 
 from protocol import quantization, run_length
 from protocol.errors import FrameError
-from protocol.frames import Encoding, Flag, FrameKind, Header, pack_frame, parse_frame
+from protocol.frames import Encoding, Flag, FrameKind, Header, StepKind, pack_frame, parse_frame
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class StreamCodecState:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a frame goes: its kind, stream, first position and layer range."""
+    """Where a frame goes: its kind, stream, first position, layer range and step."""
 
     kind: FrameKind
     stream: int
@@ -58,6 +58,8 @@ class Route:
     layer_end: int = 0
     skip_mask: int = 0
     no_reply: bool = False
+    step: int = 0
+    step_kind: StepKind = StepKind.PREFILL
 
 
 def _int8_rows(values: np.ndarray, settings: CodecSettings, predictions: np.ndarray | None):
@@ -102,7 +104,8 @@ def encode_activation(values: np.ndarray, route: Route, settings: CodecSettings,
     if route.no_reply:
         flags |= Flag.NO_REPLY
     return pack_frame(route.kind, flags, route.stream, route.position, rows, columns, block,
-                      route.layer_start, route.layer_end, route.skip_mask, payload)
+                      route.layer_start, route.layer_end, route.skip_mask, payload,
+                      step=route.step, step_kind=route.step_kind)
 
 
 def _encode_int8(values: np.ndarray, settings: CodecSettings, state: StreamCodecState | None,

@@ -30,11 +30,14 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "heartbeat": {"time": (Number, True)},
     "stats": {"tokens": ((int,), True), "compute_ms": (Number, True), "streams": ((int,), False)},
     "release": {"stream": ((int,), True)},
+    "truncate": {"stream": ((int,), True), "length": ((int,), True)},
+    "retain": {"layer_start": ((int,), True), "layer_end": ((int,), True)},
     "head_mask": {"stream": ((int,), True), "layer_start": ((int,), True), "masks": ((list,), True)},
     "layer_stats": {"position": ((int,), True), "ratios": ((list,), True), "node_ratio": (Number, True),
                     "norms": ((list,), False), "head_ratios": ((list,), False)},
     "progress": {"done": ((int,), True), "total": ((int,), True), "what": ((str,), False)},
-    "error": {"code": ((str,), True), "message": ((str,), True), "stream": ((int,), False)},
+    "error": {"code": ((str,), True), "message": ((str,), True), "stream": ((int,), False),
+              "step": ((int,), False)},
     "leave": {"reason": ((str,), True)},
 }
 

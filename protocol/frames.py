@@ -1,4 +1,4 @@
-"""The binary frame: a fixed 44-byte little-endian header and a checksummed payload.
+"""The binary frame: a fixed 52-byte little-endian header and a checksummed payload.
 
 Owns the header layout, its validation and the limits in SPEC.md. Pure: bytes in,
 dataclasses out; never does I/O. Every malformed input raises FrameError.
@@ -14,9 +14,11 @@ from enum import IntEnum, IntFlag
 from protocol.errors import FrameError
 
 MAGIC = b"TSWF"
-VERSION = 1
-HEADER = struct.Struct("<4sBBHIIIHHHHQII")
-HEADER_SIZE = HEADER.size  # 44
+VERSION = 2
+HEADER = struct.Struct("<4sBBHIIIHHHHQIB3sII")
+HEADER_SIZE = HEADER.size  # 52
+CHECKSUM_OFFSET = HEADER_SIZE - 4
+RESERVED = b"\0\0\0"
 
 MAX_ROWS = 1 << 16
 MAX_COLUMNS = 1 << 15
@@ -29,6 +31,15 @@ class FrameKind(IntEnum):
     FORWARD = 1   # coordinator -> worker: run layers [layer_start, layer_end) on these rows
     RESULT = 2    # worker -> coordinator: the hidden state after those layers
     CONTROL = 3   # either way: a msgpack control message (see control.py)
+
+
+class StepKind(IntEnum):
+    """What a FORWARD/RESULT frame's rows are; CONTROL frames carry NONE."""
+
+    NONE = 0
+    PREFILL = 1   # the first rows of a stream, or a replay of its whole history (any rows)
+    DECODE = 2    # one new row appended to the stream's caches
+    VERIFY = 3    # several drafted rows appended at once (speculative decoding)
 
 
 class Encoding(IntEnum):
@@ -60,6 +71,8 @@ class Header:
     layer_start: int
     layer_end: int
     skip_mask: int     # bit i set: layer layer_start + i runs K/V-only (skipped)
+    step: int          # the coordinator's step id; a RESULT echoes its FORWARD's
+    step_kind: StepKind
     payload_length: int
     checksum: int
 
@@ -72,13 +85,15 @@ class Header:
 
 
 def pack_frame(kind: FrameKind, flags: int, stream: int, position: int, rows: int, columns: int,
-               block: int, layer_start: int, layer_end: int, skip_mask: int, payload: bytes) -> bytes:
+               block: int, layer_start: int, layer_end: int, skip_mask: int, payload: bytes, *,
+               step: int = 0, step_kind: StepKind = StepKind.NONE) -> bytes:
     """Header + payload; the checksum is CRC-32 of the payload."""
     if not 0 <= position <= MAX_POSITION:
         raise FrameError("bad-position", f"position {position} out of range")
     checksum = zlib.crc32(payload) & 0xFFFFFFFF
     header = HEADER.pack(MAGIC, VERSION, int(kind), flags, stream, position, rows & 0xFFFFFFFF,
-                         columns, block, layer_start, layer_end, skip_mask, len(payload), checksum)
+                         columns, block, layer_start, layer_end, skip_mask, step & 0xFFFFFFFF, int(step_kind),
+                         RESERVED, len(payload), checksum)
     return header + payload
 
 
@@ -93,7 +108,7 @@ def parse_frame(data: bytes | memoryview) -> tuple[Header, memoryview]:
     if len(data) > HEADER_SIZE + MAX_PAYLOAD:
         raise FrameError("oversize", f"frame of {len(data)} bytes exceeds the {MAX_PAYLOAD}-byte payload limit")
     (magic, version, kind, flags, stream, position, rows, columns, block,
-     layer_start, layer_end, skip_mask, payload_length, checksum) = _fields(data)
+     layer_start, layer_end, skip_mask, step, step_kind, reserved, payload_length, checksum) = _fields(data)
     if magic != MAGIC:
         raise FrameError("bad-magic", f"magic {magic!r} is not {MAGIC!r}")
     if version != VERSION:
@@ -104,14 +119,21 @@ def parse_frame(data: bytes | memoryview) -> tuple[Header, memoryview]:
         raise FrameError("bad-flags", f"unknown flag bits {flags & ~KNOWN_FLAGS:#x}")
     if flags & ENCODING_MASK not in Encoding._value2member_map_:
         raise FrameError("bad-flags", f"encoding {flags & ENCODING_MASK} is unknown")
+    if reserved != RESERVED:
+        raise FrameError("bad-reserved", "reserved header bytes must be zero")
+    if step_kind not in StepKind._value2member_map_:
+        raise FrameError("bad-step", f"step kind {step_kind} is unknown")
     if payload_length != len(data) - HEADER_SIZE:
         raise FrameError("bad-length", f"header says {payload_length} payload bytes, frame carries {len(data) - HEADER_SIZE}")
     payload = memoryview(data)[HEADER_SIZE:]
     if zlib.crc32(payload) & 0xFFFFFFFF != checksum:
         raise FrameError("bad-checksum", "payload CRC-32 does not match the header")
     header = Header(FrameKind(kind), flags, stream, position, rows, columns, block,
-                    layer_start, layer_end, skip_mask, payload_length, checksum)
-    if header.kind != FrameKind.CONTROL:
+                    layer_start, layer_end, skip_mask, step, StepKind(step_kind), payload_length, checksum)
+    if header.kind == FrameKind.CONTROL:
+        if header.step_kind != StepKind.NONE or header.step:
+            raise FrameError("bad-step", "a control frame carries no step")
+    else:
         _check_shape(header)
     return header, payload
 
@@ -123,6 +145,10 @@ def _check_shape(header: Header) -> None:
         raise FrameError("bad-shape", f"{header.rows * header.columns} elements exceed {MAX_ELEMENTS}")
     if header.position + header.rows - 1 > MAX_POSITION:
         raise FrameError("bad-position", "positions overflow 32 bits")
+    if header.step_kind == StepKind.NONE:
+        raise FrameError("bad-step", "an activation frame must name its step kind")
+    if header.step_kind == StepKind.DECODE and header.rows != 1:
+        raise FrameError("bad-step", f"a decode step carries one row, not {header.rows}")
     if header.layer_end < header.layer_start or header.layer_end - header.layer_start > 64:
         raise FrameError("bad-layers", f"layer range [{header.layer_start}, {header.layer_end}) is invalid")
     if header.skip_mask >> max(header.layer_end - header.layer_start, 0):
@@ -143,8 +169,8 @@ def retarget(frame: bytes, kind: FrameKind, layer_start: int, layer_end: int, sk
     parse_frame on arrival): this only rewrites header fields, it does not check again.
     """
     (magic, version, _, flags, stream, position, rows, columns, block, _, _, _,
-     payload_length, checksum) = _fields(frame)
+     step, step_kind, reserved, payload_length, checksum) = _fields(frame)
     flags = flags & ~int(Flag.NO_REPLY) | (int(Flag.NO_REPLY) if no_reply else 0)
     fields = HEADER.pack(magic, version, int(kind), flags, stream, position, rows, columns, block,
-                         layer_start, layer_end, skip_mask, payload_length, checksum)
+                         layer_start, layer_end, skip_mask, step, step_kind, reserved, payload_length, checksum)
     return fields + frame[HEADER_SIZE:]

@@ -19,7 +19,7 @@ from protocol.activation_codec import (
     encode_activation,
 )
 from protocol.control import SCHEMAS, encode_control
-from protocol.frames import HEADER_SIZE, Encoding, FrameKind
+from protocol.frames import CHECKSUM_OFFSET, HEADER_SIZE, Encoding, FrameKind, StepKind
 
 OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
@@ -53,27 +53,43 @@ def activation_vectors() -> list[dict]:
     for name, settings, inputs in cases:
         encoder, decoder = StreamCodecState(), StreamCodecState()
         frames, position = [], 0
-        for values in inputs:
-            route = Route(FrameKind.FORWARD, stream=5, position=position, layer_start=2, layer_end=7)
+        for step, values in enumerate(inputs, start=1):
+            kind = StepKind.DECODE if position and values.shape[0] == 1 else StepKind.PREFILL
+            route = Route(FrameKind.FORWARD, stream=5, position=position, layer_start=2, layer_end=7,
+                          step=step, step_kind=kind)
             frame = encode_activation(values, route, settings, encoder)
             _, decoded = decode_activation(frame, decoder)
             frames.append({"rows": values.shape[0], "columns": values.shape[1], "position": position,
+                           "step": step, "step_kind": int(kind),
                            "input": values.astype("<f4").tobytes().hex(), "frame": frame.hex(),
                            "decoded": decoded.astype("<f4").tobytes().hex()})
             position += values.shape[0]
         vectors.append({"name": name, "settings": settings_json(settings), "stream": 5,
                         "layer_start": 2, "layer_end": 7, "kind": int(FrameKind.FORWARD), "frames": frames})
+    # A multi-row verify step (speculative decoding) as a RESULT frame.
+    values = rng.standard_normal((4, 20)).astype(np.float32)
+    route = Route(FrameKind.RESULT, stream=8, position=40, layer_start=0, layer_end=3, step=77,
+                  step_kind=StepKind.VERIFY)
+    settings = CodecSettings(block=8, run_length=True)
+    frame = encode_activation(values, route, settings)
+    _, decoded = decode_activation(frame)
+    vectors.append({"name": "verify_step_result", "settings": settings_json(settings), "stream": 8,
+                    "layer_start": 0, "layer_end": 3, "kind": int(FrameKind.RESULT),
+                    "frames": [{"rows": 4, "columns": 20, "position": 40, "step": 77,
+                                "step_kind": int(StepKind.VERIFY), "input": values.tobytes().hex(),
+                                "frame": frame.hex(), "decoded": decoded.tobytes().hex()}]})
     # Header fields at their limits: a RESULT frame, a K/V backfill with a skip mask, a large position.
     values = rng.standard_normal((1, 12)).astype(np.float32)
     route = Route(FrameKind.FORWARD, stream=4_000_000_000, position=3_000_000_000, layer_start=10,
-                  layer_end=15, skip_mask=0b11111, no_reply=True)
+                  layer_end=15, skip_mask=0b11111, no_reply=True, step=4_294_967_295, step_kind=StepKind.DECODE)
     settings = CodecSettings(block=4, run_length=False)
     frame = encode_activation(values, route, settings)
     _, decoded = decode_activation(frame)
     vectors.append({"name": "header_limits_no_reply_skip_mask", "settings": settings_json(settings),
                     "stream": route.stream, "layer_start": 10, "layer_end": 15, "skip_mask": route.skip_mask,
                     "no_reply": True, "kind": int(FrameKind.FORWARD),
-                    "frames": [{"rows": 1, "columns": 12, "position": route.position,
+                    "frames": [{"rows": 1, "columns": 12, "position": route.position, "step": route.step,
+                                "step_kind": int(route.step_kind),
                                 "input": values.tobytes().hex(), "frame": frame.hex(),
                                 "decoded": decoded.tobytes().hex()}]})
     return vectors
@@ -85,8 +101,13 @@ def invalid_vectors(good: bytes) -> list[dict]:
         data[offset] = value
         return bytes(data)
 
+    step_kind_offset = CHECKSUM_OFFSET - 8
     return [
         {"name": "truncated_header", "frame": good[:20].hex(), "reason": "truncated"},
+        {"name": "old_version_1", "frame": mutate(4, 1).hex(), "reason": "bad-version"},
+        {"name": "unknown_step_kind", "frame": mutate(step_kind_offset, 9).hex(), "reason": "bad-step"},
+        {"name": "activation_without_step_kind", "frame": mutate(step_kind_offset, 0).hex(), "reason": "bad-step"},
+        {"name": "reserved_byte_set", "frame": mutate(step_kind_offset + 2, 1).hex(), "reason": "bad-reserved"},
         {"name": "bad_magic", "frame": mutate(0, ord("X")).hex(), "reason": "bad-magic"},
         {"name": "bad_version", "frame": mutate(4, 9).hex(), "reason": "bad-version"},
         {"name": "bad_kind", "frame": mutate(5, 77).hex(), "reason": "bad-kind"},
@@ -98,7 +119,7 @@ def invalid_vectors(good: bytes) -> list[dict]:
 
 def control_vectors() -> list[dict]:
     messages = [
-        {"type": "hello", "protocol": 1, "backend": "wasm", "threads": 1, "benchmark_ms": 12.5,
+        {"type": "hello", "protocol": 2, "backend": "wasm", "threads": 1, "benchmark_ms": 12.5,
          "agent": "Chromium", "worker": "tab-1"},
         {"type": "assign", "worker": "w1", "layer_start": 0, "layer_end": 15,
          "files": [{"name": "layer_00.onnx", "size": 14163153, "sha256": "ab" * 32}],
@@ -106,11 +127,15 @@ def control_vectors() -> list[dict]:
         {"type": "ready", "layer_start": 0, "layer_end": 15, "load_ms": 812, "cached": True, "backend": "wasm"},
         {"type": "heartbeat", "time": 1700000000.25},
         {"type": "release", "stream": 42},
+        {"type": "truncate", "stream": 42, "length": 57},
+        {"type": "retain", "layer_start": 10, "layer_end": 20},
         {"type": "layer_stats", "position": 17, "ratios": [0.25, 0.5], "node_ratio": 0.4375, "norms": [30.5, 31.0]},
         {"type": "layer_stats", "position": 16, "ratios": [0.25], "node_ratio": 0.25, "norms": [30.5],
          "head_ratios": [[0.03125, 0.0625, 0.5]]},
         {"type": "head_mask", "stream": 5, "layer_start": 3, "masks": [[1, 0, 1], [1, 1, 1]]},
         {"type": "error", "code": "bad-frame", "message": "payload CRC-32 does not match", "stream": 3},
+        {"type": "error", "code": "bad-position", "message": "frame position 12 is not the cache length 11",
+         "stream": 3, "step": 19},
         {"type": "leave", "reason": "page closed"},
     ]
     return [{"message": message, "frame": encode_control(message, stream=9).hex()} for message in messages]

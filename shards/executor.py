@@ -21,7 +21,7 @@ from shards.manifest import Manifest, load_manifest, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
 
-__all__ = ["GenerationStep", "LayerReport", "LayerStack", "ReferenceExecutor", "session_options"]
+__all__ = ["CacheMismatch", "GenerationStep", "LayerReport", "LayerStack", "ReferenceExecutor", "session_options"]
 
 
 @dataclass
@@ -49,22 +49,71 @@ class StreamState:
     caches: dict[int, LayerCache] = field(default_factory=dict)
 
 
+class CacheMismatch(ValueError):
+    """A frame's position is not the length of the stream's caches for its layers."""
+
+
 class LayerStack:
-    """Layers [first, last) of a model, with one KV cache per stream id."""
+    """Layers of a model (initially [first, last); more can be loaded, others dropped),
+    with one KV cache per stream id."""
 
     def __init__(self, directory: Path, manifest: Manifest, first: int, last: int,
                  threads: int = 1) -> None:
         self.manifest, self.first, self.last = manifest, first, last
-        options = session_options(threads)
-        self.layers = {
-            index: ort.InferenceSession(str(directory / manifest.layers[index].graph), options,
-                                        providers=["CPUExecutionProvider"])
-            for index in range(first, last)
-        }
+        self._directory, self._options = directory, session_options(threads)
+        self.layers: dict[int, ort.InferenceSession] = {}
+        self.load(range(first, last))
         self._kv_graphs: dict[int, ort.InferenceSession] = {}
-        self._directory, self._options = directory, options
         self._all_heads = np.ones(manifest.model.heads, dtype=np.float32)
         self.streams: dict[int, StreamState] = {}
+
+    def load(self, layers: range) -> None:
+        """Also hold these layers (those already held are kept as they are)."""
+        for index in layers:
+            if index not in self.layers:
+                self.layers[index] = ort.InferenceSession(str(self._directory / self.manifest.layers[index].graph),
+                                                          self._options, providers=["CPUExecutionProvider"])
+
+    def retain(self, layers: range) -> None:
+        """Drop every held layer outside `layers`, and the caches of the dropped layers."""
+        for index in [index for index in self.layers if index not in layers]:
+            del self.layers[index]
+            self._kv_graphs.pop(index, None)
+            for state in self.streams.values():
+                state.caches.pop(index, None)
+
+    def holds(self, layers: range) -> bool:
+        return all(index in self.layers for index in layers)
+
+    def cache_length(self, stream: int, layers: range) -> int:
+        """Positions the stream's caches hold for `layers` (0 for a new stream)."""
+        state = self.streams.get(stream)
+        if state is None:
+            return 0
+        lengths = {state.caches[index].key.shape[2] if index in state.caches else 0 for index in layers}
+        if len(lengths) != 1:
+            raise CacheMismatch(f"stream {stream}'s caches disagree across layers: {sorted(lengths)}")
+        return lengths.pop()
+
+    def check_position(self, stream: int, layers: range, position: int) -> None:
+        """A step must start where the stream's caches end (CacheMismatch otherwise)."""
+        length = self.cache_length(stream, layers)
+        if position != length:
+            raise CacheMismatch(f"frame position {position} is not stream {stream}'s cache length {length} "
+                                f"for layers [{layers.start}, {layers.stop})")
+
+    def truncate(self, stream: int, length: int) -> None:
+        """Cut every cache of the stream to its first `length` positions (never longer)."""
+        state = self.streams.get(stream)
+        if state is None:
+            if length:
+                raise CacheMismatch(f"stream {stream} has no caches to keep {length} positions of")
+            return
+        for index, cache in state.caches.items():
+            if cache.key.shape[2] < length:
+                raise CacheMismatch(f"stream {stream} holds {cache.key.shape[2]} positions at layer {index}, "
+                                    f"cannot keep {length}")
+            state.caches[index] = LayerCache(cache.key[:, :, :length], cache.value[:, :, :length])
 
     def _empty_cache(self) -> LayerCache:
         config = self.manifest.model
@@ -97,7 +146,7 @@ class LayerStack:
         """
         state = self.streams.setdefault(stream, StreamState())
         report = LayerReport(hidden)
-        for index in layers if layers is not None else range(self.first, self.last):
+        for index in layers if layers is not None else sorted(self.layers):
             cache = state.caches.get(index) or self._empty_cache()
             feeds = {"hidden": hidden, "positions": positions,
                      "past_key": cache.key, "past_value": cache.value}

@@ -3,9 +3,10 @@
 // (checked against protocol/vectors/ by `node --test`). Pure: no I/O, no DOM.
 
 export const MAGIC = [0x54, 0x53, 0x57, 0x46]; // "TSWF"
-export const VERSION = 1;
-export const HEADER_SIZE = 44;
+export const VERSION = 2;
+export const HEADER_SIZE = 52;
 export const Kind = Object.freeze({ FORWARD: 1, RESULT: 2, CONTROL: 3 });
+export const StepKind = Object.freeze({ NONE: 0, PREFILL: 1, DECODE: 2, VERIFY: 3 });
 export const Encoding = Object.freeze({ FLOAT32: 0, FLOAT16: 1, INT8_BLOCK: 2 });
 export const Flag = Object.freeze({ DELTA: 1 << 2, RUN_LENGTH: 1 << 3, KEY: 1 << 4, NO_REPLY: 1 << 5 });
 const ENCODING_MASK = 0b11;
@@ -152,7 +153,7 @@ export function runLengthDecode(coded, expectedLength) {
 
 // ---- frames ------------------------------------------------------------------------------------
 export function packFrame({ kind, flags, stream, position, rows, columns, block = 0,
-  layerStart = 0, layerEnd = 0, skipMask = 0n }, payload) {
+  layerStart = 0, layerEnd = 0, skipMask = 0n, step = 0, stepKind = StepKind.NONE }, payload) {
   const frame = new Uint8Array(HEADER_SIZE + payload.length);
   const view = new DataView(frame.buffer);
   frame.set(MAGIC, 0);
@@ -167,8 +168,10 @@ export function packFrame({ kind, flags, stream, position, rows, columns, block 
   view.setUint16(24, layerStart, true);
   view.setUint16(26, layerEnd, true);
   view.setBigUint64(28, BigInt(skipMask), true);
-  view.setUint32(36, payload.length, true);
-  view.setUint32(40, crc32(payload), true);
+  view.setUint32(36, step >>> 0, true);
+  view.setUint8(40, stepKind); // bytes 41-43 reserved, zero
+  view.setUint32(44, payload.length, true);
+  view.setUint32(48, crc32(payload), true);
   frame.set(payload, HEADER_SIZE);
   return frame;
 }
@@ -184,21 +187,28 @@ export function parseFrame(bytes) {
     kind: view.getUint8(5), flags: view.getUint16(6, true), stream: view.getUint32(8, true),
     position: view.getUint32(12, true), rows: view.getUint32(16, true), columns: view.getUint16(20, true),
     block: view.getUint16(22, true), layerStart: view.getUint16(24, true), layerEnd: view.getUint16(26, true),
-    skipMask: view.getBigUint64(28, true), payloadLength: view.getUint32(36, true), checksum: view.getUint32(40, true),
+    skipMask: view.getBigUint64(28, true), step: view.getUint32(36, true), stepKind: view.getUint8(40),
+    payloadLength: view.getUint32(44, true), checksum: view.getUint32(48, true),
   };
   if (![Kind.FORWARD, Kind.RESULT, Kind.CONTROL].includes(header.kind)) throw new FrameError('bad-kind', `frame kind ${header.kind} is unknown`);
   if (header.flags & ~KNOWN_FLAGS) throw new FrameError('bad-flags', 'unknown flag bits');
   header.encoding = header.flags & ENCODING_MASK;
   if (header.encoding > Encoding.INT8_BLOCK) throw new FrameError('bad-flags', `encoding ${header.encoding} is unknown`);
+  if (bytes[41] || bytes[42] || bytes[43]) throw new FrameError('bad-reserved', 'reserved header bytes must be zero');
+  if (header.stepKind > StepKind.VERIFY) throw new FrameError('bad-step', `step kind ${header.stepKind} is unknown`);
   if (header.payloadLength !== bytes.length - HEADER_SIZE) throw new FrameError('bad-length', `header says ${header.payloadLength} payload bytes, frame carries ${bytes.length - HEADER_SIZE}`);
   const payload = bytes.subarray(HEADER_SIZE);
   if (crc32(payload) !== header.checksum) throw new FrameError('bad-checksum', 'payload CRC-32 does not match the header');
-  if (header.kind !== Kind.CONTROL) checkShape(header);
+  if (header.kind === Kind.CONTROL) {
+    if (header.stepKind !== StepKind.NONE || header.step) throw new FrameError('bad-step', 'a control frame carries no step');
+  } else checkShape(header);
   return { header, payload };
 }
 
 function checkShape(h) {
   if (h.rows < 1 || h.rows > Limits.MAX_ROWS || h.columns < 1 || h.columns > Limits.MAX_COLUMNS) throw new FrameError('bad-shape', `shape (${h.rows}, ${h.columns}) is outside the limits`);
+  if (h.stepKind === StepKind.NONE) throw new FrameError('bad-step', 'an activation frame must name its step kind');
+  if (h.stepKind === StepKind.DECODE && h.rows !== 1) throw new FrameError('bad-step', `a decode step carries one row, not ${h.rows}`);
   if (h.rows * h.columns > Limits.MAX_ELEMENTS) throw new FrameError('bad-shape', 'too many elements');
   if (h.position + h.rows - 1 > 0xffffffff) throw new FrameError('bad-position', 'positions overflow 32 bits');
   const span = h.layerEnd - h.layerStart;
@@ -212,7 +222,7 @@ function checkShape(h) {
 // ---- activations ---------------------------------------------------------------------------------
 export function newStreamState() { return { previous: null, rowsSinceKey: 0 }; }
 
-/** values: Float32Array (rows * columns). route: {kind, stream, position, layerStart, layerEnd, skipMask, noReply}. */
+/** values: Float32Array (rows * columns). route: {kind, stream, position, layerStart, layerEnd, skipMask, noReply, step, stepKind}. */
 export function encodeActivation(values, rows, columns, route, settings, state = null, forceKey = false) {
   for (let i = 0; i < values.length; i += 1) if (!Number.isFinite(values[i])) throw new RangeError('activations must be finite');
   let flags = settings.encoding;
@@ -270,7 +280,8 @@ export function encodeActivation(values, rows, columns, route, settings, state =
   }
   if (route.noReply) flags |= Flag.NO_REPLY;
   return packFrame({ kind: route.kind, flags, stream: route.stream, position: route.position, rows, columns, block,
-    layerStart: route.layerStart || 0, layerEnd: route.layerEnd || 0, skipMask: route.skipMask || 0n }, payload);
+    layerStart: route.layerStart || 0, layerEnd: route.layerEnd || 0, skipMask: route.skipMask || 0n,
+    step: route.step || 0, stepKind: route.stepKind ?? StepKind.PREFILL }, payload);
 }
 
 /** parsed: parseFrame(bytes) when the caller already has it (it checks the CRC; once is enough). */

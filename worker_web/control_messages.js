@@ -21,11 +21,14 @@ export const SCHEMAS = Object.freeze({
   heartbeat: { time: [[T.int, T.number], true] },
   stats: { tokens: [[T.int], true], compute_ms: [[T.int, T.number], true], streams: [[T.int], false] },
   release: { stream: [[T.int], true] },
+  truncate: { stream: [[T.int], true], length: [[T.int], true] },
+  retain: { layer_start: [[T.int], true], layer_end: [[T.int], true] },
   head_mask: { stream: [[T.int], true], layer_start: [[T.int], true], masks: [[T.list], true] },
   layer_stats: { position: [[T.int], true], ratios: [[T.list], true], node_ratio: [[T.int, T.number], true],
     norms: [[T.list], false], head_ratios: [[T.list], false] },
   progress: { done: [[T.int], true], total: [[T.int], true], what: [[T.string], false] },
-  error: { code: [[T.string], true], message: [[T.string], true], stream: [[T.int], false] },
+  error: { code: [[T.string], true], message: [[T.string], true], stream: [[T.int], false],
+    step: [[T.int], false] },
   leave: { reason: [[T.string], true] },
 });
 

@@ -1,5 +1,14 @@
 """A worker for integration tests: the real protocol over a real WebSocket, layers run
-with native onnxruntime (shards.executor.LayerStack) instead of a browser."""
+with native onnxruntime (shards.executor.LayerStack) instead of a browser.
+
+It behaves like the browser worker where the protocol says so: it holds a set of layers
+(assign loads more, retain drops the rest), refuses a frame whose position is not its
+cache length for that stream (error `bad-position`), truncates on `truncate`, and echoes
+each FORWARD's step id in its RESULT. Test knobs make it misbehave like real tabs do:
+`freeze()` (a frozen background tab: socket open, nothing answered), `kill()` (a crash:
+the connection drops without a close handshake), `refuse` (a tab whose layers moved),
+`desync_next()` (its cache for a stream loses a position, as after a bug).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +27,8 @@ from protocol.activation_codec import (
     encode_activation,
 )
 from protocol.control import HEAD_SAMPLE_INTERVAL, decode_control, encode_control
-from protocol.frames import Encoding, Flag, FrameKind, parse_frame
-from shards.executor import LayerStack
+from protocol.frames import VERSION, Encoding, Flag, FrameKind, parse_frame
+from shards.executor import CacheMismatch, LayerStack
 from shards.manifest import load_manifest
 
 
@@ -29,23 +38,28 @@ class FakeWorker:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
         self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
+        self.frozen = False
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
         self.decoders: dict[int, StreamCodecState] = {}
         self.encoders: dict[int, StreamCodecState] = {}
         self.frames_seen = 0
+        self.steps_served = 0
         self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
         self.released: list[int] = []
+        self.retained: list[tuple[int, int]] = []
+        self.errors_sent: list[dict] = []
         self.head_masks: dict[int, dict[int, np.ndarray]] = {}   # stream -> layer -> (heads,) mask
         self.head_mask_messages: list[dict] = []
         self.close_code: int | None = None
         self.closed = asyncio.Event()
+        self._desync = False
 
     async def start(self) -> FakeWorker:
         self.session = aiohttp.ClientSession()
         self.socket = await self.session.ws_connect(self.base_url.replace("http", "ws") + "/ws/worker")
-        hello = {"type": "hello", "protocol": 1, "backend": "native-test", "threads": 1,
+        hello = {"type": "hello", "protocol": VERSION, "backend": "native-test", "threads": 1,
                  "benchmark_ms": self.benchmark_ms, "worker": self.name}
         if self.memory_mb:
             hello["memory_mb"] = self.memory_mb
@@ -53,11 +67,24 @@ class FakeWorker:
         self.task = asyncio.create_task(self._loop())
         return self
 
+    def holds(self) -> set[int]:
+        return set(self.stack.layers) if self.stack else set()
+
+    def freeze(self) -> None:
+        """Stop answering anything (FORWARDs and heartbeats) while keeping the socket open."""
+        self.frozen = True
+
+    def desync_next(self) -> None:
+        """Lose the last cached position of the next FORWARD's stream before running it."""
+        self._desync = True
+
     async def _loop(self) -> None:
         try:
             async for message in self.socket:
                 if message.type != aiohttp.WSMsgType.BINARY:
                     break
+                if self.frozen:
+                    continue
                 await self._handle(message.data)
         finally:
             self.close_code = self.socket.close_code
@@ -66,51 +93,49 @@ class FakeWorker:
     async def _handle(self, data: bytes) -> None:
         header, _ = parse_frame(data)
         if header.kind == FrameKind.CONTROL:
-            message = decode_control(data)
-            if message["type"] == "assign":
-                await self._assign(message)
-            elif message["type"] == "head_mask":
-                self.head_mask_messages.append(message)
-                self.head_masks[message["stream"]] = {
-                    message["layer_start"] + offset: np.array(mask, dtype=np.float32)
-                    for offset, mask in enumerate(message["masks"])}
-            elif message["type"] == "release":
-                self.released.append(message["stream"])
-                self.head_masks.pop(message["stream"], None)
-                self.decoders.pop(message["stream"], None)
-                self.encoders.pop(message["stream"], None)
-                if self.stack:
-                    self.stack.release(message["stream"])
-            elif message["type"] == "heartbeat":
-                await self.send_control({"type": "heartbeat", "time": 0.0})
+            await self._control(decode_control(data))
             return
         self.frames_seen += 1
         if not self.answer:
             return
-        if self.refuse:
-            await self.send_control({"type": "error", "code": "not-assigned", "stream": header.stream,
-                                     "message": f"layers [{header.layer_start}, {header.layer_end}) are not loaded"})
-            return
         stream = header.stream
+        if self.refuse:
+            await self._error("not-assigned", f"layers [{header.layer_start}, {header.layer_end}) are not loaded",
+                              stream, header.step)
+            return
         header, values = decode_activation(data, self.decoders.setdefault(stream, StreamCodecState()))
-        assert self.stack is not None
+        layers = range(header.layer_start, header.layer_end)
+        if layers and (self.stack is None or not self.stack.holds(layers)):
+            await self._error("not-assigned", f"layers [{layers.start}, {layers.stop}) are not loaded", stream,
+                              header.step)
+            return
+        if layers and self.stack is not None:
+            if self._desync and self.stack.cache_length(stream, layers) > 0:
+                self._desync = False
+                self.stack.truncate(stream, self.stack.cache_length(stream, layers) - 1)
+            try:
+                self.stack.check_position(stream, layers, header.position)
+            except CacheMismatch as error:   # the protocol's refusal: this stream only
+                await self._error("bad-position", str(error), stream, header.step)
+                return
         skipped = frozenset(header.layer_start + bit for bit in range(64) if header.skip_mask >> bit & 1)
         positions = np.arange(header.position, header.position + header.rows, dtype=np.int64)[None]
         loop = asyncio.get_running_loop()
         ratios: list[float] = []
         norms: list[float] = []
-        if header.layer_start == header.layer_end:  # an echo: no layers
+        if not layers:  # an echo: no layers
             out = values[None]
         else:
+            assert self.stack is not None
             report = await loop.run_in_executor(None, functools.partial(
-                self.stack.forward_reporting, stream, values[None], positions, skipped,
+                self.stack.forward_reporting, stream, values[None], positions, skipped, layers=layers,
                 head_masks=self.head_masks.get(stream),
                 measure_heads=header.position % HEAD_SAMPLE_INTERVAL == 0))
             out, ratios, norms = report.hidden, report.ratios, report.norms
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
-        if header.has(Flag.NO_REPLY):
+        if header.has(Flag.NO_REPLY) or self.frozen:
             return
-        if header.rows == 1 and header.layer_start != header.layer_end:
+        if header.rows == 1 and layers:
             node_ratio = float(np.linalg.norm(out[0] - values) / np.linalg.norm(values))
             stats = {"type": "layer_stats", "position": header.position, "ratios": ratios, "norms": norms,
                      "node_ratio": node_ratio}
@@ -120,22 +145,72 @@ class FakeWorker:
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
                                  run_length=header.encoding == Encoding.INT8_BLOCK)
         route = Route(FrameKind.RESULT, stream, header.position, header.layer_start, header.layer_end,
-                      header.skip_mask)
+                      header.skip_mask, step=header.step, step_kind=header.step_kind)
         await self.socket.send_bytes(encode_activation(out[0], route, settings,
                                                        self.encoders.setdefault(stream, StreamCodecState())))
+        self.steps_served += 1
+
+    async def _control(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "assign":
+            await self._assign(message)
+        elif kind == "retain":
+            self.retained.append((message["layer_start"], message["layer_end"]))
+            if self.stack:
+                self.stack.retain(range(message["layer_start"], message["layer_end"]))
+        elif kind == "truncate":
+            if self.stack:
+                try:
+                    self.stack.truncate(message["stream"], message["length"])
+                except CacheMismatch as error:
+                    await self._error("bad-truncate", str(error), message["stream"])
+        elif kind == "head_mask":
+            self.head_mask_messages.append(message)
+            self.head_masks[message["stream"]] = {
+                message["layer_start"] + offset: np.array(mask, dtype=np.float32)
+                for offset, mask in enumerate(message["masks"])}
+        elif kind == "release":
+            self.released.append(message["stream"])
+            self.head_masks.pop(message["stream"], None)
+            self.decoders.pop(message["stream"], None)
+            self.encoders.pop(message["stream"], None)
+            if self.stack:
+                self.stack.release(message["stream"])
+        elif kind == "heartbeat":
+            await self.send_control({"type": "heartbeat", "time": 0.0})
 
     async def _assign(self, message: dict) -> None:
         start, end = message["layer_start"], message["layer_end"]
         loop = asyncio.get_running_loop()
-        self.stack = await loop.run_in_executor(None, LayerStack, self.shard_dir, self.manifest, start, end, 1)
+        if self.stack is None:
+            self.stack = await loop.run_in_executor(None, LayerStack, self.shard_dir, self.manifest, start, end, 1)
+        else:   # keep what it holds; load what is missing
+            await loop.run_in_executor(None, self.stack.load, range(start, end))
         self.assigned = (start, end)
         await self.send_control({"type": "ready", "layer_start": start, "layer_end": end, "load_ms": 1.0})
+
+    async def _error(self, code: str, text: str, stream: int, step: int | None = None) -> None:
+        message = {"type": "error", "code": code, "message": text, "stream": stream}
+        if step is not None:
+            message["step"] = step
+        self.errors_sent.append(message)
+        await self.socket.send_bytes(encode_control(message, stream))
 
     async def send_control(self, message: dict) -> None:
         await self.socket.send_bytes(encode_control(message))
 
     async def send_raw(self, data: bytes) -> None:
         await self.socket.send_bytes(data)
+
+    async def kill(self) -> None:
+        """Drop the connection without a WebSocket close handshake (a crashed tab)."""
+        self.frozen = True
+        connection = self.socket._conn   # aiohttp keeps the raw connection here; no public abort
+        transport = connection.transport if connection is not None else None
+        if transport is not None:
+            transport.abort()
+        self.task.cancel()
+        await self.session.close()
 
     async def stop(self) -> None:
         await self.socket.close()

@@ -23,10 +23,12 @@ from protocol.activation_codec import (
 from protocol.control import decode_control, encode_control
 from protocol.errors import FrameError
 from protocol.frames import (
+    CHECKSUM_OFFSET,
     HEADER_SIZE,
     Encoding,
     Flag,
     FrameKind,
+    StepKind,
     pack_frame,
     parse_frame,
     retarget,
@@ -157,7 +159,8 @@ def test_control_payload_that_is_not_msgpack():
 
 @pytest.mark.parametrize("rows, columns", [(0, 576), (70000, 576), (1, 40000), (5000, 5000)])
 def test_absurd_shapes_are_rejected_before_allocation(rows, columns):
-    frame = pack_frame(FrameKind.FORWARD, int(Encoding.FLOAT32), 1, 0, rows, columns, 0, 0, 1, 0, b"\x00" * 8)
+    frame = pack_frame(FrameKind.FORWARD, int(Encoding.FLOAT32), 1, 0, rows, columns, 0, 0, 1, 0, b"\x00" * 8,
+                       step_kind=StepKind.PREFILL)
     with pytest.raises(FrameError) as caught:
         parse_frame(frame)
     assert caught.value.reason in ("bad-shape",)
@@ -182,14 +185,14 @@ def test_fuzz_ten_thousand_frames_raise_only_frame_errors():
                 frame[rng.randrange(len(frame))] = rng.randrange(256)
             if rng.random() < 0.5 and len(frame) >= HEADER_SIZE:
                 import zlib
-                frame[40:44] = (zlib.crc32(bytes(frame[HEADER_SIZE:])) & 0xFFFFFFFF).to_bytes(4, "little")
+                frame[CHECKSUM_OFFSET:HEADER_SIZE] = (zlib.crc32(bytes(frame[HEADER_SIZE:])) & 0xFFFFFFFF).to_bytes(4, "little")
         elif mode == 1:    # truncate or extend
             frame = frame[: rng.randrange(len(frame))] if rng.random() < 0.5 else frame + bytes(rng.randrange(1, 50))
         elif mode == 2:    # random header fields with a valid checksum
             import zlib
-            for offset in rng.sample(range(4, 40), 3):
+            for offset in rng.sample(range(4, CHECKSUM_OFFSET), 3):
                 frame[offset] = rng.randrange(256)
-            frame[40:44] = (zlib.crc32(bytes(frame[HEADER_SIZE:])) & 0xFFFFFFFF).to_bytes(4, "little")
+            frame[CHECKSUM_OFFSET:HEADER_SIZE] = (zlib.crc32(bytes(frame[HEADER_SIZE:])) & 0xFFFFFFFF).to_bytes(4, "little")
         else:              # pure noise
             frame = bytearray(rng.randbytes(rng.randrange(0, 200)))
         try:
@@ -202,6 +205,33 @@ def test_fuzz_ten_thousand_frames_raise_only_frame_errors():
             outcomes["rejected"] += 1
     assert outcomes["decoded"] + outcomes["rejected"] == 10_000
     assert outcomes["rejected"] > 5_000 and outcomes["decoded"] > 100
+
+
+@pytest.mark.parametrize("kind, rows, step, reason", [
+    (StepKind.NONE, 1, 0, "must name its step kind"),
+    (StepKind.DECODE, 2, 5, "one row"),
+])
+def test_activation_frames_name_a_consistent_step(kind, rows, step, reason):
+    frame = pack_frame(FrameKind.FORWARD, int(Encoding.FLOAT32), 1, 0, rows, 2, 0, 0, 1, 0, b"\x00" * 8 * rows,
+                       step=step, step_kind=kind)
+    with pytest.raises(FrameError, match=reason) as caught:
+        parse_frame(frame)
+    assert caught.value.reason == "bad-step"
+
+
+def test_control_frames_carry_no_step():
+    frame = pack_frame(FrameKind.CONTROL, 0, 0, 0, 0, 0, 0, 0, 0, 0, b"\x80", step=3, step_kind=StepKind.NONE)
+    with pytest.raises(FrameError) as caught:
+        parse_frame(frame)
+    assert caught.value.reason == "bad-step"
+
+
+def test_step_id_and_kind_round_trip_and_survive_retarget():
+    values = np.ones((3, 8), dtype=np.float32)
+    route = Route(FrameKind.RESULT, 7, 11, 0, 15, step=123_456, step_kind=StepKind.VERIFY)
+    relayed = retarget(encode_activation(values, route, CodecSettings(block=8)), FrameKind.FORWARD, 15, 30)
+    header, _ = parse_frame(relayed)
+    assert (header.step, header.step_kind, header.rows) == (123_456, StepKind.VERIFY, 3)
 
 
 def test_retarget_changes_routing_and_keeps_the_payload():

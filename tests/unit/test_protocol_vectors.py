@@ -17,7 +17,7 @@ from protocol.activation_codec import (
 )
 from protocol.control import decode_control, encode_control
 from protocol.errors import FrameError
-from protocol.frames import Encoding, FrameKind
+from protocol.frames import Encoding, FrameKind, StepKind
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 ACTIVATION = json.loads((VECTORS / "activation.json").read_text())
@@ -39,9 +39,11 @@ def test_activation_vector_decodes_and_reencodes(vector):
     for frame in vector["frames"]:
         header, values = decode_activation(bytes.fromhex(frame["frame"]), decoder)
         assert (header.rows, header.columns, header.position) == (frame["rows"], frame["columns"], frame["position"])
+        assert (header.step, int(header.step_kind)) == (frame["step"], frame["step_kind"])
         assert np.array_equal(values.ravel(), floats(frame["decoded"]))
         route = Route(FrameKind(vector["kind"]), vector["stream"], frame["position"], vector["layer_start"],
-                      vector["layer_end"], vector.get("skip_mask", 0), vector.get("no_reply", False))
+                      vector["layer_end"], vector.get("skip_mask", 0), vector.get("no_reply", False),
+                      frame["step"], StepKind(frame["step_kind"]))
         values_in = floats(frame["input"]).reshape(frame["rows"], frame["columns"])
         assert encode_activation(values_in, route, settings_of(vector["settings"]), encoder).hex() == frame["frame"]
 

@@ -27,6 +27,8 @@ for (const vector of activation) {
       assert.equal(header.columns, frame.columns);
       assert.equal(header.position, frame.position);
       assert.equal(header.stream, vector.stream);
+      assert.equal(header.step, frame.step);
+      assert.equal(header.stepKind, frame.step_kind);
       assert.deepEqual(Array.from(values), Array.from(floats(frame.decoded)));
     }
   });
@@ -34,7 +36,8 @@ for (const vector of activation) {
     const state = newStreamState();
     for (const frame of vector.frames) {
       const route = { kind: vector.kind, stream: vector.stream, position: frame.position, layerStart: vector.layer_start,
-        layerEnd: vector.layer_end, skipMask: BigInt(vector.skip_mask || 0), noReply: Boolean(vector.no_reply) };
+        layerEnd: vector.layer_end, skipMask: BigInt(vector.skip_mask || 0), noReply: Boolean(vector.no_reply),
+        step: frame.step, stepKind: frame.step_kind };
       const bytes = encodeActivation(floats(frame.input), frame.rows, frame.columns, route, settingsOf(vector.settings), state);
       assert.equal(toHex(bytes), frame.frame);
     }

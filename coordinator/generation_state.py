@@ -1,0 +1,84 @@
+"""A request's state as data, and the pure half of a step: schedule and update.
+
+Owns the split the rest of the engine relies on:
+
+- a **Sequence** is what the request is: prompt ids, the tokens generated so far, the
+  sampler's parameters and RNG, and why it finished. It survives any change of pipeline.
+- a **PipelineSession** (in `engine.py`, it holds links) is where the sequence runs now:
+  stream id, stages, codec states, router state. It can be thrown away at any time;
+  `cached` says how many of the sequence's ids its workers' caches hold.
+
+A step goes schedule -> execute -> update, and only execute does I/O:
+`schedule(sequence, cached)` names the rows the caches lack (all of them on a new
+session: a replay is one prefill of prompt + generated); `update` appends the sampled
+token and decides whether the sequence is finished. Nothing here touches sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.frames import StepKind
+from shards.sampling import SamplingParams, make_rng
+
+
+@dataclass
+class Sequence:
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+    stop_ids: frozenset[int]
+    rng: np.random.Generator
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None     # "stop" (a stop id was sampled) or "length"
+
+    @classmethod
+    def start(cls, prompt_ids: tuple[int, ...], params: SamplingParams, stop_ids: frozenset[int]) -> Sequence:
+        if not prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        return cls(tuple(prompt_ids), params, stop_ids, make_rng(params))
+
+    @property
+    def length(self) -> int:
+        """Ids the model has to have seen before sampling the next token."""
+        return len(self.prompt_ids) + len(self.generated)
+
+    def ids(self, start: int = 0) -> tuple[int, ...]:
+        prompt = len(self.prompt_ids)
+        return self.prompt_ids[start:] + tuple(self.generated[max(start - prompt, 0):])
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass through the pipeline: rows ids at positions position.. (row 0's)."""
+
+    step_id: int
+    kind: StepKind
+    position: int
+    ids: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+
+def schedule(sequence: Sequence, cached: int, step_id: int) -> Step:
+    """The next step for a sequence whose session's caches hold its first `cached` ids."""
+    if sequence.finish_reason is not None:
+        raise ValueError("the sequence is finished")
+    if not 0 <= cached < sequence.length:
+        raise ValueError(f"caches hold {cached} of {sequence.length} ids: nothing or too much to run")
+    ids = sequence.ids(cached)
+    kind = StepKind.DECODE if cached and len(ids) == 1 else StepKind.PREFILL
+    return Step(step_id, kind, cached, ids)
+
+
+def update(sequence: Sequence, token: int) -> str | None:
+    """Record the sampled token; return the finish reason once the sequence is done."""
+    sequence.generated.append(token)
+    if token in sequence.stop_ids:
+        sequence.finish_reason = "stop"
+    elif len(sequence.generated) >= sequence.params.max_tokens:
+        sequence.finish_reason = "length"
+    return sequence.finish_reason

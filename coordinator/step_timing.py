@@ -1,0 +1,48 @@
+"""How long a worker's step should take, from the steps it has served. Pure.
+
+A frozen tab (Chrome's Energy Saver, a locked phone) keeps its socket open and answers
+nothing, so heartbeats alone notice it only after several intervals. The bound here
+notices it at the first late step: once a worker has served a few one-row steps, a step
+of `rows` rows that takes longer than `factor` times the expected time (never less than
+`floor_seconds`) counts as a stall. Before that, `initial_seconds` applies (first steps
+include session warm-up). Multi-row steps are assumed to cost at most `rows` one-row
+steps (prefill is cheaper per row than decode), so the bound errs long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StallPolicy:
+    floor_seconds: float = 3.0
+    factor: float = 30.0
+    initial_seconds: float = 30.0
+    warm_samples: int = 3
+    smoothing: float = 0.2          # EMA weight of the newest one-row step
+
+
+@dataclass
+class StepTimer:
+    """One worker's running estimate of a one-row step's time."""
+
+    policy: StallPolicy
+    one_row_seconds: float | None = None
+    samples: int = 0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows != 1:
+            return
+        self.samples += 1
+        if self.one_row_seconds is None:
+            self.one_row_seconds = seconds
+        else:
+            weight = self.policy.smoothing
+            self.one_row_seconds = (1 - weight) * self.one_row_seconds + weight * seconds
+
+    def bound(self, rows: int) -> float:
+        """Seconds after which a step of `rows` rows counts as stalled."""
+        if self.one_row_seconds is None or self.samples < self.policy.warm_samples:
+            return self.policy.initial_seconds
+        return max(self.policy.floor_seconds, self.policy.factor * self.one_row_seconds * max(rows, 1))
