@@ -74,39 +74,107 @@ export function positionsTensor(ort, start, count) {
   return new ort.Tensor('int64', values, [1, count]);
 }
 
+/** Positions a cached K or V tensor's data holds: dims (1, kvHeads, positions, headDim). */
+export function cachedPositions(dims) { return dims[2]; }
+
 /**
- * Layers [layerStart, layerEnd) of a model in this tab, with one KV cache per stream.
- * A skipped layer (skip-mask bit set) passes the hidden state through and runs its
- * K/V-only graph, so every cache keeps one entry per position.
+ * The first `length` positions of a (1, kvHeads, positions, headDim) K/V tensor's data, as a
+ * new Float32Array (1, kvHeads, length, headDim). Pure: the caller makes the tensor.
+ */
+export function truncatePositions(data, kvHeads, positions, headDim, length) {
+  if (length > positions) throw new RangeError(`cannot keep ${length} of ${positions} positions`);
+  const out = new Float32Array(kvHeads * length * headDim);
+  for (let head = 0; head < kvHeads; head += 1) {
+    out.set(data.subarray(head * positions * headDim, (head * positions + length) * headDim), head * length * headDim);
+  }
+  return out;
+}
+
+/** The layer index a shard file belongs to ('layer_07.kv.onnx' -> 7), or null. */
+export function layerOfFile(name) {
+  const match = /^layer_(\d+)\./.exec(name);
+  return match ? Number(match[1]) : null;
+}
+
+/**
+ * The layers a tab holds (any set: an assignment adds layers, `retain` drops the rest),
+ * with one KV cache per stream and layer. A FORWARD names a contiguous range of held
+ * layers; a skipped layer (skip-mask bit set) passes the hidden state through and runs
+ * its K/V-only graph, so every cache keeps one entry per position.
  */
 export class LayerRunner {
-  constructor(ort, backend, model, layerStart, layerEnd) {
-    Object.assign(this, { ort, backend, model, layerStart, layerEnd });
-    this.layers = [];      // [{full, kvOnly}] by layer - layerStart
-    this.streams = new Map(); // stream -> [{key, value}] by layer - layerStart
-    this.headMasks = new Map(); // stream -> [head_mask tensor (heads,)] by layer - layerStart
+  constructor(ort, backend, model) {
+    Object.assign(this, { ort, backend, model });
+    this.layers = new Map();    // layer index -> {full, kvOnly}
+    this.streams = new Map();   // stream -> Map(layer index -> {key, value})
+    this.headMasks = new Map(); // stream -> Map(layer index -> head_mask tensor (heads,))
     this.allHeads = floatTensor(ort, new Float32Array(model.heads).fill(1), [model.heads]);
+  }
+
+  holds(start, end) {
+    for (let layer = start; layer < end; layer += 1) if (!this.layers.has(layer)) return false;
+    return true;
+  }
+
+  /** Layer indices of [start, end) not held yet. */
+  missing(start, end) {
+    const out = [];
+    for (let layer = start; layer < end; layer += 1) if (!this.layers.has(layer)) out.push(layer);
+    return out;
+  }
+
+  async loadLayer(index, fullBytes, kvOnlyBytes) {
+    const full = await createSession(this.ort, fullBytes, this.backend);
+    const kvOnly = await createSession(this.ort, kvOnlyBytes, this.backend);
+    this.layers.set(index, { full, kvOnly });
+  }
+
+  /** Drop every held layer outside [start, end), with its caches. */
+  async retain(start, end) {
+    for (const [index, { full, kvOnly }] of [...this.layers]) {
+      if (index >= start && index < end) continue;
+      this.layers.delete(index);
+      for (const caches of this.streams.values()) caches.delete(index);
+      await full.release();
+      await kvOnly.release();
+    }
   }
 
   /** Head masks for a stream from the coordinator's head_mask message; [] keeps every head. */
   setHeadMasks(stream, layerStart, masks) {
-    const tensors = this.layers.map(() => this.allHeads);
+    const tensors = new Map();
     masks.forEach((mask, offset) => {
-      const index = layerStart + offset - this.layerStart;
-      if (index >= 0 && index < tensors.length && mask.length === this.model.heads) {
-        tensors[index] = floatTensor(this.ort, Float32Array.from(mask, Number), [this.model.heads]);
+      if (mask.length === this.model.heads) {
+        tensors.set(layerStart + offset, floatTensor(this.ort, Float32Array.from(mask, Number), [this.model.heads]));
       }
     });
     this.headMasks.set(stream, tensors);
   }
 
-  async load(files, onLoaded) {
-    for (let layer = this.layerStart; layer < this.layerEnd; layer += 1) {
-      const name = `layer_${String(layer).padStart(2, '0')}`;
-      const full = await createSession(this.ort, files.get(`${name}.onnx`), this.backend);
-      const kvOnly = await createSession(this.ort, files.get(`${name}.kv.onnx`), this.backend);
-      this.layers.push({ full, kvOnly });
-      onLoaded(layer - this.layerStart + 1, this.layerEnd - this.layerStart);
+  /** Positions the stream's caches hold for [start, end) (0 for a new stream); throws if they disagree. */
+  cacheLength(stream, start, end) {
+    const caches = this.streams.get(stream);
+    const lengths = new Set();
+    for (let layer = start; layer < end; layer += 1) {
+      const cache = caches && caches.get(layer);
+      lengths.add(cache ? cachedPositions(cache.key.dims) : 0);
+    }
+    if (lengths.size > 1) throw new Error(`stream ${stream}'s caches disagree across layers`);
+    return lengths.size ? [...lengths][0] : 0;
+  }
+
+  /** Cut every cache of the stream to its first `length` positions. */
+  truncate(stream, length) {
+    const caches = this.streams.get(stream);
+    if (!caches) { if (length) throw new Error(`stream ${stream} has no caches`); return; }
+    const { kv_heads: kvHeads, head_dim: headDim } = this.model;
+    for (const [layer, cache] of caches) {
+      const positions = cachedPositions(cache.key.dims);
+      const dims = [1, kvHeads, length, headDim];
+      caches.set(layer, {
+        key: floatTensor(this.ort, truncatePositions(cache.key.data, kvHeads, positions, headDim, length), dims),
+        value: floatTensor(this.ort, truncatePositions(cache.value.data, kvHeads, positions, headDim, length), dims),
+      });
     }
   }
 
@@ -116,30 +184,28 @@ export class LayerRunner {
   }
 
   /**
-   * hidden: Float32Array (rows * hidden) at positions position..position+rows-1.
-   * Returns {output, ratios, norms, nodeRatio, headRatios}; for one-row frames ratios holds
-   * r = |update| / |input| of each layer that ran (the router's input), and, when
-   * sampleHeads, headRatios each head's contribution norm / |input| per layer that ran.
+   * Layers [layerStart, layerEnd) (all held) on hidden: Float32Array (rows * hidden) at
+   * positions position..position+rows-1. Returns {output, ratios, norms, nodeRatio,
+   * headRatios}; for one-row frames ratios holds r = |update| / |input| of each layer that
+   * ran (the router's input), and, when sampleHeads, headRatios each head's contribution
+   * norm / |input| per layer that ran.
    */
-  async forward(stream, hidden, rows, position, skipMask, sampleHeads = false) {
-    let caches = this.streams.get(stream);
-    if (!caches) {
-      caches = this.layers.map(() => this.emptyCache());
-      this.streams.set(stream, caches);
-    }
+  async forward(stream, hidden, rows, position, skipMask, layerStart, layerEnd, sampleHeads = false) {
+    if (!this.streams.has(stream)) this.streams.set(stream, new Map());
+    const caches = this.streams.get(stream);
     let state = floatTensor(this.ort, hidden, [1, rows, this.model.hidden]);
     const positions = positionsTensor(this.ort, position, rows);
     const ratios = [];
     const norms = [];
     const headRatios = [];
     const masks = this.headMasks.get(stream);
-    for (let index = 0; index < this.layers.length; index += 1) {
-      const cache = caches[index];
+    for (let layer = layerStart; layer < layerEnd; layer += 1) {
+      const cache = caches.get(layer) || this.emptyCache();
       const feeds = { hidden: state, positions, past_key: cache.key, past_value: cache.value };
-      const skipped = (skipMask >> BigInt(index)) & 1n;
-      if (!skipped) feeds.head_mask = masks ? masks[index] : this.allHeads;
-      const session = skipped ? this.layers[index].kvOnly : this.layers[index].full;
-      const out = await session.run(feeds);
+      const skipped = (skipMask >> BigInt(layer - layerStart)) & 1n;
+      if (!skipped) feeds.head_mask = (masks && masks.get(layer)) || this.allHeads;
+      const graphs = this.layers.get(layer);
+      const out = await (skipped ? graphs.kvOnly : graphs.full).run(feeds);
       if (!skipped) {
         if (rows === 1) {
           const { ratio, norm, inputNorm } = updateRatio(state.data, out.hidden_out.data);
@@ -149,7 +215,7 @@ export class LayerRunner {
         }
         state = out.hidden_out;
       }
-      caches[index] = { key: out.present_key, value: out.present_value };
+      caches.set(layer, { key: out.present_key, value: out.present_value });
     }
     const nodeRatio = rows === 1 ? updateRatio(hidden, state.data).ratio : 0;
     return { output: state.data, ratios, norms, nodeRatio, headRatios };
@@ -158,8 +224,8 @@ export class LayerRunner {
   release(stream) { this.streams.delete(stream); this.headMasks.delete(stream); }
 
   async dispose() {
-    for (const { full, kvOnly } of this.layers) { await full.release(); await kvOnly.release(); }
-    this.layers = [];
+    for (const { full, kvOnly } of this.layers.values()) { await full.release(); await kvOnly.release(); }
+    this.layers.clear();
     this.streams.clear();
     this.headMasks.clear();
   }

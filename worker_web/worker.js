@@ -2,13 +2,17 @@
 // runs FORWARD frames through its LayerRunner in arrival order, and shows a person what
 // it is doing. Owns the WebSocket and the page; codec.js owns bytes, ort_runtime.js owns
 // onnxruntime, shard_store.js owns shard files.
-import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame } from './codec.js';
+//
+// Frames and everything that touches the runner's state run one at a time on `queue`.
+// An assignment downloads outside it (so the tab keeps serving its current layers while
+// it loads new ones) and creates each new layer's sessions as one queued task; the layers
+// it held before stay until the coordinator says `retain`.
+import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, VERSION } from './codec.js';
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
-import { LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
+import { layerOfFile, LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
 import { fetchShardFiles } from './shard_store.js';
 
 const params = new URLSearchParams(location.search);
-const PROTOCOL = 1;
 const ui = {
   set(id, text) { const node = document.getElementById(id); if (node) node.textContent = text; },
   log(text) {
@@ -28,7 +32,7 @@ const ui = {
 const worker = {
   name: params.get('name') || sessionStorage.getItem('tabswarm-name') || `tab-${Math.random().toString(36).slice(2, 7)}`,
   backend: 'wasm', threads: 1, ort: null, runner: null, assignment: null,
-  socket: null, retryMs: 1000, queue: Promise.resolve(),
+  socket: null, retryMs: 1000, queue: Promise.resolve(), assignments: Promise.resolve(), leaving: false,
   decoders: new Map(), encoders: new Map(), tokens: 0, computeMs: 0, lastStats: 0,
 };
 sessionStorage.setItem('tabswarm-name', worker.name);
@@ -71,39 +75,64 @@ function send(bytes) {
 }
 const sendControl = (message, stream = 0) => send(encodeControl(message, stream));
 
+/** Run `task` on the frame queue (after every frame already received); resolves with its result. */
+function enqueue(task) {
+  const run = worker.queue.then(task);
+  worker.queue = run.catch(fail);
+  return run;
+}
+
+function sameModel(runner, model) {
+  return runner && runner.model.shard_sha256 === model.shard_sha256 && runner.model.converter === model.converter;
+}
+
 async function onAssign(message) {
   const { layer_start: start, layer_end: end, model } = message;
   worker.assignment = message;
-  const same = worker.runner && worker.runner.layerStart === start && worker.runner.layerEnd === end
-    && worker.runner.model.shard_sha256 === model.shard_sha256 && worker.runner.model.converter === model.converter;
-  if (same) {
+  if (!sameModel(worker.runner, model)) {
+    await enqueue(async () => {
+      if (worker.runner) await worker.runner.dispose();
+      worker.runner = new LayerRunner(worker.ort, worker.backend, model);
+    });
+  }
+  const runner = worker.runner;
+  const missing = new Set(runner.missing(start, end));
+  const role = message.role === 'standby' ? ' (standby replica)' : '';
+  if (!missing.size) {
+    ui.set('layers', `[${start}, ${end})${role} — ready`);
     sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: 0, cached: true, backend: worker.backend });
     return;
   }
-  if (worker.runner) { await worker.runner.dispose(); worker.runner = null; }
-  ui.set('layers', `[${start}, ${end}) — loading`);
-  ui.log(`assigned layers [${start}, ${end}) of ${model.name}`);
+  ui.set('layers', `[${start}, ${end})${role} — loading`);
+  ui.log(`assigned layers [${start}, ${end})${role} of ${model.name}; loading ${missing.size}`);
   const started = performance.now();
   let lastReport = 0;
-  const { files, cached } = await fetchShardFiles(message.files, (done, total, what) => {
+  const wanted = message.files.filter((file) => missing.has(layerOfFile(file.name)));
+  const { files, cached } = await fetchShardFiles(wanted, (done, total, what) => {
     ui.progress(done, total);
-    ui.set('layers', `[${start}, ${end}) — ${what} ${(100 * done / total).toFixed(0)}%`);
+    ui.set('layers', `[${start}, ${end})${role} — ${what} ${(100 * done / total).toFixed(0)}%`);
     if (performance.now() - lastReport > 250) {
       lastReport = performance.now();
       sendControl({ type: 'progress', done, total, what: `download ${what}` });
     }
   });
-  const runner = new LayerRunner(worker.ort, worker.backend, model, start, end);
-  await runner.load(files, (done, total) => {
-    ui.set('layers', `[${start}, ${end}) — creating sessions ${done}/${total}`);
-    sendControl({ type: 'progress', done, total, what: 'sessions' });
-  });
-  if (worker.assignment !== message) { await runner.dispose(); return; } // reassigned meanwhile
-  worker.runner = runner;
+  let created = 0;
+  for (const layer of [...missing].sort((x, y) => x - y)) {
+    const name = `layer_${String(layer).padStart(2, '0')}`;
+    // One layer's sessions per queued task: frames for the layers already held run in between.
+    await enqueue(() => runner.loadLayer(layer, files.get(`${name}.onnx`), files.get(`${name}.kv.onnx`)));
+    created += 1;
+    ui.set('layers', `[${start}, ${end})${role} — creating sessions ${created}/${missing.size}`);
+    sendControl({ type: 'progress', done: created, total: missing.size, what: 'sessions' });
+  }
   const loadMs = performance.now() - started;
-  ui.set('layers', `[${start}, ${end}) — ready (${(loadMs / 1000).toFixed(1)} s${cached ? ', from cache' : ''})`);
-  ui.log(`ready: ${end - start} layers in ${(loadMs / 1000).toFixed(1)} s${cached ? ' (cached)' : ''}`);
+  ui.set('layers', `[${start}, ${end})${role} — ready (${(loadMs / 1000).toFixed(1)} s${cached ? ', from cache' : ''})`);
+  ui.log(`ready: ${missing.size} layers in ${(loadMs / 1000).toFixed(1)} s${cached ? ' (cached)' : ''}`);
   sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: loadMs, cached, backend: worker.backend });
+}
+
+function refuse(header, code, message) {
+  sendControl({ type: 'error', code, message, stream: header.stream, step: header.step }, header.stream);
 }
 
 function streamState(map, stream) {
@@ -115,15 +144,23 @@ async function onForward(bytes, parsed) {
   const { header, values } = decodeActivation(bytes, streamState(worker.decoders, parsed.header.stream), parsed);
   const runner = worker.runner;
   const echo = header.layerStart === header.layerEnd; // no layers: a measured round trip
-  if (!echo && (!runner || header.layerStart !== runner.layerStart || header.layerEnd !== runner.layerEnd)) {
-    sendControl({ type: 'error', code: 'not-assigned', message: `layers [${header.layerStart}, ${header.layerEnd}) are not loaded here`, stream: header.stream }, header.stream);
+  if (!echo && (!runner || !runner.holds(header.layerStart, header.layerEnd))) {
+    refuse(header, 'not-assigned', `layers [${header.layerStart}, ${header.layerEnd}) are not loaded here`);
     return;
+  }
+  if (!echo) {
+    const length = runner.cacheLength(header.stream, header.layerStart, header.layerEnd);
+    if (length !== header.position) {
+      refuse(header, 'bad-position', `frame position ${header.position} is not stream ${header.stream}'s cache length ${length}`);
+      return;
+    }
   }
   const started = performance.now();
   const sampleHeads = header.rows === 1 && header.position % HEAD_SAMPLE_INTERVAL === 0
     && !(header.flags & Flag.NO_REPLY);
   const result = echo ? { output: values, ratios: [] }
-    : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask, sampleHeads);
+    : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask,
+      header.layerStart, header.layerEnd, sampleHeads);
   if (!echo) {
     worker.computeMs += performance.now() - started;
     worker.tokens += header.rows;
@@ -139,7 +176,8 @@ async function onForward(bytes, parsed) {
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
     runLength: header.encoding === Encoding.INT8_BLOCK, keyInterval: worker.assignment.codec.key_interval || 64 };
   send(encodeActivation(output, header.rows, header.columns, { kind: Kind.RESULT, stream: header.stream,
-    position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd, skipMask: header.skipMask },
+    position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd, skipMask: header.skipMask,
+    step: header.step, stepKind: header.stepKind },
   settings, streamState(worker.encoders, header.stream)));
   ui.set('tokens', `${worker.tokens} rows, ${(worker.computeMs / Math.max(worker.tokens, 1)).toFixed(2)} ms/row`);
   if (runner && performance.now() - worker.lastStats > 1000) {
@@ -151,7 +189,17 @@ async function onForward(bytes, parsed) {
 function onControl(message) {
   switch (message.type) {
     case 'assign':
-      worker.queue = worker.queue.then(() => onAssign(message)).catch(fail);
+      // Assignments load one after another, outside the frame queue.
+      worker.assignments = worker.assignments.then(() => onAssign(message)).catch(fail);
+      break;
+    case 'retain':
+      enqueue(async () => {
+        await worker.runner?.retain(message.layer_start, message.layer_end);
+        ui.set('layers', `[${message.layer_start}, ${message.layer_end}) — ready`);
+      });
+      break;
+    case 'truncate':
+      enqueue(() => worker.runner?.truncate(message.stream, message.length));
       break;
     case 'head_mask':
       // Queued behind the frames already received, so it applies from the next FORWARD on.
@@ -211,13 +259,14 @@ function connect() {
     ui.set('state', 'connected');
     ui.log('connected');
     const memory = navigator.deviceMemory ? Math.min(4096, navigator.deviceMemory * 1024) * 0.75 : undefined;
-    const hello = { type: 'hello', protocol: PROTOCOL, backend: worker.backend, threads: worker.threads,
+    const hello = { type: 'hello', protocol: VERSION, backend: worker.backend, threads: worker.threads,
       benchmark_ms: worker.benchmark, agent: navigator.userAgent, worker: worker.name };
     if (memory) hello.memory_mb = memory;
     sendControl(hello);
   };
   socket.onmessage = onMessage;
   socket.onclose = (event) => {
+    if (worker.leaving) return;
     ui.set('state', `disconnected (${event.code} ${event.reason || ''}); retrying in ${(worker.retryMs / 1000).toFixed(0)} s`);
     ui.log(`disconnected: ${event.code} ${event.reason || ''}`);
     worker.decoders.clear();
@@ -227,6 +276,13 @@ function connect() {
     worker.retryMs = Math.min(worker.retryMs * 2, 15000);
   };
 }
+
+// A tab that is closing says so, so the coordinator moves its requests at once rather
+// than when the socket or a heartbeat times out.
+addEventListener('pagehide', () => {
+  worker.leaving = true;
+  sendControl({ type: 'leave', reason: 'page closing' });
+});
 
 async function main() {
   ui.set('name', worker.name);

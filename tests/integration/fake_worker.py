@@ -211,8 +211,10 @@ class FakeWorker:
             transport.abort()
         self.task.cancel()
         await self.session.close()
+        self.stack = None   # a gone tab's memory goes with it (tests start many workers)
 
     async def stop(self) -> None:
         await self.socket.close()
         await self.session.close()
         self.task.cancel()
+        self.stack = None

@@ -6,6 +6,7 @@ the recovery bound; joins under load are used without waiting for idle."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -111,7 +112,7 @@ async def test_requests_survive_a_kill_at_a_random_step(shard_dir, codec, rounds
             await wait_ready(base, 2)
             kill_at = [rng.randrange(1, len(tokens)) for tokens in solo]
 
-            async def run(index: int) -> list[int]:
+            async def run(index: int, kill_at: list[int] = kill_at) -> list[int]:
                 async def maybe_kill(count: int, index: int = index) -> None:
                     if count == kill_at[index]:
                         await swarm.kill_one(rng)
@@ -196,7 +197,7 @@ async def test_frozen_worker_is_detected_by_step_latency_and_replayed(shard_dir)
 
         tokens, times, errors = await stream_tokens(base, body, freeze)
         assert not errors and tokens == solo
-        gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert max(gaps) < 1.0 + 2.0, gaps
         status = await status_of(base)
         assert frozen[0].name not in {worker["name"] for worker in status["workers"]}   # evicted
@@ -206,7 +207,7 @@ async def test_frozen_worker_is_detected_by_step_latency_and_replayed(shard_dir)
 
 
 async def test_no_capacity_left_ends_with_a_clear_error_within_the_bound(shard_dir):
-    async with running_app(shard_dir, recovery_seconds=1.0) as (_, base):
+    async with running_app(shard_dir, recovery_seconds=1.0, worker_wait_seconds=1.0) as (_, base):
         only = await FakeWorker(base, shard_dir, "only").start()
         await wait_ready(base, 1)
         killed_at: list[float] = []
@@ -220,7 +221,7 @@ async def test_no_capacity_left_ends_with_a_clear_error_within_the_bound(shard_d
         assert len(tokens) == 3
         assert errors and errors[0]["code"] == "worker_lost" and "within 1 s" in errors[0]["message"]
         assert time.monotonic() - killed_at[0] < 1.0 + 1.5
-        status, body = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 4})
+        status, _ = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 4})
         assert status == 503   # and the next request is told there are no workers, without hanging
 
 
