@@ -76,3 +76,30 @@ def test_corrupt_shard_file_fails_sha256(shard_dir, tmp_path):
     with pytest.raises(ShardIntegrityError, match=r"layer_11\.kv\.onnx.*sha256"):
         ReferenceExecutor(copy)
 
+
+
+def test_truncate_then_rerun_gives_the_same_rows_and_positions_are_checked(reference):
+    """The cache contract every runner shares: a step starts at the cache length, and a
+    truncated cache continues as if the cut positions had never been run."""
+    from shards.executor import CacheMismatch
+
+    stack, stream = reference.stack, 424_242
+    layers = range(0, 30)
+    ids = reference.text.encode_chat(FRANCE)
+    try:
+        stack.forward(stream, reference.embed(ids), np.arange(len(ids))[None])
+        extra = [504, 3575, 282]
+        positions = np.arange(len(ids), len(ids) + 3)[None]
+        first = stack.forward(stream, reference.embed(extra), positions)
+        assert stack.cache_length(stream, layers) == len(ids) + 3
+        with pytest.raises(CacheMismatch, match="is not stream"):
+            stack.check_position(stream, layers, len(ids))
+        stack.truncate(stream, len(ids))
+        assert stack.cache_length(stream, layers) == len(ids)
+        stack.check_position(stream, layers, len(ids))
+        again = stack.forward(stream, reference.embed(extra), positions)
+        assert np.array_equal(first, again)
+        with pytest.raises(CacheMismatch, match="cannot keep"):
+            stack.truncate(stream, len(ids) + 10)
+    finally:
+        stack.release(stream)
