@@ -26,7 +26,7 @@ from coordinator.app import CLUSTER
 from coordinator.config import CodecPresets
 from coordinator.headless import HeadlessWorkers, worker_url
 from protocol.activation_codec import Route, StreamCodecState, decode_activation, encode_activation
-from protocol.frames import FrameKind
+from protocol.frames import FrameKind, StepKind
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import default_model_path
@@ -74,8 +74,9 @@ async def hop_overhead(app, frames: int = 200) -> dict:
     times = []
     for position in range(frames):
         started = time.perf_counter()
-        frame = encode_activation(rows, Route(FrameKind.FORWARD, 9_999, position, 0, 0), settings, encoder)
-        result = await link.call(frame, 9_999, position, 10.0)
+        route = Route(FrameKind.FORWARD, 9_999, position, 0, 0, step=position + 1, step_kind=StepKind.DECODE)
+        frame = encode_activation(rows, route, settings, encoder)
+        result = await link.call(frame, 9_999, position + 1, 1)
         decode_activation(result, decoder)
         times.append((time.perf_counter() - started) * 1000)
     times.sort()

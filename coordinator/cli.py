@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-active", type=int, default=8, help="requests generating at once")
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; past it: 429")
     serve.add_argument("--chromium", default="/usr/bin/chromium")
+    serve.add_argument("--standby", type=int, default=1, metavar="N",
+                       help="with at least N + 2 tabs, N of them hold replicas to cover a lost tab (default 1)")
+    serve.add_argument("--recovery-seconds", type=float, default=10.0, metavar="S",
+                       help="after a lost tab, how long a running request waits for a new pipeline (default 10)")
     serve.add_argument("--router", default="off", metavar="POLICY[:KNOB]",
                        help="default layer-skipping router, e.g. off, predictor:0.12, node:0.1 (see docs/skipping.md)")
     serve.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
@@ -267,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         server = ServerConfig(host=args.host, port=args.port, max_active=args.max_active,
                               max_queue=args.max_queue, headless_workers=args.headless_workers,
-                              worker_threads=args.worker_threads, chromium=args.chromium)
+                              worker_threads=args.worker_threads, chromium=args.chromium,
+                              standby_workers=args.standby, recovery_seconds=args.recovery_seconds)
         codecs = CodecPresets(default=args.codec)
         try:
             router = replace(_router_option(args.router), prune_heads=args.prune_heads)

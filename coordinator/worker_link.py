@@ -72,6 +72,7 @@ class WorkerLink:
         self.frames_sent = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.steps_served = 0
 
     def holds(self, stage: Stage) -> bool:
         return all(layer in self.info.holds for layer in range(stage.layer_start, stage.layer_end))
@@ -113,6 +114,7 @@ class WorkerLink:
         """A RESULT frame arrived (already checked by parse_frame): wake the call waiting
         for it (late ones, e.g. for a stream already replayed elsewhere, are dropped)."""
         self.bytes_received += len(frame)
+        self.steps_served += 1
         future = self._pending.get((header.stream, header.step))
         if future is not None and not future.done():
             future.set_result(frame)
@@ -159,7 +161,7 @@ class WorkerLink:
             "progress": list(info.progress) if info.progress else None,
             "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
             "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),
-            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "steps": self.steps_served,
         }
 
 
