@@ -152,6 +152,7 @@ class GenerationEngine:
                 except WorkerLost as error:
                     losses += 1
                     session = await self._recover(session, stats, error, losses)
+                    stats.replayed_rows += sequence.length   # the next step re-runs all of them
                     continue
                 token = sample_token(logits, request.params, sequence.rng)
                 session.cached += step.rows
@@ -196,8 +197,6 @@ class GenerationEngine:
     async def _execute(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
                        step: Step) -> np.ndarray:
         """Embed the step's ids, run every stage in order, return the last row's logits (vocab,)."""
-        if step.kind == StepKind.PREFILL and step.position == 0 and step.rows > len(request.prompt_ids):
-            stats.replayed_rows += step.rows
         hidden = await self._run(self.ends.embed, list(step.ids))           # (1, rows, hidden)
         route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
         frame = encode_activation(hidden[0], route, request.codec, session.encoder)

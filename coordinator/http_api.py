@@ -141,6 +141,7 @@ class Api:
                              "layer_executions": stats.layer_executions, "layers_skipped": stats.layers_skipped,
                              "nodes_bypassed": stats.nodes_bypassed, "hops_saved": stats.hops_saved,
                              "heads_pruned": stats.heads_pruned, "bytes_received": stats.bytes_received,
+                             "replays": stats.replays, "moves": stats.moves, "replayed_rows": stats.replayed_rows,
                              "decode_tokens_per_second": round((len(steps) - 1) / sum(stats.step_seconds[1:]), 2)
                              if len(steps) > 1 else None}}
 
@@ -261,6 +262,10 @@ class Api:
             "queue": {"active": load.active, "waiting": load.queued, "max_active": self.admissions.max_active,
                       "max_waiting": self.admissions.max_queue},
             "requests_total": self.requests_total, "tokens_generated": self.engine.tokens_generated,
+            "churn": {"replays": self.engine.replays_total, "moves": self.engine.moves_total,
+                      "failed_after_loss": self.engine.failures_total,
+                      "standby_workers": self.config.server.standby_workers,
+                      "recovery_seconds": self.config.server.recovery_seconds},
             "codecs": self.config.codecs.names(), "default_codec": self.config.codecs.default,
             "router": {"default_policy": self.config.router.policy, "skip_rate_per_layer": self._skip_rates(),
                        "skipped_per_layer": list(self.engine.layer_statistics.skipped),

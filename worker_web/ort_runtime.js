@@ -129,6 +129,23 @@ export class LayerRunner {
     this.layers.set(index, { full, kvOnly });
   }
 
+  /**
+   * Run each of these layers' graphs once on a throwaway row, so the first real step after
+   * a takeover or a plan switch does not pay onnxruntime's first-run cost (a stall).
+   */
+  async warmUp(layers) {
+    const row = new Float32Array(this.model.hidden);
+    for (let i = 0; i < row.length; i += 1) row[i] = Math.sin(i);
+    const empty = this.emptyCache();
+    for (const layer of layers) {
+      const feeds = { hidden: floatTensor(this.ort, row, [1, 1, this.model.hidden]), positions: positionsTensor(this.ort, 0, 1),
+        past_key: empty.key, past_value: empty.value };
+      const { full, kvOnly } = this.layers.get(layer);
+      await kvOnly.run(feeds);
+      await full.run({ ...feeds, head_mask: this.allHeads });
+    }
+  }
+
   /** Drop every held layer outside [start, end), with its caches. */
   async retain(start, end) {
     for (const [index, { full, kvOnly }] of [...this.layers]) {

@@ -125,6 +125,7 @@ async function onAssign(message) {
     ui.set('layers', `[${start}, ${end})${role} — creating sessions ${created}/${missing.size}`);
     sendControl({ type: 'progress', done: created, total: missing.size, what: 'sessions' });
   }
+  await enqueue(() => runner.warmUp([...missing]));
   const loadMs = performance.now() - started;
   ui.set('layers', `[${start}, ${end})${role} — ready (${(loadMs / 1000).toFixed(1)} s${cached ? ', from cache' : ''})`);
   ui.log(`ready: ${missing.size} layers in ${(loadMs / 1000).toFixed(1)} s${cached ? ' (cached)' : ''}`);
