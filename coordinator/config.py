@@ -55,6 +55,7 @@ class ServerConfig:
     worker_wait_seconds: float = 120.0   # how long a new request waits for a ready cluster
     recovery_seconds: float = 10.0       # after a loss: how long a running request waits for a pipeline
     max_replays: int = 8                 # losses one request survives before it fails
+    exact_replay_frames: int = 256       # a lost stage is rebuilt from its recorded frames up to this many
     standby_workers: int = 1             # with >= standby + 2 tabs, this many hold replicas instead of stages
     step_timeout_seconds: float = 30.0   # a worker's first steps: no answer within this is a stall
     stall_floor_seconds: float = 3.0     # later steps: a stall is > stall_factor x its usual step time,

@@ -41,6 +41,7 @@ from coordinator.router import (
     observe,
     start_token,
 )
+from coordinator.stage_replay import StageRecorder, replaced_stage
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.activation_codec import (
     CodecSettings,
@@ -50,7 +51,7 @@ from protocol.activation_codec import (
     encode_activation,
 )
 from protocol.control import HEAD_SAMPLE_INTERVAL
-from protocol.frames import FrameKind, StepKind, retarget
+from protocol.frames import FrameKind, StepKind, retarget, with_no_reply
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams, sample_token
 
@@ -109,6 +110,7 @@ class PipelineSession:
     heads: StreamHeadMasks | None = None
     masks_sent: dict[str, Masks | None] = field(default_factory=dict)    # worker id -> masks it applies
     cached: int = 0                # ids of the sequence the workers' caches hold
+    recorder: StageRecorder | None = None   # every frame each stage was sent (exact stage replay)
 
 
 class GenerationEngine:
@@ -166,7 +168,8 @@ class GenerationEngine:
 
     def _open(self, pipeline: Pipeline, stats: HopStats) -> PipelineSession:
         session = PipelineSession(next(self._streams), pipeline, self.cluster.plan_version,
-                                  heads=StreamHeadMasks(self.head_statistics.heads, HEAD_SAMPLE_INTERVAL))
+                                  heads=StreamHeadMasks(self.head_statistics.heads, HEAD_SAMPLE_INTERVAL),
+                                  recorder=StageRecorder(len(pipeline), self.config.exact_replay_frames))
         self.cluster.session_opened(session.plan_version)
         stats.stages = len(pipeline)
         return session
@@ -176,11 +179,7 @@ class GenerationEngine:
         """A stage was lost mid-step: drop the session, get a pipeline, replay from scratch."""
         log.warning("stream %d: %s; replaying on a new pipeline", session.stream, error)
         await self._close(session)
-        link = self.cluster.workers.get(error.worker)
-        if link is not None and not error.refused:
-            # A stalled worker is evicted; one whose socket failed under a send may not have
-            # been noticed by its reader yet: either way the next pipeline must not include it.
-            await (self.cluster.evict(link, str(error)) if error.stalled else self.cluster.leave(link, str(error)))
+        await self._drop_worker(error)
         if losses > self.config.max_replays:
             self.failures_total += 1
             raise GenerationFailed(f"{error} (lost {losses} times; giving up)") from error
@@ -201,15 +200,67 @@ class GenerationEngine:
         route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
         frame = encode_activation(hidden[0], route, request.codec, session.encoder)
         start_token(session.routing)
-        assert session.heads is not None
+        assert session.heads is not None and session.recorder is not None
         session.heads.update(request.router, self.head_statistics, step.position, step.rows)
-        for stage, link in session.pipeline:
-            frame = await self._stage(request, stats, session, stage, link, frame, step)
+        if request.codec.delta:   # a NO_REPLY replay would not advance the workers' delta encoders
+            session.recorder.give_up()
+        for index in range(len(session.pipeline)):
+            stage, link = session.pipeline[index]
+            try:
+                frame = await self._stage(request, stats, session, index, stage, link, frame, step)
+            except WorkerLost as error:
+                # Rebuild just this stage from its recorded frames if a worker holding exactly
+                # its layers is there; otherwise the caller replays the whole sequence.
+                frame = await self._replace_stage(stats, session, index, step, error)
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
         return (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
 
-    async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, stage: Stage,
-                     link: WorkerLink, frame: bytes, step: Step) -> bytes:
+    async def _replace_stage(self, stats: HopStats, session: PipelineSession, index: int, step: Step,
+                             error: WorkerLost) -> bytes:
+        """Send the lost stage's recorded frames to the worker that now holds its layers;
+        return the current step's RESULT. Re-raises `error` when that is not possible."""
+        assert session.recorder is not None
+        frames = session.recorder.replay_frames(index)
+        if not frames or error.refused:
+            raise error
+        await self._drop_worker(error)
+        try:
+            pipeline = await self.cluster.wait_pipeline(self.config.recovery_seconds)
+        except NoWorkers:
+            raise error from None
+        if not replaced_stage([stage for stage, _ in session.pipeline], [stage for stage, _ in pipeline], index):
+            raise error
+        stage, link = pipeline[index]
+        log.warning("stream %d: %s; replaying stage %d's %d frames on %s", session.stream, error, index,
+                    len(frames), stage.worker)
+        try:
+            for earlier in frames[:-1]:
+                await link.send(with_no_reply(earlier))
+            # The answer comes after the worker has run every frame: bound it by all their rows.
+            rows = sum(int.from_bytes(frame[16:20], "little") for frame in frames)
+            result = await link.call(frames[-1], session.stream, step.step_id, rows)
+        except WorkerLost as again:
+            raise again from error
+        stats.bytes_sent += sum(len(frame) for frame in frames)
+        stats.replays += 1
+        stats.replayed_rows += len(frames)
+        self.replays_total += 1
+        await self.cluster.session_closed(session.plan_version)
+        session.plan_version = self.cluster.plan_version
+        self.cluster.session_opened(session.plan_version)
+        session.pipeline = pipeline
+        session.masks_sent.pop(error.worker, None)
+        return result
+
+    async def _drop_worker(self, error: WorkerLost) -> None:
+        """A stalled worker is evicted; one whose socket failed under a send may not have
+        been noticed by its reader yet: either way the next pipeline must not include it."""
+        link = self.cluster.workers.get(error.worker)
+        if link is not None and not error.refused:
+            await (self.cluster.evict(link, str(error)) if error.stalled else self.cluster.leave(link, str(error)))
+
+    async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, index: int,
+                     stage: Stage, link: WorkerLink, frame: bytes, step: Step) -> bytes:
         """One stage for one step: run it (with the router's skip mask) or bypass it."""
         routing, heads, masks_sent = session.routing, session.heads, session.masks_sent
         stream, position = session.stream, step.position
@@ -221,6 +272,8 @@ class GenerationEngine:
         ran = [layer for offset, layer in enumerate(range(stage.layer_start, stage.layer_end))
                if not decision.skip_mask >> offset & 1]
         masks = heads.masks_for(stage.layer_start, stage.layer_end)
+        if masks is not None and session.recorder:   # masks are not part of the recorded frames
+            session.recorder.give_up()
         if masks != masks_sent.get(stage.worker):
             # Control frames and FORWARD frames share the socket, so this lands first.
             await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
@@ -234,6 +287,8 @@ class GenerationEngine:
             # writes K/V for all its layers (K/V-only graphs); nobody waits for it.
             backfill = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
                                 skip_mask=decision.skip_mask, no_reply=True)
+            if session.recorder:   # a lost bypassed stage is replayed whole, not from frames
+                session.recorder.give_up()
             await link.send(backfill)
             stats.bytes_sent += len(backfill)
             stats.nodes_bypassed += 1
@@ -243,6 +298,8 @@ class GenerationEngine:
             return frame   # the next stage gets the same payload
         forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
                            skip_mask=decision.skip_mask)
+        if session.recorder:
+            session.recorder.record(index, forward)
         stats.bytes_sent += len(forward)
         result = await link.call(forward, stream, step.step_id, step.rows)
         stats.bytes_received += len(result)

@@ -174,3 +174,10 @@ def retarget(frame: bytes, kind: FrameKind, layer_start: int, layer_end: int, sk
     fields = HEADER.pack(magic, version, int(kind), flags, stream, position, rows, columns, block,
                          layer_start, layer_end, skip_mask, step, step_kind, reserved, payload_length, checksum)
     return fields + frame[HEADER_SIZE:]
+
+
+def with_no_reply(frame: bytes) -> bytes:
+    """The same frame with NO_REPLY set (a replayed FORWARD whose RESULT nobody needs).
+    Like `retarget`, it rewrites the header of a frame that is already valid."""
+    flags = int.from_bytes(frame[6:8], "little") | int(Flag.NO_REPLY)
+    return frame[:6] + flags.to_bytes(2, "little") + frame[8:]
