@@ -122,6 +122,8 @@ async def fault_trials(directory: Path, layout: str, kill_points: list[int], run
                 trial = {"layout": layout, "run": run, "kill_at": kill_at,
                          "completed": len(result["ids"]) == len(clean["ids"]) and not result["errors"],
                          "identical": result["ids"] == clean["ids"], "errors": result["errors"],
+                         "first_difference": next((i for i, (a, b) in enumerate(zip(result["ids"], clean["ids"],
+                                                                                   strict=False)) if a != b), None),
                          "stall_seconds": round(max(gaps), 3) if gaps else None}
                 trials.append(trial)
                 print(json.dumps(trial), flush=True)

@@ -151,7 +151,7 @@ class Cluster:
         holdings = {link.id: link.info.holds for link in workers}
         try:
             target = plan_swarm(self.manifest.model.layers, self.capacities(workers), holdings,
-                                self.config.standby_workers)
+                                self.config.standby_workers, self.plan)
             self.plan_error = None
         except PlanError as error:
             target, self.plan_error = SwarmPlan(()), str(error)

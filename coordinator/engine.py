@@ -222,6 +222,8 @@ class GenerationEngine:
         assert session.recorder is not None
         frames = session.recorder.replay_frames(index)
         if not frames or error.refused:
+            log.info("stream %d: stage %d cannot be rebuilt from frames (%s)", session.stream, index,
+                     "refused" if error.refused else "no recorded frames")
             raise error
         await self._drop_worker(error)
         try:
@@ -229,6 +231,8 @@ class GenerationEngine:
         except NoWorkers:
             raise error from None
         if not replaced_stage([stage for stage, _ in session.pipeline], [stage for stage, _ in pipeline], index):
+            log.info("stream %d: the new pipeline %s does not just replace stage %d of %s", session.stream,
+                     [stage for stage, _ in pipeline], index, [stage for stage, _ in session.pipeline])
             raise error
         stage, link = pipeline[index]
         log.warning("stream %d: %s; replaying stage %d's %d frames on %s", session.stream, error, index,

@@ -8,9 +8,12 @@ the two things churn needs:
   (so one standby can replace any stage at once), else the largest stage range they can
   hold. A pipeline of two stages loses nothing by it on this model: single-stream
   decode does not get faster with more stages (measured 18.5 tok/s on 2 tabs, 18.4 on 3).
-- **What is already loaded.** Among the layouts that give the same stage sizes, the plan
-  picks the one that makes workers load the fewest layers they do not hold yet, so a
-  loss covered by a standby, or a join, moves as little as possible.
+- **What is already loaded.** If the current stages can go on as they are — each still
+  on its worker, or a lost one's range held by a spare worker (a standby) — they are
+  kept: stage boundaries do not move, so a lost stage can be rebuilt exactly and the
+  int8 codec quantizes where it did. Otherwise, among the layouts that give the same
+  stage sizes, the plan picks the one that makes workers load the fewest layers they do
+  not hold yet.
 
 It never touches sockets or files.
 """
@@ -58,11 +61,16 @@ def replica_for(layers: int, capacity: WorkerCapacity, stages: tuple[Stage, ...]
 
 
 def plan_swarm(layers: int, workers: list[WorkerCapacity], holdings: Mapping[str, frozenset[int]],
-               standby: int) -> SwarmPlan:
+               standby: int, current: tuple[Stage, ...] = ()) -> SwarmPlan:
     """Stages and standbys for `workers` (in join order); raises PlanError if none exists."""
     if not workers:
         raise PlanError("no ready workers")
     stage_count = len(workers) - standby if standby and len(workers) - standby >= 2 else len(workers)
+    kept = _keep_current(current, workers, holdings, stage_count)
+    if kept is not None:
+        used = {stage.worker for stage in kept}
+        return SwarmPlan(kept, tuple(replica for worker in workers if worker.worker not in used
+                                     if (replica := replica_for(layers, worker, kept)) is not None))
     last_error: PlanError | None = None
     for count in range(stage_count, len(workers) + 1):   # fewer standbys if memory demands it
         try:
@@ -71,6 +79,29 @@ def plan_swarm(layers: int, workers: list[WorkerCapacity], holdings: Mapping[str
             last_error = error
     assert last_error is not None
     raise last_error
+
+
+def _keep_current(current: tuple[Stage, ...], workers: list[WorkerCapacity],
+                  holdings: Mapping[str, frozenset[int]], count: int) -> tuple[Stage, ...] | None:
+    """The current stages, a lost worker's replaced by a spare that already holds its range."""
+    if not current or len(current) != count:
+        return None
+    present = {worker.worker: worker for worker in workers}
+    staged = {stage.worker for stage in current if stage.worker in present}
+    spares = [worker for worker in workers if worker.worker not in staged]
+    kept = []
+    for stage in current:
+        if stage.worker in present:
+            kept.append(stage)
+            continue
+        cover = next((spare for spare in spares if spare.max_layers >= stage.size
+                      and missing_layers(Stage(spare.worker, stage.layer_start, stage.layer_end), holdings) == 0),
+                     None)
+        if cover is None:
+            return None
+        spares.remove(cover)
+        kept.append(Stage(cover.worker, stage.layer_start, stage.layer_end))
+    return tuple(kept)
 
 
 def _best_layout(layers: int, workers: list[WorkerCapacity], holdings: Mapping[str, frozenset[int]],

@@ -273,3 +273,45 @@ async def test_join_under_load_moves_running_requests_to_the_new_plan(shard_dir)
         assert first.retained == [(0, 15)] and first.holds() == set(range(15))
         await first.stop()
         await joined[0].stop()
+
+
+async def test_a_lost_stage_is_rebuilt_from_its_recorded_frames_and_the_rest_keep_their_caches(shard_dir):
+    """With a standby holding the lost range, only the lost stage is replayed (its frames,
+    sent again): the surviving stage keeps the stream, and the int8-coded tokens equal the
+    uninterrupted run's."""
+    async with running_app(shard_dir) as (app, base):
+        swarm = Swarm(app, base, shard_dir)
+        for _ in range(3):
+            await swarm.add()
+        await wait_ready(base, 2)
+        while not (await status_of(base))["standbys"][0]["ready"]:
+            await asyncio.sleep(0.05)
+        body = body_for(COLOURS, "int8", 30) | {"stream_options": {"include_usage": True}}
+        solo, _, _ = await stream_tokens(base, body)
+        survivor, victim = swarm.stage_workers()
+
+        async def kill(count: int) -> None:
+            if count == 10:
+                swarm.workers.remove(victim)
+                await victim.kill()
+
+        usage: list[dict] = []
+        async with aiohttp.ClientSession() as session, session.post(
+                base + "/v1/chat/completions", json=body | {"stream": True}) as response:
+            tokens: list[int] = []
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    usage.append(event["usage"]["tabswarm"])
+                for choice in event["choices"]:
+                    tokens.extend(choice.get("token_ids", []))
+                    if choice.get("token_ids"):
+                        await kill(len(tokens))
+        assert tokens == solo
+        assert usage[0]["replays"] == 1
+        assert usage[0]["replayed_rows"] == 11          # the prompt frame + 10 one-token frames of that stage
+        streams = {stream for stream in survivor.stack.streams} if survivor.stack else set()
+        assert len(survivor.released) == 2 and not streams   # one stream per request: never replayed
+        await swarm.stop()

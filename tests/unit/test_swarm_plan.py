@@ -57,3 +57,22 @@ def test_range_of_names_a_stage_or_a_replica():
     plan = plan_swarm(30, workers("a", "b", "c"), {}, standby=1)
     assert plan.range_of("c") == Stage("c", 0, 30) and plan.range_of("a") == Stage("a", 0, 15)
     assert plan.range_of("zzz") is None
+
+
+def test_current_stages_are_kept_and_a_lost_one_goes_to_the_replica_even_if_speeds_differ():
+    current = (Stage("a", 0, 15), Stage("b", 15, 30))
+    capacities = [WorkerCapacity("a", 2.0, 30), WorkerCapacity("c", 1.0, 30)]   # b is gone
+    held = {"a": frozenset(range(15)), "c": frozenset(range(30))}
+    plan = plan_swarm(30, capacities, held, standby=1, current=current)
+    assert ranges(plan.stages) == [("a", 0, 15), ("c", 15, 30)]
+    # without the current plan, speed decides the split and the boundary moves
+    assert ranges(plan_swarm(30, capacities, held, standby=1).stages) == [("a", 0, 20), ("c", 20, 30)]
+
+
+def test_current_stages_are_not_kept_when_the_stage_count_changes_or_nobody_holds_the_lost_range():
+    current = (Stage("a", 0, 15), Stage("b", 15, 30))
+    four = workers("a", "b", "c", "d")
+    assert len(plan_swarm(30, four, {}, standby=1, current=current).stages) == 3
+    held = {"a": frozenset(range(15)), "c": frozenset(range(5))}
+    plan = plan_swarm(30, workers("a", "c"), held, standby=1, current=current)
+    assert ranges(plan.stages) == [("a", 0, 15), ("c", 15, 30)]   # found by the search (c must load)
