@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 
+from coordinator.access import AccessConfig, access_middleware, new_secret
 from coordinator.cluster import Cluster
 from coordinator.config import AppConfig
 from coordinator.engine import GenerationEngine
@@ -29,6 +31,16 @@ CONFIG = web.AppKey("config", AppConfig)
 CLUSTER = web.AppKey("cluster", Cluster)
 ENGINE = web.AppKey("engine", GenerationEngine)
 API = web.AppKey("api", Api)
+
+
+class AccessState:
+    """The access rules in force: the configured ones, with the join secret as rotated."""
+
+    def __init__(self, config: AccessConfig) -> None:
+        self.config = config
+
+
+ACCESS = web.AppKey("access", AccessState)
 
 
 async def chat_page(request: web.Request) -> web.FileResponse:
@@ -48,18 +60,31 @@ def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
     cluster = Cluster(ends.manifest, config.server)
     engine = GenerationEngine(ends, cluster, config.server)
     api = Api(config, ends, cluster, engine)
-    app = web.Application(middlewares=[isolation_headers, json_errors], client_max_size=4 << 20)
+    app = web.Application(middlewares=[isolation_headers, json_errors, access_middleware(lambda a: a[ACCESS].config)],
+                          client_max_size=4 << 20)
     app[CONFIG], app[CLUSTER], app[ENGINE], app[API] = config, cluster, engine, api
+    app[ACCESS] = AccessState(config.access)
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/v1/status", api.status)
     app.router.add_get("/health", api.health)
 
-    async def worker_socket(request: web.Request) -> web.WebSocketResponse:
-        return await handle_worker(request, cluster)
+    async def worker_socket(request: web.Request) -> web.StreamResponse:
+        return await handle_worker(request, cluster, app[ACCESS].config)
+
+    async def rotate_join_secret(request: web.Request) -> web.Response:
+        """A new join secret; workers that joined with the old one are dropped."""
+        app[ACCESS].config = replace(app[ACCESS].config, join_secret=new_secret())
+        secret = app[ACCESS].config.join_secret
+        dropped = [link for link in cluster.workers.values() if link.token != secret]
+        for link in dropped:
+            await link.close(1008, "the join secret was rotated")
+            await cluster.leave(link, "the join secret was rotated")
+        return web.json_response({"join_token": secret, "workers_dropped": len(dropped)})
 
     app.router.add_get("/ws/worker", worker_socket)
+    app.router.add_post("/v1/admin/rotate-join-secret", rotate_join_secret)
     app.router.add_get("/", chat_page)
     app.router.add_get("/worker", worker_redirect)
     app.router.add_get("/worker/", worker_page)

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 
+from coordinator.access import AccessConfig, api_keys_from, new_secret
 from coordinator.config import AppConfig, CodecPresets, ModelSource, RuntimeConfig, ServerConfig
 from coordinator.router import RouterConfig
 from shards.errors import ShardError
@@ -145,20 +148,27 @@ async def _serve(config: AppConfig) -> int:
     site = web.TCPSite(runner, server.host, server.port)
     await site.start()
     local = f"http://127.0.0.1:{server.port}"
+    access = config.access
+    join = f"/worker/?token={access.join_secret}" if access.join_secret else "/worker/"
     print(f"tabswarm coordinator serving {app[API].model_ids[0]} on {server.host}:{server.port}")
     print(f"  chat page:        {local}/")
     print(f"  OpenAI API:       {local}/v1/chat/completions")
     print(f"  status:           {local}/v1/status")
+    if access.open_to_loopback_only:
+        print("  API access:       this machine only (no API key configured; --api-key opens it to other devices)")
+    else:
+        print(f"  API access:       {len(access.api_keys)} key(s); send 'Authorization: Bearer KEY'")
     for address in _local_addresses() if server.host in ("0.0.0.0", "::") else []:
-        print(f"  join from another device: http://{address}:{server.port}/worker/")
-    print(f"  join from this machine:   {local}/worker/", flush=True)
+        print(f"  join from another device: http://{address}:{server.port}{join}")
+    print(f"  join from this machine:   {local}{join}", flush=True)
     headless = None
     try:
         if server.headless_workers:
             headless = HeadlessWorkers(server.chromium)
             await headless.start()
             for index in range(server.headless_workers):
-                await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads))
+                await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads,
+                                               token=access.join_secret))
             print(f"  started {server.headless_workers} headless Chromium worker tab(s)", flush=True)
         await _until_stopped()
     finally:
@@ -182,17 +192,21 @@ async def _until_stopped() -> None:
 
 
 def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
-    return asyncio.run(_workers(config, args.url.rstrip("/"), args.tabs, args.threads_per_tab))
+    url = urllib.parse.urlsplit(args.url)
+    token = args.token or urllib.parse.parse_qs(url.query).get("token", [""])[0] or os.environ.get(
+        "TABSWARM_JOIN_SECRET", "")
+    base = f"{url.scheme}://{url.netloc}"
+    return asyncio.run(_workers(config, base, args.tabs, args.threads_per_tab, token))
 
 
-async def _workers(config: AppConfig, url: str, tabs: int, threads: int) -> int:
+async def _workers(config: AppConfig, url: str, tabs: int, threads: int, token: str) -> int:
     """Headless worker tabs joining a coordinator elsewhere (docker-compose's worker service)."""
     from coordinator.headless import HeadlessWorkers, worker_url
 
     headless = HeadlessWorkers(config.server.chromium, secure_origin=url)
     await headless.start()
     for index in range(tabs):
-        await headless.open(worker_url(url, f"remote-{index + 1}", threads))
+        await headless.open(worker_url(url, f"remote-{index + 1}", threads, token=token))
     print(f"opened {tabs} headless worker tab(s) against {url}; Ctrl-C to stop", flush=True)
     try:
         await _until_stopped()
@@ -240,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-active", type=int, default=8, help="requests generating at once")
     serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; past it: 429")
     serve.add_argument("--chromium", default="/usr/bin/chromium")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="accept this client key (repeatable; also TABSWARM_API_KEYS, comma-separated). "
+                            "Without any, the API answers this machine only")
+    serve.add_argument("--api-key-file", action="append", default=[], type=Path, metavar="FILE",
+                       help="client keys, one per line")
+    serve.add_argument("--join-secret", default=None,
+                       help="the token workers must present (default: TABSWARM_JOIN_SECRET, else a new random one)")
     serve.add_argument("--standby", type=int, default=1, metavar="N",
                        help="with at least N + 2 tabs, N of them hold replicas to cover a lost tab (default 1)")
     serve.add_argument("--recovery-seconds", type=float, default=10.0, metavar="S",
@@ -249,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
                        help="default fraction of attention heads to mask, 0 to 0.5 (default 0: off)")
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
-    workers.add_argument("--url", required=True, help="the coordinator, e.g. http://coordinator:8471")
+    workers.add_argument("--url", required=True,
+                         help="the coordinator, e.g. http://coordinator:8471 or the join URL it printed (…/worker/?token=…)")
+    workers.add_argument("--token", default=None, help="the join token (default: from --url, or TABSWARM_JOIN_SECRET)")
     workers.add_argument("--tabs", type=int, default=2)
     workers.add_argument("--threads-per-tab", type=int, default=1)
     workers.add_argument("--chromium", default="/usr/bin/chromium")
@@ -266,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerConfig()
     codecs = CodecPresets()
     router = RouterConfig()
+    access = AccessConfig()
     if args.command == "workers":
         server = ServerConfig(chromium=args.chromium)
     if args.command == "serve":
@@ -275,11 +299,18 @@ def main(argv: list[str] | None = None) -> int:
                               standby_workers=args.standby, recovery_seconds=args.recovery_seconds)
         codecs = CodecPresets(default=args.codec)
         try:
+            keys = api_keys_from(args.api_key, os.environ.get("TABSWARM_API_KEYS"), args.api_key_file)
+        except OSError as error:   # an unreadable key file: a usage error
+            raise SystemExit(f"tabswarm: cannot read an API key file: {error}") from error
+        access = AccessConfig(api_keys=keys,
+                              join_secret=args.join_secret or os.environ.get("TABSWARM_JOIN_SECRET") or new_secret())
+        try:
             router = replace(_router_option(args.router), prune_heads=args.prune_heads)
         except ValueError as error:  # a knob out of range: a usage error, not a crash
             raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
-                       runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router)
+                       runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router,
+                       access=access)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers}
     try:

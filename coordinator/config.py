@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coordinator.access import AccessConfig
 from coordinator.router import RouterConfig
 from protocol.activation_codec import LOSSLESS, CodecSettings
 from protocol.frames import Encoding
@@ -75,3 +76,4 @@ class AppConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     codecs: CodecPresets = field(default_factory=CodecPresets)
     router: RouterConfig = field(default_factory=RouterConfig)   # off: see docs/skipping.md
+    access: AccessConfig = field(default_factory=AccessConfig)

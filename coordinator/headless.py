@@ -77,5 +77,5 @@ class HeadlessWorkers:
             shutil.rmtree(self._temporary, ignore_errors=True)
 
 
-def worker_url(base: str, name: str, threads: int, backend: str = "wasm") -> str:
-    return f"{base}/worker/?name={name}&threads={threads}&backend={backend}"
+def worker_url(base: str, name: str, threads: int, backend: str = "wasm", token: str = "") -> str:
+    return f"{base}/worker/?name={name}&threads={threads}&backend={backend}" + (f"&token={token}" if token else "")

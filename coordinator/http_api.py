@@ -27,6 +27,20 @@ from shards.tokenizer import ChatTemplateError
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 << 20
+MAX_JSON_DEPTH = 32
+
+
+def _nesting(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class Admissions:
@@ -80,10 +94,17 @@ class Api:
         if request.content_length and request.content_length > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
         raw = await request.read()
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, f"request body over {MAX_BODY} bytes")
         try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:  # malformed client input
-            raise ApiError(400, f"the request body is not valid JSON: {error}") from error
+            body = json.loads(raw)
+        except RecursionError as error:  # nesting deep enough to exhaust the parser's stack
+            raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from error
+        except (ValueError, UnicodeDecodeError) as error:  # malformed JSON, or an integer too long to parse
+            raise ApiError(400, f"the request body is not valid JSON: {str(error)[:200]}") from error
+        if _nesting(body) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        return body
 
     def _prepare(self, parsed: ParsedRequest) -> tuple[list[int], GenerationRequest]:
         try:

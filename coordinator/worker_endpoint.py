@@ -13,6 +13,7 @@ import time
 
 from aiohttp import WSMsgType, web
 
+from coordinator.access import AccessConfig, worker_decision
 from coordinator.cluster import Cluster
 from coordinator.step_timing import StallPolicy
 from coordinator.worker_link import WorkerLink
@@ -34,13 +35,20 @@ class WorkerLeaving(Exception):
     """The worker said `leave`: close normally."""
 
 
-async def handle_worker(request: web.Request, cluster: Cluster) -> web.WebSocketResponse:
+async def handle_worker(request: web.Request, cluster: Cluster, access: AccessConfig) -> web.StreamResponse:
+    token = request.query.get("token")
+    refusal = worker_decision(access, token)
+    if refusal is not None:   # before the upgrade: no socket, no protocol
+        log.warning("refused a worker from %s: %s", request.remote, refusal)
+        return web.json_response({"error": {"message": refusal, "type": "permission_error", "param": None,
+                                            "code": "invalid_join_token"}}, status=403)
     socket = web.WebSocketResponse(compress=False, max_msg_size=HEADER_SIZE + MAX_PAYLOAD)
     await socket.prepare(request)
     server = cluster.config
     stall = StallPolicy(floor_seconds=server.stall_floor_seconds, factor=server.stall_factor,
                         initial_seconds=server.step_timeout_seconds)
     link = WorkerLink(cluster.next_worker_id(), socket, request.remote or "?", stall)
+    link.token = token or ""
     reason = "connection closed"
     try:
         async for message in socket:

@@ -73,6 +73,7 @@ class WorkerLink:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.steps_served = 0
+        self.token = ""            # the join token it presented (rotation drops old ones)
 
     def holds(self, stage: Stage) -> bool:
         return all(layer in self.info.holds for layer in range(stage.layer_start, stage.layer_end))

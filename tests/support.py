@@ -11,6 +11,7 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
+from coordinator.access import AccessConfig
 from coordinator.app import create_app
 from coordinator.config import AppConfig, CodecPresets, ServerConfig
 from coordinator.router import RouterConfig
@@ -22,17 +23,18 @@ COLOURS = [{"role": "user", "content": "Name three colours."}]
 
 
 @contextlib.asynccontextmanager
-async def running_app(shard_dir, **server_options) -> AsyncIterator[tuple[web.Application, str]]:
+async def running_app(shard_dir, access: AccessConfig | None = None, ssl_context=None,
+                      **server_options) -> AsyncIterator[tuple[web.Application, str]]:
     server = replace(ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.05,
                                   worker_wait_seconds=30.0, heartbeat_seconds=30.0), **server_options)
-    app = create_app(AppConfig(server=server), shard_dir)
+    app = create_app(AppConfig(server=server, access=access or AccessConfig()), shard_dir)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = runner.addresses[0][1]
     try:
-        yield app, f"http://127.0.0.1:{port}"
+        yield app, f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 

@@ -250,7 +250,8 @@ function onMessage(event) {
 }
 
 function connect() {
-  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/worker`;
+  const token = params.get('token');
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws/worker${token ? `?token=${encodeURIComponent(token)}` : ''}`;
   ui.set('state', `connecting to ${url}`);
   const socket = new WebSocket(url);
   socket.binaryType = 'arraybuffer';

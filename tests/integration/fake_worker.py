@@ -34,11 +34,12 @@ from shards.manifest import load_manifest
 
 class FakeWorker:
     def __init__(self, base_url: str, shard_dir: Path, name: str, benchmark_ms: float = 10.0,
-                 memory_mb: float | None = None, answer: bool = True, refuse: bool = False) -> None:
+                 memory_mb: float | None = None, answer: bool = True, refuse: bool = False, token: str = "") -> None:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
         self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
         self.frozen = False
+        self.token = token
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
@@ -58,7 +59,8 @@ class FakeWorker:
 
     async def start(self) -> FakeWorker:
         self.session = aiohttp.ClientSession()
-        self.socket = await self.session.ws_connect(self.base_url.replace("http", "ws") + "/ws/worker")
+        query = f"?token={self.token}" if self.token else ""
+        self.socket = await self.session.ws_connect(self.base_url.replace("http", "ws") + "/ws/worker" + query)
         hello = {"type": "hello", "protocol": VERSION, "backend": "native-test", "threads": 1,
                  "benchmark_ms": self.benchmark_ms, "worker": self.name}
         if self.memory_mb:
