@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.parse
@@ -21,7 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from coordinator.access import AccessConfig, api_keys_from, new_secret
-from coordinator.config import AppConfig, CodecPresets, ModelSource, RuntimeConfig, ServerConfig
+from coordinator.config import (
+    AppConfig,
+    CodecPresets,
+    ModelSource,
+    RuntimeConfig,
+    ServerConfig,
+    TlsConfig,
+)
 from coordinator.router import RouterConfig
 from shards.errors import ShardError
 
@@ -119,8 +127,6 @@ def command_eval(config: AppConfig, args: argparse.Namespace) -> int:
 
 
 def _local_addresses() -> list[str]:
-    import socket
-
     addresses = set()
     try:
         for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
@@ -128,6 +134,18 @@ def _local_addresses() -> list[str]:
     except OSError:  # no resolvable hostname: loopback only
         pass
     return sorted(address for address in addresses if not address.startswith("127."))
+
+
+def _certificate(config: AppConfig):
+    """The certificate to serve https with, or None for plain http."""
+    from coordinator.tls import Certificate, self_signed
+
+    if config.tls.cert is not None and config.tls.key is not None:
+        return Certificate(config.tls.cert, config.tls.key)
+    if config.tls.self_signed:
+        hosts = [*_local_addresses(), socket.gethostname()]
+        return self_signed(Path.home() / ".cache" / "tabswarm" / "tls", hosts)
+    return None
 
 
 def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
@@ -145,9 +163,12 @@ async def _serve(config: AppConfig) -> int:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     server = config.server
-    site = web.TCPSite(runner, server.host, server.port)
+    certificate = _certificate(config)
+    site = web.TCPSite(runner, server.host, server.port,
+                       ssl_context=certificate.context() if certificate else None)
     await site.start()
-    local = f"http://127.0.0.1:{server.port}"
+    scheme = "https" if certificate else "http"
+    local = f"{scheme}://127.0.0.1:{server.port}"
     access = config.access
     join = f"/worker/?token={access.join_secret}" if access.join_secret else "/worker/"
     print(f"tabswarm coordinator serving {app[API].model_ids[0]} on {server.host}:{server.port}")
@@ -159,12 +180,15 @@ async def _serve(config: AppConfig) -> int:
     else:
         print(f"  API access:       {len(access.api_keys)} key(s); send 'Authorization: Bearer KEY'")
     for address in _local_addresses() if server.host in ("0.0.0.0", "::") else []:
-        print(f"  join from another device: http://{address}:{server.port}{join}")
+        print(f"  join from another device: {scheme}://{address}:{server.port}{join}")
     print(f"  join from this machine:   {local}{join}", flush=True)
+    if certificate:
+        print(f"  TLS certificate SHA-256:  {certificate.fingerprint()}  ({certificate.cert})", flush=True)
     headless = None
     try:
         if server.headless_workers:
-            headless = HeadlessWorkers(server.chromium)
+            # its own tabs on this machine trust its own (self-signed) certificate
+            headless = HeadlessWorkers(server.chromium, ignore_certificate_errors=certificate is not None)
             await headless.start()
             for index in range(server.headless_workers):
                 await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads,
@@ -261,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="client keys, one per line")
     serve.add_argument("--join-secret", default=None,
                        help="the token workers must present (default: TABSWARM_JOIN_SECRET, else a new random one)")
+    serve.add_argument("--tls-cert", type=Path, help="serve https with this certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument("--tls-self-signed", action="store_true",
+                       help="serve https with a self-signed certificate (made once, cached; its SHA-256 is printed)")
     serve.add_argument("--standby", type=int, default=1, metavar="N",
                        help="with at least N + 2 tabs, N of them hold replicas to cover a lost tab (default 1)")
     serve.add_argument("--recovery-seconds", type=float, default=10.0, metavar="S",
@@ -290,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     codecs = CodecPresets()
     router = RouterConfig()
     access = AccessConfig()
+    tls = TlsConfig()
     if args.command == "workers":
         server = ServerConfig(chromium=args.chromium)
     if args.command == "serve":
@@ -302,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             keys = api_keys_from(args.api_key, os.environ.get("TABSWARM_API_KEYS"), args.api_key_file)
         except OSError as error:   # an unreadable key file: a usage error
             raise SystemExit(f"tabswarm: cannot read an API key file: {error}") from error
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise SystemExit("tabswarm: --tls-cert and --tls-key go together")
+        tls = TlsConfig(cert=args.tls_cert, key=args.tls_key, self_signed=args.tls_self_signed)
         access = AccessConfig(api_keys=keys,
                               join_secret=args.join_secret or os.environ.get("TABSWARM_JOIN_SECRET") or new_secret())
         try:
@@ -310,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
                        runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router,
-                       access=access)
+                       access=access, tls=tls)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers}
     try:

@@ -79,6 +79,8 @@ class Cluster:
         info.benchmark_ms = float(hello["benchmark_ms"])
         info.memory_mb = float(hello["memory_mb"]) if hello.get("memory_mb") else None
         info.agent = str(hello.get("agent", ""))[:200]
+        info.page = {name: bool(hello[name]) for name in ("secure_context", "webgpu_api", "cache_storage")
+                     if name in hello}
         info.state = "idle"
         self.workers[link.id] = link
         log.info("worker %s (%s, %s, %d threads, benchmark %.1f ms) joined from %s",

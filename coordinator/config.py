@@ -56,7 +56,8 @@ class ServerConfig:
     worker_wait_seconds: float = 120.0   # how long a new request waits for a ready cluster
     recovery_seconds: float = 10.0       # after a loss: how long a running request waits for a pipeline
     max_replays: int = 8                 # losses one request survives before it fails
-    exact_replay_frames: int = 256       # a lost stage is rebuilt from its recorded frames up to this many
+    exact_replay_frames: int = 256       # a lost stage is rebuilt from its recorded frames up to this many,
+    exact_replay_seconds: float = 2.0    # and if that should take no longer (else: one-prefill replay)
     standby_workers: int = 1             # with >= standby + 2 tabs, this many hold replicas instead of stages
     step_timeout_seconds: float = 30.0   # a worker's first steps: no answer within this is a stall
     stall_floor_seconds: float = 3.0     # later steps: a stall is > stall_factor x its usual step time,
@@ -70,6 +71,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False       # make (and cache) a certificate when no cert/key is given
+
+    @property
+    def enabled(self) -> bool:
+        return self.self_signed or self.cert is not None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     model: ModelSource = field(default_factory=ModelSource)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -77,3 +89,4 @@ class AppConfig:
     codecs: CodecPresets = field(default_factory=CodecPresets)
     router: RouterConfig = field(default_factory=RouterConfig)   # off: see docs/skipping.md
     access: AccessConfig = field(default_factory=AccessConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)

@@ -225,6 +225,12 @@ class GenerationEngine:
             log.info("stream %d: stage %d cannot be rebuilt from frames (%s)", session.stream, index,
                      "refused" if error.refused else "no recorded frames")
             raise error
+        lost = session.pipeline[index][1]
+        estimate = len(frames) * (lost.timer.one_row_seconds or 0.05)
+        if estimate > self.config.exact_replay_seconds:
+            log.info("stream %d: replaying stage %d's %d frames would take ~%.1f s; replaying the history as "
+                     "one prefill instead", session.stream, index, len(frames), estimate)
+            raise error
         await self._drop_worker(error)
         try:
             pipeline = await self.cluster.wait_pipeline(self.config.recovery_seconds)

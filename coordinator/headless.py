@@ -33,11 +33,14 @@ class ChromiumMissing(RuntimeError):
 class HeadlessWorkers:
     """One headless Chromium with N worker windows."""
 
-    def __init__(self, chromium: str, secure_origin: str | None = None) -> None:
+    def __init__(self, chromium: str, secure_origin: str | None = None,
+                 ignore_certificate_errors: bool = False) -> None:
         self.chromium = chromium
         # A coordinator on another host over plain http is not a secure context: no
         # cross-origin isolation (WASM threads), Cache Storage or crypto.subtle. Treat it as one.
         self.extra_args = [f"--unsafely-treat-insecure-origin-as-secure={secure_origin}"] if secure_origin else []
+        if ignore_certificate_errors:   # a self-signed coordinator these tabs already trust
+            self.extra_args.append("--ignore-certificate-errors")
         self._playwright: Any = None
         self.browser: Any = None
         self._cdp: Any = None

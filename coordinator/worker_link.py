@@ -44,6 +44,7 @@ class WorkerInfo:
     benchmark_ms: float = 0.0
     memory_mb: float | None = None
     agent: str = ""
+    page: dict[str, bool] = field(default_factory=dict)   # secure_context, webgpu_api, cache_storage
     state: str = "joining"         # joining -> loading -> ready
     role: str = "idle"             # stage | standby | idle
     stage: Stage | None = None     # the layers it was assigned (its stage or its replica)
@@ -154,7 +155,7 @@ class WorkerLink:
         return {
             "id": self.id, "name": info.name, "remote": self.remote, "state": info.state,
             "backend": info.backend, "threads": info.threads, "benchmark_ms": info.benchmark_ms,
-            "memory_mb": info.memory_mb, "agent": info.agent, "role": info.role,
+            "memory_mb": info.memory_mb, "agent": info.agent, "role": info.role, "page": info.page,
             "layers": [info.stage.layer_start, info.stage.layer_end] if info.stage else None,
             "holds": _ranges(info.holds),
             "step_ms": round(self.timer.one_row_seconds * 1000, 2) if self.timer.one_row_seconds else None,

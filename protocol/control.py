@@ -22,7 +22,8 @@ Number = (int, float)
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {"protocol": ((int,), True), "backend": ((str,), True), "threads": ((int,), True),
               "benchmark_ms": (Number, True), "memory_mb": (Number, False), "agent": ((str,), False),
-              "worker": ((str,), False)},
+              "worker": ((str,), False), "secure_context": ((bool,), False), "webgpu_api": ((bool,), False),
+              "cache_storage": ((bool,), False)},
     "assign": {"worker": ((str,), True), "layer_start": ((int,), True), "layer_end": ((int,), True),
                "files": ((list,), True), "model": ((dict,), True), "codec": ((dict,), True)},
     "ready": {"layer_start": ((int,), True), "layer_end": ((int,), True), "load_ms": (Number, True),

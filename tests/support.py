@@ -39,8 +39,10 @@ async def running_app(shard_dir, access: AccessConfig | None = None, ssl_context
         await runner.cleanup()
 
 
-async def status_of(base: str) -> dict:
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/v1/status") as response:
+async def status_of(base: str, verify_tls: bool = True) -> dict:
+    connector = aiohttp.TCPConnector(ssl=False) if not verify_tls else None
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            session.get(f"{base}/v1/status") as response:
         return await response.json()
 
 

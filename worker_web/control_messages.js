@@ -13,7 +13,8 @@ const T = { int: 'int', number: 'number', string: 'str', bool: 'bool', list: 'li
 export const SCHEMAS = Object.freeze({
   hello: { protocol: [[T.int], true], backend: [[T.string], true], threads: [[T.int], true],
     benchmark_ms: [[T.int, T.number], true], memory_mb: [[T.int, T.number], false], agent: [[T.string], false],
-    worker: [[T.string], false] },
+    worker: [[T.string], false], secure_context: [[T.bool], false], webgpu_api: [[T.bool], false],
+    cache_storage: [[T.bool], false] },
   assign: { worker: [[T.string], true], layer_start: [[T.int], true], layer_end: [[T.int], true],
     files: [[T.list], true], model: [[T.map], true], codec: [[T.map], true] },
   ready: { layer_start: [[T.int], true], layer_end: [[T.int], true], load_ms: [[T.int, T.number], true],

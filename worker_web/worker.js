@@ -262,7 +262,9 @@ function connect() {
     ui.log('connected');
     const memory = navigator.deviceMemory ? Math.min(4096, navigator.deviceMemory * 1024) * 0.75 : undefined;
     const hello = { type: 'hello', protocol: VERSION, backend: worker.backend, threads: worker.threads,
-      benchmark_ms: worker.benchmark, agent: navigator.userAgent, worker: worker.name };
+      benchmark_ms: worker.benchmark, agent: navigator.userAgent, worker: worker.name,
+      // what this page can use: WebGPU, Cache Storage and crypto.subtle need a secure context
+      secure_context: isSecureContext, webgpu_api: 'gpu' in navigator, cache_storage: 'caches' in globalThis };
     if (memory) hello.memory_mb = memory;
     sendControl(hello);
   };

@@ -11,7 +11,7 @@ import pytest
 
 from coordinator.access import AccessConfig
 from tests.integration.fake_worker import FakeWorker
-from tests.support import FRANCE, running_app, wait_ready
+from tests.support import FRANCE, running_app
 
 KEYS = AccessConfig(api_keys=("key-a", "key-b"), join_secret="join-123")
 
