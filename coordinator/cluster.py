@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 # A tab needs roughly the layer file twice while loading (bytes + session weights).
 MEMORY_PER_LAYER_FACTOR = 2.5
+MAX_TAB_MEMORY_MB = 4096       # wasm32 addresses 4 GiB: a larger claim is not believed
+PROVEN_STEPS = 16              # one-row steps served before a worker's speed is its measured one
+
+
+def measured_ms_per_layer(link: WorkerLink) -> float | None:
+    """Milliseconds per layer of its one-row steps, once it has served enough of them."""
+    stage = link.info.stage
+    seconds = link.timer.one_row_seconds
+    if seconds is None or link.timer.samples < PROVEN_STEPS or stage is None or link.info.role != "stage":
+        return None
+    return 1000 * seconds / max(stage.size, 1)
 
 
 class NoWorkers(RuntimeError):
@@ -60,6 +71,8 @@ class Cluster:
         self._ids = itertools.count(1)
         self._pending_replan: asyncio.Task[None] | None = None
         self._retain_due = False
+        self._planned_speeds: dict[str, float] = {}
+        self._speed_changes = 0
         self.layer_bytes = [sum(manifest.files[name].size for name in manifest.layer_files(index))
                             for index in range(manifest.model.layers)]
 
@@ -132,28 +145,65 @@ class Cluster:
 
     # -- planning ----------------------------------------------------------------------
     def capacities(self, links: list[WorkerLink]) -> list[WorkerCapacity]:
-        """Planner input. Speeds are relative to the fastest, snapped to powers of two: a
-        browser benchmark is noisy (identical tabs on one busy machine measured up to 1.3x
-        apart), and an even split between equal machines matters more than that noise."""
+        """Planner input, from what the coordinator measured rather than what tabs claim.
+
+        A worker that has served `PROVEN_STEPS` one-row steps is timed: its speed is layers
+        per second of its measured step time. Until then its own benchmark is only a prior,
+        converted to the proven workers' scale and never faster than the fastest of them
+        (or, with none proven yet, than the median claim): claiming to be fast buys a
+        newcomer no more than an equal share. Memory claims are capped at what a tab can
+        address (wasm32: 4 GiB). Speeds are snapped to powers of two, which is also the
+        hysteresis: measurement noise within 1.4x moves nothing.
+        """
         layers = self.manifest.model.layers
-        fastest = min(max(link.info.benchmark_ms, 0.1) for link in links) if links else 1.0
+        per_layer_mb = max(self.layer_bytes) * MEMORY_PER_LAYER_FACTOR / 2**20
+        measured = {link.id: ms for link in links if (ms := measured_ms_per_layer(link)) is not None}
+        claims = [max(link.info.benchmark_ms, 0.01) for link in links]
+        ratios = sorted(measured[link.id] / max(link.info.benchmark_ms, 0.01) for link in links if link.id in measured)
+        ms_per_layer: dict[str, float] = {}
+        for link in links:
+            if link.id in measured:
+                ms_per_layer[link.id] = measured[link.id]
+            elif ratios:
+                prior = max(link.info.benchmark_ms, 0.01) * ratios[len(ratios) // 2]
+                ms_per_layer[link.id] = max(prior, min(measured.values()))
+            else:
+                ms_per_layer[link.id] = max(link.info.benchmark_ms, sorted(claims)[len(claims) // 2])
+        fastest = min(ms_per_layer.values(), default=1.0)
         capacities = []
         for link in links:
-            max_layers = layers
-            if link.info.memory_mb:
-                per_layer_mb = max(self.layer_bytes) * MEMORY_PER_LAYER_FACTOR / 2**20
-                max_layers = min(layers, int(link.info.memory_mb / per_layer_mb))
-            relative = fastest / max(link.info.benchmark_ms, 0.1)
+            memory = min(link.info.memory_mb, MAX_TAB_MEMORY_MB) if link.info.memory_mb else None
+            max_layers = min(layers, int(memory / per_layer_mb)) if memory else layers
+            relative = fastest / ms_per_layer[link.id]
             capacities.append(WorkerCapacity(link.id, 2.0 ** round(math.log2(relative)), max_layers))
         return capacities
 
-    async def replan(self) -> None:
+    async def replan_if_speeds_changed(self) -> None:
+        """Called periodically: replan (allowing new stage boundaries) when the snapped
+        speeds differ from the last plan's on two checks in a row."""
+        workers = [link for link in self.workers.values() if not link.closed]
+        speeds = {capacity.worker: capacity.speed for capacity in self.capacities(workers)}
+        planned = {stage.worker for stage in self.target.stages}
+        if self._planned_speeds and any(self._planned_speeds.get(worker) != speeds.get(worker)
+                                        for worker in planned):
+            self._speed_changes += 1
+        else:
+            self._speed_changes = 0
+        if self._speed_changes >= 2:
+            log.info("measured speeds changed (%s): replanning", speeds)
+            self._event("speeds", speeds=speeds)
+            await self.replan(keep_boundaries=False)
+
+    async def replan(self, keep_boundaries: bool = True) -> None:
         """A new target from the workers connected now; assign what each must load."""
         workers = [link for link in self.workers.values() if not link.closed]
         holdings = {link.id: link.info.holds for link in workers}
         try:
-            target = plan_swarm(self.manifest.model.layers, self.capacities(workers), holdings,
-                                self.config.standby_workers, self.plan)
+            capacities = self.capacities(workers)
+            target = plan_swarm(self.manifest.model.layers, capacities, holdings,
+                                self.config.standby_workers, self.plan if keep_boundaries else ())
+            self._planned_speeds = {capacity.worker: capacity.speed for capacity in capacities}
+            self._speed_changes = 0
             self.plan_error = None
         except PlanError as error:
             target, self.plan_error = SwarmPlan(()), str(error)

@@ -118,9 +118,11 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
 
 
 async def heartbeat_loop(cluster: Cluster, interval: float) -> None:
-    """Ping every worker; drop those silent for three intervals (a frozen or hidden tab)."""
+    """Ping every worker; drop those silent for three intervals (a frozen or hidden tab);
+    let the plan follow measured speeds."""
     while True:
         await asyncio.sleep(interval)
+        await cluster.replan_if_speeds_changed()
         now = time.monotonic()
         for link in list(cluster.workers.values()):
             if now - link.info.last_seen > 3 * interval:

@@ -34,12 +34,14 @@ from shards.manifest import load_manifest
 
 class FakeWorker:
     def __init__(self, base_url: str, shard_dir: Path, name: str, benchmark_ms: float = 10.0,
-                 memory_mb: float | None = None, answer: bool = True, refuse: bool = False, token: str = "") -> None:
+                 memory_mb: float | None = None, answer: bool = True, refuse: bool = False, token: str = "",
+                 delay_seconds: float = 0.0) -> None:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
         self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
         self.frozen = False
         self.token = token
+        self.delay_seconds = delay_seconds   # extra time per step: a slow device
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
@@ -134,6 +136,8 @@ class FakeWorker:
                 head_masks=self.head_masks.get(stream),
                 measure_heads=header.position % HEAD_SAMPLE_INTERVAL == 0))
             out, ratios, norms = report.hidden, report.ratios, report.norms
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY) or self.frozen:
             return
