@@ -20,6 +20,7 @@ from coordinator.config import AppConfig
 from coordinator.engine import GenerationEngine
 from coordinator.http_api import Api, json_errors
 from coordinator.static_files import add_static_routes, isolation_headers
+from coordinator.verifier import StageChecker, VerifyConfig
 from coordinator.worker_endpoint import handle_worker, heartbeat_loop
 from shards.model_ends import ModelEnds
 
@@ -58,7 +59,10 @@ async def worker_redirect(request: web.Request) -> web.Response:
 def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
     ends = ModelEnds(shard_dir, threads=config.runtime.threads)
     cluster = Cluster(ends.manifest, config.server)
-    engine = GenerationEngine(ends, cluster, config.server)
+    verify = VerifyConfig(fraction=config.server.verify_fraction,
+                          probation_steps=config.server.verify_probation_steps)
+    checker = StageChecker(shard_dir, ends.manifest, verify) if verify.fraction or verify.probation_steps else None
+    engine = GenerationEngine(ends, cluster, config.server, checker)
     api = Api(config, ends, cluster, engine)
     app = web.Application(middlewares=[isolation_headers, json_errors, access_middleware(lambda a: a[ACCESS].config)],
                           client_max_size=4 << 20)

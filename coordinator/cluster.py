@@ -72,6 +72,7 @@ class Cluster:
         self._pending_replan: asyncio.Task[None] | None = None
         self._retain_due = False
         self._planned_speeds: dict[str, float] = {}
+        self.banned: dict[tuple[str, str], str] = {}   # (remote, name) -> why
         self._speed_changes = 0
         self.layer_bytes = [sum(manifest.files[name].size for name in manifest.layer_files(index))
                             for index in range(manifest.model.layers)]
@@ -120,6 +121,14 @@ class Cluster:
         log.warning("worker %s (%s) left: %s", link.id, link.info.name, reason)
         self._event("leave", worker=link.id, name=link.info.name, reason=reason)
         await self.replan()
+
+    def ban(self, link: WorkerLink, reason: str) -> None:
+        """Refuse this worker (by address and name) until the coordinator restarts."""
+        self.banned[(link.remote, link.info.name)] = reason
+        self._event("ban", worker=link.id, name=link.info.name, reason=reason)
+
+    def banned_reason(self, remote: str, name: str) -> str | None:
+        return self.banned.get((remote, name))
 
     async def evict(self, link: WorkerLink, reason: str) -> None:
         """Drop a worker that stalled (a frozen tab keeps its socket open): close it and replan."""

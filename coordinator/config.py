@@ -59,6 +59,8 @@ class ServerConfig:
     exact_replay_frames: int = 256       # a lost stage is rebuilt from its recorded frames up to this many,
     exact_replay_seconds: float = 2.0    # and if that should take no longer (else: one-prefill replay)
     standby_workers: int = 1             # with >= standby + 2 tabs, this many hold replicas instead of stages
+    verify_fraction: float = 1 / 16      # share of steps re-run natively after a worker's probation
+    verify_probation_steps: int = 4      # a worker's first steps: each checked before its token is released
     step_timeout_seconds: float = 30.0   # a worker's first steps: no answer within this is a stall
     stall_floor_seconds: float = 3.0     # later steps: a stall is > stall_factor x its usual step time,
     stall_factor: float = 30.0           # and never less than the floor

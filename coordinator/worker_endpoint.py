@@ -98,6 +98,9 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
     if kind == "hello":
         if message["protocol"] != VERSION:
             raise ProtocolViolation(f"worker speaks protocol {message['protocol']}, coordinator {VERSION}")
+        banned = cluster.banned_reason(link.remote, str(message.get("worker") or ""))
+        if banned is not None:
+            raise ProtocolViolation(f"refused until the coordinator restarts: {banned}"[:120])
         await cluster.join(link, message)
     elif kind == "ready":
         await cluster.ready(link, message)

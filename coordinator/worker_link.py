@@ -75,6 +75,7 @@ class WorkerLink:
         self.bytes_received = 0
         self.steps_served = 0
         self.token = ""            # the join token it presented (rotation drops old ones)
+        self.checked_steps = 0     # results that passed a native re-run (probation ends at a few)
 
     def holds(self, stage: Stage) -> bool:
         return all(layer in self.info.holds for layer in range(stage.layer_start, stage.layer_end))

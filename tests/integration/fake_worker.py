@@ -35,13 +35,16 @@ from shards.manifest import load_manifest
 class FakeWorker:
     def __init__(self, base_url: str, shard_dir: Path, name: str, benchmark_ms: float = 10.0,
                  memory_mb: float | None = None, answer: bool = True, refuse: bool = False, token: str = "",
-                 delay_seconds: float = 0.0) -> None:
+                 delay_seconds: float = 0.0, corrupt: str | None = None) -> None:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
         self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
         self.frozen = False
         self.token = token
         self.delay_seconds = delay_seconds   # extra time per step: a slow device
+        # a lying worker: "noise", "sign" (flipped signs), "scale" (x1.05), "stale" (the previous output)
+        self.corrupt = corrupt
+        self._previous_out: dict[int, np.ndarray] = {}
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
@@ -138,6 +141,8 @@ class FakeWorker:
             out, ratios, norms = report.hidden, report.ratios, report.norms
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
+        if self.corrupt and layers:
+            out = self._corrupted(stream, out)
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY) or self.frozen:
             return
@@ -155,6 +160,21 @@ class FakeWorker:
         await self.socket.send_bytes(encode_activation(out[0], route, settings,
                                                        self.encoders.setdefault(stream, StreamCodecState())))
         self.steps_served += 1
+
+    def _corrupted(self, stream: int, out: np.ndarray) -> np.ndarray:
+        """(1, rows, hidden) as a lying worker would answer it."""
+        honest = out.copy()
+        if self.corrupt == "noise":
+            out = np.random.default_rng(len(self._previous_out)).standard_normal(out.shape).astype(np.float32) * 3
+        elif self.corrupt == "sign":
+            out = -out
+        elif self.corrupt == "scale":
+            out = out * np.float32(1.05)
+        elif self.corrupt == "stale":
+            previous = self._previous_out.get(stream)
+            out = previous[:, -1:].repeat(out.shape[1], axis=1) if previous is not None else out
+        self._previous_out[stream] = honest
+        return out
 
     async def _control(self, message: dict) -> None:
         kind = message["type"]
