@@ -106,4 +106,6 @@ def _background(config: AppConfig):
             await heartbeat
         for link in list(app[CLUSTER].workers.values()):
             await link.close(1001, "coordinator shutting down")
+        if app[ENGINE].checker is not None:
+            app[ENGINE].checker.close()
     return context

@@ -101,6 +101,7 @@ class CheckCounters:
     failed: int = 0
     skipped_busy: int = 0          # sampled while another background check ran
     seconds: float = 0.0           # coordinator CPU time spent re-running stages
+    worst_passed: float = 0.0      # largest |difference| / allowed among passed checks (margin left)
     evicted: list[str] = field(default_factory=list)
 
 
@@ -316,6 +317,7 @@ class GenerationEngine:
         if verdict.ok:
             link.checked_steps += 1
             self.checks.passed += 1
+            self.checks.worst_passed = max(self.checks.worst_passed, verdict.worst)
             return True
         self.checks.failed += 1
         self.checks.evicted.append(f"{link.info.name}@{link.remote}")

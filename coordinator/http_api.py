@@ -286,6 +286,7 @@ class Api:
             "verification": {"passed": self.engine.checks.passed, "failed": self.engine.checks.failed,
                              "skipped_busy": self.engine.checks.skipped_busy,
                              "cpu_seconds": round(self.engine.checks.seconds, 3),
+                             "worst_passed_ratio": round(self.engine.checks.worst_passed, 4),
                              "evicted": self.engine.checks.evicted[-20:],
                              "fraction": self.config.server.verify_fraction,
                              "probation_steps": self.config.server.verify_probation_steps},

@@ -81,6 +81,11 @@ class StageChecker:
         self._lock = threading.Lock()     # one check at a time: they share the stack
         self._streams = itertools.count(1 << 30)
 
+    def close(self) -> None:
+        """Free the native layers (the app is shutting down)."""
+        with self._lock:
+            self._stack = None
+
     def check_stage(self, stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
         with self._lock:
             if self._stack is None:   # layers load on first use: only those of stages checked

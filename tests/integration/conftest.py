@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from tests.integration.fake_worker import FakeWorker
@@ -16,3 +18,11 @@ async def two_worker_cluster(shard_dir):
         yield app, base, workers
         for worker in workers:
             await worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage():
+    """Tests start many fake workers (each holds onnxruntime sessions for its layers):
+    free the ones a test is done with before the next starts."""
+    yield
+    gc.collect()

@@ -35,7 +35,7 @@ from shards.manifest import load_manifest
 class FakeWorker:
     def __init__(self, base_url: str, shard_dir: Path, name: str, benchmark_ms: float = 10.0,
                  memory_mb: float | None = None, answer: bool = True, refuse: bool = False, token: str = "",
-                 delay_seconds: float = 0.0, corrupt: str | None = None) -> None:
+                 delay_seconds: float = 0.0, corrupt: str | None = None, corrupt_after: int = 0) -> None:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
         self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
@@ -45,6 +45,7 @@ class FakeWorker:
         # a lying worker: "noise", "sign" (flipped signs), "scale" (x1.05), "stale" (the previous output)
         self.corrupt = corrupt
         self._previous_out: dict[int, np.ndarray] = {}
+        self.corrupt_after = corrupt_after   # honest for this many steps first (past its probation)
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
@@ -141,7 +142,7 @@ class FakeWorker:
             out, ratios, norms = report.hidden, report.ratios, report.norms
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
-        if self.corrupt and layers:
+        if self.corrupt and layers and self.steps_served >= self.corrupt_after:
             out = self._corrupted(stream, out)
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY) or self.frozen:
