@@ -101,7 +101,7 @@ def fuzzed_bodies(count: int, seed: int = 11) -> list[bytes]:
                                    b'{"max_tokens": -1e999}', b"[" + b"9" * 10000 + b"]"]))
         elif mode == 4:   # wrong types inside messages
             message = {"role": rng.choice(["user", "tool", 5, None, "system"]),
-                       "content": rng.choice(values + ["hi", [{"type": "text", "text": 3}]])}
+                       "content": rng.choice([*values, "hi", [{"type": "text", "text": 3}]])}
             out.append(json.dumps({"messages": [message], "max_tokens": rng.choice(values)}).encode())
         else:   # not JSON at all
             out.append(rng.randbytes(rng.randrange(0, 64)))
