@@ -28,15 +28,13 @@ import statistics
 import time
 from pathlib import Path
 
-import aiohttp
-
 from coordinator.app import CLUSTER
 from coordinator.generation_state import Sequence, schedule, update
 from coordinator.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.gguf_model import default_model_path
 from shards.sampling import SamplingParams
-from tests.support import running_app, status_of
+from tests.support import running_app, status_of, stream_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
@@ -44,22 +42,8 @@ PROMPT = [{"role": "user", "content": "Write a long story about a dragon who lea
 
 async def stream(base: str, tokens: int, on_token=None) -> dict:
     """One streamed greedy request: token ids, arrival times, error events."""
-    ids, times, errors = [], [], []
-    body = {"messages": PROMPT, "max_tokens": tokens, "stream": True, "tabswarm": {"return_token_ids": True}}
-    async with aiohttp.ClientSession() as session, session.post(base + "/v1/chat/completions", json=body) as response:
-        async for line in response.content:
-            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                errors.append(event["error"])
-            for choice in event.get("choices", []):
-                for token in choice.get("token_ids", []):
-                    ids.append(token)
-                    times.append(time.monotonic())
-                    if on_token is not None:
-                        await on_token(len(ids))
-    return {"ids": ids, "times": times, "errors": errors}
+    streamed = await stream_tokens(base, {"messages": PROMPT, "max_tokens": tokens}, on_token)
+    return {"ids": streamed.ids, "times": streamed.times, "errors": streamed.errors}
 
 
 async def wait_layout(base: str, stages: int, standbys: int, timeout: float = 300.0) -> dict:

@@ -111,25 +111,25 @@ async def checking_cost(directory: Path, rounds: int, tokens: int) -> dict:
                 await headless.open(worker_url(base, f"tab-{index + 1}", 1))
             await wait_ready(base, 2, 300)
             engine = app[ENGINE]
-            checker = engine.checker
+            checker = engine.spot_checks.checker
             rates: dict[str, list[float]] = {"on": [], "off": []}
             await post(base, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": tokens})   # probation
-            before = engine.checks.passed, engine.checks.seconds
+            before = engine.spot_checks.counters.passed, engine.spot_checks.counters.seconds
             for round_index in range(rounds):
                 for setting in (("on", "off") if round_index % 2 == 0 else ("off", "on")):
-                    engine.checker = checker if setting == "on" else None
+                    engine.spot_checks.checker = checker if setting == "on" else None
                     _, body = await post(base, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": tokens})
                     rates[setting].append(body["usage"]["tabswarm"]["decode_tokens_per_second"])
                 print(f"round {round_index + 1}: on {rates['on'][-1]}, off {rates['off'][-1]}", flush=True)
-            engine.checker = checker
-            checks = engine.checks.passed - before[0]
+            engine.spot_checks.checker = checker
+            checks = engine.spot_checks.counters.passed - before[0]
             status = await status_of(base)
         finally:
             await headless.stop()
     return {"decode_tok_s_checking_on": statistics.median(rates["on"]),
             "decode_tok_s_checking_off": statistics.median(rates["off"]), "rates": rates,
             "checks_during_on_runs": checks,
-            "cpu_ms_per_checked_step": round(1000 * (engine.checks.seconds - before[1]) / max(checks, 1), 2),
+            "cpu_ms_per_checked_step": round(1000 * (engine.spot_checks.counters.seconds - before[1]) / max(checks, 1), 2),
             "failed_checks_on_honest_tabs": status["verification"]["failed"],
             "worst_passed_ratio": status["verification"]["worst_passed_ratio"]}
 

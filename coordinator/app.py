@@ -106,6 +106,7 @@ def _background(config: AppConfig):
             await heartbeat
         for link in list(app[CLUSTER].workers.values()):
             await link.close(1001, "coordinator shutting down")
-        if app[ENGINE].checker is not None:
-            app[ENGINE].checker.close()
+        checker = app[ENGINE].spot_checks.checker
+        if checker is not None:
+            checker.close()
     return context

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,8 +41,9 @@ from coordinator.router import (
     observe,
     start_token,
 )
+from coordinator.spot_checks import SpotChecks
 from coordinator.stage_replay import StageRecorder, replaced_stage
-from coordinator.verifier import StageChecker, Verdict, should_check
+from coordinator.verifier import StageChecker
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.activation_codec import (
     CodecSettings,
@@ -93,18 +93,6 @@ class HopStats:
     step_seconds: list[float] = field(default_factory=list)
 
 
-@dataclass
-class CheckCounters:
-    """Spot-checks of workers' results (coordinator-wide, for /v1/status)."""
-
-    passed: int = 0
-    failed: int = 0
-    skipped_busy: int = 0          # sampled while another background check ran
-    seconds: float = 0.0           # coordinator CPU time spent re-running stages
-    worst_passed: float = 0.0      # largest |difference| / allowed among passed checks (margin left)
-    evicted: list[str] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class TokenEvent:
     token: int
@@ -135,10 +123,7 @@ class GenerationEngine:
         self.ends = ends
         self.cluster = cluster
         self.config = config
-        self.checker = checker
-        self.checks = CheckCounters()
-        self._check_rng = random.Random()
-        self._background_check: asyncio.Task[None] | None = None
+        self.spot_checks = SpotChecks(checker, cluster, self._run)
         self._streams = itertools.count(1)
         self._steps = itertools.count(1)
         self.tokens_generated = 0
@@ -281,52 +266,6 @@ class GenerationEngine:
         session.masks_sent.pop(error.worker, None)
         return result
 
-    async def _spot_check(self, session: PipelineSession, index: int, stage: Stage, link: WorkerLink,
-                          result: bytes) -> None:
-        """Re-run this stage natively for a sampled step; on probation before the result is
-        used (a mismatch raises WorkerLost, and the step is replayed elsewhere)."""
-        if self.checker is None or session.recorder is None or not session.recorder.usable:
-            return
-        check, blocking = should_check(link.checked_steps, self.checker.config, self._check_rng)
-        if not check:
-            return
-        frames = session.recorder.replay_frames(index)
-        if blocking:
-            verdict = await self._timed_check(stage, frames, result)
-            if not await self._judge(link, verdict):
-                raise WorkerLost(f"worker {link.id} ({link.info.name}) failed verification: {verdict.detail}",
-                                 link.id)
-            return
-        if self._background_check is not None and not self._background_check.done():
-            self.checks.skipped_busy += 1
-            return
-
-        async def background() -> None:
-            await self._judge(link, await self._timed_check(stage, frames, result))
-
-        self._background_check = asyncio.get_running_loop().create_task(background())
-
-    async def _timed_check(self, stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
-        assert self.checker is not None
-        started = time.process_time()
-        verdict = await self._run(self.checker.check_stage, stage, frames, result)
-        self.checks.seconds += time.process_time() - started
-        return verdict
-
-    async def _judge(self, link: WorkerLink, verdict: Verdict) -> bool:
-        if verdict.ok:
-            link.checked_steps += 1
-            self.checks.passed += 1
-            self.checks.worst_passed = max(self.checks.worst_passed, verdict.worst)
-            return True
-        self.checks.failed += 1
-        self.checks.evicted.append(f"{link.info.name}@{link.remote}")
-        reason = f"failed verification: {verdict.detail}"
-        log.error("worker %s (%s) %s; evicted and refused until restart", link.id, link.info.name, reason)
-        self.cluster.ban(link, reason)
-        await self.cluster.evict(link, reason)
-        return False
-
     async def _drop_worker(self, error: WorkerLost) -> None:
         """A stalled worker is evicted; one whose socket failed under a send may not have
         been noticed by its reader yet: either way the next pipeline must not include it."""
@@ -377,7 +316,8 @@ class GenerationEngine:
             session.recorder.record(index, forward)
         stats.bytes_sent += len(forward)
         result = await link.call(forward, stream, step.step_id, step.rows)
-        await self._spot_check(session, index, stage, link, result)
+        if session.recorder is not None and session.recorder.usable:
+            await self.spot_checks.after_result(session.recorder.frames[index], stage, link, result)
         stats.bytes_received += len(result)
         stats.hops += 1
         report = link.take_layer_stats(stream, position)

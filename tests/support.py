@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from aiohttp import web
@@ -74,6 +75,41 @@ async def stream_events(base: str, body: dict) -> list:
             if text.startswith("data: "):
                 events.append(text[6:] if text == "data: [DONE]" else json.loads(text[6:]))
     return events
+
+
+@dataclass
+class StreamedTokens:
+    """A streamed request as a client saw it: token ids, when each arrived, error events, usage."""
+
+    ids: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    usage: dict | None = None
+
+
+async def stream_tokens(base: str, body: dict, on_token=None) -> StreamedTokens:
+    """POST a chat completion with stream=True and return_token_ids; `on_token(count)` is
+    awaited after each token arrives (to kill or open tabs at a given point)."""
+    body = body | {"stream": True, "tabswarm": {"return_token_ids": True, **body.get("tabswarm", {})}}
+    out = StreamedTokens()
+    async with aiohttp.ClientSession() as session, session.post(base + "/v1/chat/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                out.errors.append(event["error"])
+                continue
+            if event.get("usage"):
+                out.usage = event["usage"]
+            for choice in event["choices"]:
+                for token in choice.get("token_ids", []):
+                    out.ids.append(token)
+                    out.times.append(time.monotonic())
+                    if on_token is not None:
+                        await on_token(len(out.ids))
+    return out
 
 
 def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: list[int],

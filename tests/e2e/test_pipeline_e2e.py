@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import json
 
-import aiohttp
 import pytest
 
 from shards.sampling import SamplingParams
@@ -23,6 +22,7 @@ from tests.support import (
     running_app,
     status_of,
     stream_events,
+    stream_tokens,
     wait_ready,
 )
 
@@ -120,29 +120,16 @@ async def test_tab_closed_mid_stream_and_a_tab_opened_mid_stream_the_stream_comp
     status = await wait_standby_ready(base)
     cuts = cuts_of(status)
     victim = name_of(status, status["plan"][1]["worker"])
-    tokens: list[int] = []
-    errors: list[dict] = []
 
-    async def read() -> None:
-        async with aiohttp.ClientSession() as session, session.post(base + "/v1/chat/completions", json={
-                "messages": COLOURS, "max_tokens": 40, "stream": True,
-                "tabswarm": {"return_token_ids": True}}) as response:
-            async for line in response.content:
-                if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    errors.append(event["error"])
-                for choice in event.get("choices", []):
-                    tokens.extend(choice.get("token_ids", []))
-                    if len(tokens) == 4 and choice.get("token_ids"):
-                        await tabs.close(victim)
-                    if len(tokens) == 12 and choice.get("token_ids"):
-                        await tabs.open(victim)   # the same tab coming back, as a new worker
+    async def close_then_open(count: int) -> None:
+        if count == 4:
+            await tabs.close(victim)
+        if count == 12:
+            await tabs.open(victim)   # the same tab coming back, as a new worker
 
-    await asyncio.wait_for(read(), 120)
-    assert not errors, errors
-    assert tokens == reference_tokens(reference, COLOURS, "int8", 40, cuts)
+    streamed = await asyncio.wait_for(stream_tokens(base, {"messages": COLOURS, "max_tokens": 40}, close_then_open), 120)
+    assert not streamed.errors, streamed.errors
+    assert streamed.ids == reference_tokens(reference, COLOURS, "int8", 40, cuts)
     status = await wait_standby_ready(base)
     assert cuts_of(status) == cuts and len(status["workers"]) == 3
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
 import time
 
-import aiohttp
 import pytest
 
 from coordinator.app import CLUSTER, ENGINE
 from tests.integration.fake_worker import FakeWorker
-from tests.support import COLOURS, FRANCE, post, running_app, status_of, wait_ready
+from tests.support import COLOURS, FRANCE, post, running_app, status_of, stream_tokens, wait_ready
 
 PROMPTS = [
     [{"role": "user", "content": text}] for text in (
@@ -25,35 +23,13 @@ PROMPTS = [
 ]
 
 
-async def stream_tokens(base: str, body: dict, on_token=None) -> tuple[list[int], list[float], list[dict]]:
-    """Token ids of a streamed request, the time each arrived, and any error events."""
-    tokens, times, errors = [], [], []
-    async with aiohttp.ClientSession() as session, session.post(
-            base + "/v1/chat/completions", json=body | {"stream": True}) as response:
-        assert response.status == 200, await response.text()
-        async for line in response.content:
-            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            if "error" in event:
-                errors.append(event["error"])
-                continue
-            for choice in event["choices"]:
-                for token in choice.get("token_ids", []):
-                    tokens.append(token)
-                    times.append(time.monotonic())
-                    if on_token is not None:
-                        await on_token(len(tokens))
-    return tokens, times, errors
-
-
 def body_for(messages, codec: str, max_tokens: int, **extra) -> dict:
     return {"messages": messages, "max_tokens": max_tokens,
             "tabswarm": {"codec": codec, "return_token_ids": True}} | extra
 
 
 async def solo_outputs(base: str, codec: str, max_tokens: int) -> list[list[int]]:
-    return [(await stream_tokens(base, body_for(messages, codec, max_tokens)))[0] for messages in PROMPTS]
+    return [(await stream_tokens(base, body_for(messages, codec, max_tokens))).ids for messages in PROMPTS]
 
 
 class Swarm:
@@ -116,9 +92,9 @@ async def test_requests_survive_a_kill_at_a_random_step(shard_dir, codec, rounds
                 async def maybe_kill(count: int, index: int = index) -> None:
                     if count == kill_at[index]:
                         await swarm.kill_one(rng)
-                tokens, _, errors = await stream_tokens(base, body_for(PROMPTS[index], codec, max_tokens), maybe_kill)
-                assert not errors, errors
-                return tokens
+                streamed = await stream_tokens(base, body_for(PROMPTS[index], codec, max_tokens), maybe_kill)
+                assert not streamed.errors, streamed.errors
+                return streamed.ids
 
             results = await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(len(PROMPTS)))), 120)
             completed += len(results)
@@ -136,14 +112,14 @@ async def test_seeded_sampled_stream_continues_identically_after_a_loss(shard_di
             await swarm.add()
         await wait_ready(base, 2)
         body = body_for(COLOURS, "lossless", 30, temperature=0.9, top_p=0.95, seed=1234)
-        solo, _, _ = await stream_tokens(base, body)
+        solo = (await stream_tokens(base, body)).ids
 
         async def kill(count: int) -> None:
             if count == 9:
                 await swarm.kill_one(random.Random(1))
 
-        again, _, errors = await stream_tokens(base, body, kill)
-        assert not errors and again == solo
+        again = await stream_tokens(base, body, kill)
+        assert not again.errors and again.ids == solo
         assert app[ENGINE].replays_total == 1
         await swarm.stop()
 
@@ -187,7 +163,7 @@ async def test_frozen_worker_is_detected_by_step_latency_and_replayed(shard_dir)
             await swarm.add()
         await wait_ready(base, 2)
         body = body_for(COLOURS, "lossless", 24)
-        solo, _, _ = await stream_tokens(base, body)
+        solo = (await stream_tokens(base, body)).ids
         frozen: list[FakeWorker] = []
 
         async def freeze(count: int) -> None:
@@ -195,9 +171,9 @@ async def test_frozen_worker_is_detected_by_step_latency_and_replayed(shard_dir)
                 frozen.append(swarm.stage_workers()[0])
                 frozen[0].freeze()
 
-        tokens, times, errors = await stream_tokens(base, body, freeze)
-        assert not errors and tokens == solo
-        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        streamed = await stream_tokens(base, body, freeze)
+        assert not streamed.errors and streamed.ids == solo
+        gaps = [later - earlier for earlier, later in itertools.pairwise(streamed.times)]
         assert max(gaps) < 1.0 + 2.0, gaps
         status = await status_of(base)
         assert frozen[0].name not in {worker["name"] for worker in status["workers"]}   # evicted
@@ -217,8 +193,9 @@ async def test_no_capacity_left_ends_with_a_clear_error_within_the_bound(shard_d
                 killed_at.append(time.monotonic())
                 await only.kill()
 
-        tokens, _, errors = await asyncio.wait_for(stream_tokens(base, body_for(COLOURS, "int8", 100), kill), 10)
-        assert len(tokens) == 3
+        streamed = await asyncio.wait_for(stream_tokens(base, body_for(COLOURS, "int8", 100), kill), 10)
+        assert len(streamed.ids) == 3
+        errors = streamed.errors
         assert errors and errors[0]["code"] == "worker_lost" and "within 1 s" in errors[0]["message"]
         assert time.monotonic() - killed_at[0] < 1.0 + 1.5
         status, _ = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 4})
@@ -230,14 +207,14 @@ async def test_wrong_position_frame_is_refused_and_the_stream_recovers(shard_dir
         workers = [await FakeWorker(base, shard_dir, f"fake-{i}").start() for i in range(2)]
         await wait_ready(base, 2)
         body = body_for(COLOURS, "int8", 20)
-        solo, _, _ = await stream_tokens(base, body)
+        solo = (await stream_tokens(base, body)).ids
 
         async def desync(count: int) -> None:
             if count == 5:
                 workers[1].desync_next()
 
-        tokens, _, errors = await stream_tokens(base, body, desync)
-        assert not errors and tokens == solo
+        streamed = await stream_tokens(base, body, desync)
+        assert not streamed.errors and streamed.ids == solo
         assert [error["code"] for error in workers[1].errors_sent] == ["bad-position"]
         assert "is not stream" in workers[1].errors_sent[0]["message"]
         assert app[ENGINE].replays_total == 1
@@ -253,15 +230,15 @@ async def test_join_under_load_moves_running_requests_to_the_new_plan(shard_dir)
         first = await FakeWorker(base, shard_dir, "first").start()
         await wait_ready(base, 1)
         body = body_for(COLOURS, "lossless", 60)
-        solo, _, _ = await stream_tokens(base, body)
+        solo = (await stream_tokens(base, body)).ids
         joined: list[FakeWorker] = []
 
         async def join(count: int) -> None:
             if count == 3:
                 joined.append(await FakeWorker(base, shard_dir, "second").start())
 
-        tokens, _, errors = await stream_tokens(base, body, join)
-        assert not errors and tokens == solo
+        streamed = await stream_tokens(base, body, join)
+        assert not streamed.errors and streamed.ids == solo
         assert joined[0].steps_served > 0                 # used before the request ended
         assert app[ENGINE].moves_total == 1
         status = await wait_ready(base, 2)
@@ -287,7 +264,7 @@ async def test_a_lost_stage_is_rebuilt_from_its_recorded_frames_and_the_rest_kee
         while not (await status_of(base))["standbys"][0]["ready"]:
             await asyncio.sleep(0.05)
         body = body_for(COLOURS, "int8", 30) | {"stream_options": {"include_usage": True}}
-        solo, _, _ = await stream_tokens(base, body)
+        solo = (await stream_tokens(base, body)).ids
         survivor, victim = swarm.stage_workers()
 
         async def kill(count: int) -> None:
@@ -295,23 +272,11 @@ async def test_a_lost_stage_is_rebuilt_from_its_recorded_frames_and_the_rest_kee
                 swarm.workers.remove(victim)
                 await victim.kill()
 
-        usage: list[dict] = []
-        async with aiohttp.ClientSession() as session, session.post(
-                base + "/v1/chat/completions", json=body | {"stream": True}) as response:
-            tokens: list[int] = []
-            async for line in response.content:
-                if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if event.get("usage"):
-                    usage.append(event["usage"]["tabswarm"])
-                for choice in event["choices"]:
-                    tokens.extend(choice.get("token_ids", []))
-                    if choice.get("token_ids"):
-                        await kill(len(tokens))
-        assert tokens == solo
-        assert usage[0]["replays"] == 1
-        assert usage[0]["replayed_rows"] == 11          # the prompt frame + 10 one-token frames of that stage
+        streamed = await stream_tokens(base, body, kill)
+        usage = streamed.usage["tabswarm"]
+        assert streamed.ids == solo
+        assert usage["replays"] == 1
+        assert usage["replayed_rows"] == 11          # the prompt frame + 10 one-token frames of that stage
         streams = {stream for stream in survivor.stack.streams} if survivor.stack else set()
         assert len(survivor.released) == 2 and not streams   # one stream per request: never replayed
         await swarm.stop()
