@@ -125,3 +125,17 @@ async def test_ten_thousand_malformed_bodies_give_no_server_error(shard_dir):
                         assert 400 <= response.status < 500 and "message" in answer["error"], (body[:200], answer)
         assert sum(statuses.values()) == 10_000 and 500 not in statuses
         assert statuses.get(400, 0) > 5_000
+
+
+async def test_an_oversized_header_gets_400(shard_dir):
+    import asyncio
+    from urllib.parse import urlsplit
+
+    async with running_app(shard_dir) as (_, base):
+        address = urlsplit(base)
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+        await writer.drain()
+        status_line = (await reader.read(200)).split(b"\r\n")[0]
+        writer.close()
+        assert status_line.split()[1] == b"400"
