@@ -28,7 +28,7 @@ from typing import Any
 from coordinator.config import ServerConfig
 from coordinator.planner import PlanError, Stage, WorkerCapacity
 from coordinator.swarm_plan import SwarmPlan, plan_swarm
-from coordinator.worker_link import WorkerLink
+from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.frames import VERSION
 from shards.manifest import Manifest
 
@@ -233,7 +233,10 @@ class Cluster:
                 link.info.stage, link.info.state = wanted, "ready"
             elif link.info.stage != wanted or link.info.state != "loading":
                 link.info.stage, link.info.state = wanted, "loading"
-                await link.send_control(self.assign_message(link, wanted))
+                try:
+                    await link.send_control(self.assign_message(link, wanted))
+                except WorkerLost:   # it is leaving; its reader's leave() replans without it
+                    log.info("assign to %s not sent: it is gone", link.id)
         await self._switch_if_ready()
 
     async def _switch_if_ready(self) -> None:
@@ -265,8 +268,11 @@ class Cluster:
             keep = frozenset(range(stage.layer_start, stage.layer_end))
             if link.info.holds - keep:
                 link.info.holds = link.info.holds & keep
-                await link.send_control({"type": "retain", "layer_start": stage.layer_start,
-                                         "layer_end": stage.layer_end})
+                try:
+                    await link.send_control({"type": "retain", "layer_start": stage.layer_start,
+                                             "layer_end": stage.layer_end})
+                except WorkerLost:   # gone already: nothing to drop
+                    log.debug("retain to %s not sent: it is gone", link.id)
 
     def assign_message(self, link: WorkerLink, stage: Stage) -> dict[str, Any]:
         files = []
