@@ -236,10 +236,11 @@ class GenerationEngine:
                      "one prefill instead", session.stream, index, len(frames), estimate)
             raise error
         await self._drop_worker(error)
-        try:
-            pipeline = await self.cluster.wait_pipeline(self.config.recovery_seconds)
-        except NoWorkers:
-            raise error from None
+        # No waiting here: a replacement that already holds the range is planned at once. If
+        # there is none, the whole-history replay waits (once) for whatever pipeline forms.
+        pipeline = self.cluster.pipeline()
+        if pipeline is None:
+            raise error
         if not replaced_stage([stage for stage, _ in session.pipeline], [stage for stage, _ in pipeline], index):
             log.info("stream %d: the new pipeline %s does not just replace stage %d of %s", session.stream,
                      [stage for stage, _ in pipeline], index, [stage for stage, _ in session.pipeline])
