@@ -32,7 +32,7 @@ from shards.manifest import (
 )
 from shards.tokenizer import build_tokenizer
 
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"   # 3: row-invariant attention (speculative verify passes)
 TOKEN_TABLE = "token_embedding.bin"
 log = logging.getLogger(__name__)
 

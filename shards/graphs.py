@@ -1,8 +1,9 @@
 """Builds the ONNX graphs of one model: decoder layers, K/V-only layers, embedding, head.
 
 Owns the graph layout (names, shapes, opset). Only ops that onnxruntime-web's WASM
-backend runs are used: opset-23 `RMSNormalization`, `RotaryEmbedding` and `Attention`
-plus plain MatMul/Add/Mul/Sigmoid and a few shape ops. Never reads GGUF or writes files.
+backend runs are used: opset-23 `RMSNormalization` and `RotaryEmbedding`, plain
+MatMul/Add/Mul/Sigmoid/Softmax/Where/Pad and a few shape ops (attention is composed from
+them so that a row's result does not depend on how many rows share the pass). Never reads GGUF or writes files.
 
 Graph interfaces (batch is always 1 in tabswarm, but kept symbolic):
   layer:     hidden (batch, seq, hidden), positions (batch, seq) int64,
@@ -108,6 +109,72 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, weights: dict[
     return "attn_input", "k", "v"
 
 
+KEY_LENGTH_MULTIPLE = 4   # attention pads its key axis to this; see _row_invariant_attention
+
+
+def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, q: str, k: str, v: str) -> str:
+    """Causal grouped-query attention whose every row is bitwise the same however many rows run.
+
+    Speculative decoding verifies k drafted tokens in one multi-row pass and promises the
+    tokens one-row decoding would give; onnxruntime's fused `Attention` op (and a plain
+    MatMul with a runtime right-hand side) rounds a row differently when more rows share
+    the call (measured ~2e-7 per layer, ~4e-5 in logits). So each query row is its own
+    M=1 matrix product (a batch axis of its own), and the key axis is zero-padded to a
+    multiple of KEY_LENGTH_MULTIPLE so a row sees the same reduction length whichever
+    pass it runs in; padded and future slots are masked to -inf, so their weights are 0.
+    Writes present_key / present_value (the unpadded caches). Returns (batch, seq, heads * head_dim).
+    """
+    heads, kv_heads, head_dim = config.heads, config.kv_heads, config.head_dim
+    group = heads // kv_heads
+    builder.constant("kv_heads_shape", np.array([0, 0, kv_heads, head_dim], dtype=np.int64))
+    for name, past, present in ((k, "past_key", "present_key"), (v, "past_value", "present_value")):
+        builder.op("Reshape", [name, "kv_heads_shape"], f"{name}_heads")      # (batch, seq, kv_heads, head_dim)
+        builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
+        builder.op("Concat", [past, f"{name}_new"], present, axis=2)          # (batch, kv_heads, total, head_dim)
+    # Pad the slot axis to padded = ceil(total / multiple) * multiple.
+    builder.op("Shape", ["present_key"], "total_length_1d", start=2, end=3)
+    builder.constant("key_multiple", np.array([KEY_LENGTH_MULTIPLE], dtype=np.int64))
+    builder.op("Mod", ["total_length_1d", "key_multiple"], "key_remainder")
+    builder.op("Sub", ["key_multiple", "key_remainder"], "key_shortfall")
+    builder.op("Mod", ["key_shortfall", "key_multiple"], "key_padding")
+    builder.constant("pad_before_slots", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
+    builder.constant("pad_after_slots", np.zeros(1, dtype=np.int64))
+    builder.op("Concat", ["pad_before_slots", "key_padding", "pad_after_slots"], "key_pads", axis=0)
+    builder.op("Pad", ["present_key", "key_pads"], "padded_key")            # (batch, kv_heads, padded, head_dim)
+    builder.op("Pad", ["present_value", "key_pads"], "padded_value")
+    builder.constant("key_axes", np.array([2, 3], dtype=np.int64))
+    builder.op("Unsqueeze", ["padded_key", "key_axes"], "key_rows")         # (batch, kv, 1, 1, padded, head_dim)
+    builder.op("Transpose", ["key_rows"], "key_columns", perm=[0, 1, 2, 3, 5, 4])
+    builder.op("Unsqueeze", ["padded_value", "key_axes"], "value_rows")     # (batch, kv, 1, 1, padded, head_dim)
+
+    builder.constant("query_groups_shape", np.array([0, 0, kv_heads, group, head_dim], dtype=np.int64))
+    builder.op("Reshape", [q, "query_groups_shape"], "query_groups")        # (batch, seq, kv, group, head_dim)
+    builder.op("Transpose", ["query_groups"], "query_by_head", perm=[0, 2, 3, 1, 4])   # (batch, kv, group, seq, head_dim)
+    builder.constant("query_scale", np.array(1.0 / np.sqrt(head_dim), dtype=np.float32))
+    builder.op("Mul", ["query_by_head", "query_scale"], "query_scaled")
+    builder.constant("row_axis_4", np.array([4], dtype=np.int64))
+    builder.op("Unsqueeze", ["query_scaled", "row_axis_4"], "query_rows")   # (batch, kv, group, seq, 1, head_dim)
+    builder.op("MatMul", ["query_rows", "key_columns"], "scores")           # (batch, kv, group, seq, 1, padded)
+
+    # Slot j is visible to a query at position p iff j <= p (padded slots lie past every query).
+    builder.op("Shape", ["padded_key"], "padded_length_1d", start=2, end=3)
+    builder.op("Squeeze", ["padded_length_1d"], "padded_length")
+    builder.constant("zero", np.array(0, dtype=np.int64))
+    builder.constant("one", np.array(1, dtype=np.int64))
+    builder.op("Range", ["zero", "padded_length", "one"], "slots")          # (padded,)
+    builder.constant("query_axes", np.array([1, 2, 4, 5], dtype=np.int64))
+    builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, 1, seq, 1, 1)
+    builder.op("LessOrEqual", ["slots", "query_positions"], "attention_mask")  # (batch, 1, 1, seq, 1, padded)
+    builder.constant("minus_infinity", np.array(-np.inf, dtype=np.float32))
+    builder.op("Where", ["attention_mask", "scores", "minus_infinity"], "masked_scores")
+    builder.op("Softmax", ["masked_scores"], "attention_weights", axis=-1)
+    builder.op("MatMul", ["attention_weights", "value_rows"], "context_rows")   # (batch, kv, group, seq, 1, head_dim)
+    builder.op("Squeeze", ["context_rows", "row_axis_4"], "context")
+    builder.op("Transpose", ["context"], "context_by_position", perm=[0, 3, 1, 2, 4])  # (batch, seq, kv, group, head_dim)
+    builder.constant("attention_flat", np.array([0, 0, heads * head_dim], dtype=np.int64))
+    return builder.op("Reshape", ["context_by_position", "attention_flat"], "attention")
+
+
 def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
     """A full decoder layer (pre-norm attention + SwiGLU MLP, both residual)."""
     builder = _GraphBuilder()
@@ -117,26 +184,11 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int)
     builder.op("MatMul", [attn_input, "q_weight"], "q_raw")
     builder.op("RotaryEmbedding", ["q_raw", cos, sin], "q", num_heads=config.heads, interleaved=0)
 
-    # Causal mask over cache slots: slot j is visible to a query at position p iff j <= p.
-    builder.op("Shape", ["past_key"], "past_length", start=2, end=3)
-    builder.op("Shape", ["hidden"], "new_length", start=1, end=2)
-    builder.op("Add", ["past_length", "new_length"], "total_length_1d")
-    builder.op("Squeeze", ["total_length_1d"], "total_length")
-    builder.constant("zero", np.array(0, dtype=np.int64))
-    builder.constant("one", np.array(1, dtype=np.int64))
-    builder.op("Range", ["zero", "total_length", "one"], "slots")  # (total,)
-    builder.constant("query_axes", np.array([1, 3], dtype=np.int64))
-    builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, seq, 1)
-    builder.op("LessOrEqual", ["slots", "query_positions"], "attention_mask")  # (batch, 1, seq, total)
-
-    builder.op("Attention", [
-        "q", k, v, "attention_mask", "past_key", "past_value",
-    ], ["attention", "present_key", "present_value"],
-        q_num_heads=config.heads, kv_num_heads=config.kv_heads)
+    attention = _row_invariant_attention(builder, config, "q", k, v)
     # Head mask before the output projection: (batch, seq, heads, head_dim) * (heads, 1).
     heads, head_dim = config.heads, config.head_dim
     builder.constant("attention_heads_shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
-    builder.op("Reshape", ["attention", "attention_heads_shape"], "attention_heads")
+    builder.op("Reshape", [attention, "attention_heads_shape"], "attention_heads")
     builder.constant("head_mask_shape", np.array([heads, 1], dtype=np.int64))
     builder.op("Reshape", ["head_mask", "head_mask_shape"], "head_mask_column")
     builder.op("Mul", ["attention_heads", "head_mask_column"], "kept_heads")

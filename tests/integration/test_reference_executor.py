@@ -38,6 +38,26 @@ def test_decode_step_equals_prefill_logits(reference):
     assert np.abs(steps[0].logits - full[-2]).max() < 1e-3
 
 
+def test_greedy_decoding_and_multi_row_passes_give_bitwise_equal_logits(reference):
+    """Speculative verify passes rely on it: running generated tokens k at a time gives the
+    very logits one-row decoding gave (attention is composed to be row-invariant)."""
+    ids = reference.text.encode_chat(FRANCE)
+    steps = list(reference.generate(ids, SamplingParams(max_tokens=12)))
+    tokens = [step.token for step in steps]
+    stack, stream = reference.stack, 525_252
+    try:
+        hidden = stack.forward(stream, reference.embed(ids), np.arange(len(ids))[None])
+        rows = [reference.logits(hidden[:, -1:])[0, -1]]
+        for start in range(0, len(tokens) - 1, 4):
+            chunk = tokens[start:min(start + 4, len(tokens) - 1)]
+            positions = np.arange(len(ids) + start, len(ids) + start + len(chunk))[None]
+            rows.extend(reference.logits(stack.forward(stream, reference.embed(chunk), positions))[0])
+    finally:
+        stack.release(stream)
+    for index, step in enumerate(steps):
+        assert np.array_equal(rows[index], step.logits), f"logits of token {index} differ"
+
+
 def test_sampling_is_reproducible_with_a_seed(reference):
     ids = reference.text.encode_chat(FRANCE)
     params = SamplingParams(temperature=0.9, top_p=0.9, seed=123, max_tokens=12)

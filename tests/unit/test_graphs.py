@@ -169,3 +169,21 @@ def _attention_contributions(w, hidden, positions, past_k, past_v, c: ModelConfi
         columns = slice(head * c.head_dim, (head + 1) * c.head_dim)
         result[:, head] = out @ w["attn_output"][:, columns].T
     return result
+
+
+@pytest.mark.parametrize("past", [0, 1, 3, 4, 6, 13])
+def test_a_row_is_bitwise_the_same_whether_it_runs_alone_or_with_others(sessions, past):
+    """What makes a speculative verify pass lossless: k rows in one pass give exactly the
+    outputs and caches of k one-row decode steps (any cache length, padded or not)."""
+    _, layer, _ = sessions
+    rng = np.random.default_rng(10 + past)
+    past_k = rng.standard_normal((CONFIG.kv_heads, past, CONFIG.head_dim))
+    past_v = rng.standard_normal((CONFIG.kv_heads, past, CONFIG.head_dim))
+    rows = rng.standard_normal((5, CONFIG.hidden))
+    together, key, value, _ = run(layer, rows, np.arange(past, past + 5), past_k, past_v)
+    keys, values = past_k.astype(np.float32), past_v.astype(np.float32)
+    for row in range(5):
+        alone, key_alone, value_alone, _ = run(layer, rows[row:row + 1], np.array([past + row]), keys, values)
+        keys, values = key_alone[0], value_alone[0]
+        assert np.array_equal(alone[0, 0], together[0, row]), f"row {row} differs"
+    assert np.array_equal(keys, key[0]) and np.array_equal(values, value[0])
