@@ -30,6 +30,7 @@ from coordinator.config import (
     ServerConfig,
     TlsConfig,
 )
+from coordinator.drafting import METHODS, SpeculationConfig
 from coordinator.router import RouterConfig
 from shards.errors import ShardError
 
@@ -297,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default layer-skipping router, e.g. off, predictor:0.12, node:0.1 (see docs/skipping.md)")
     serve.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
                        help="default fraction of attention heads to mask, 0 to 0.5 (default 0: off)")
+    default_speculation = SpeculationConfig()
+    serve.add_argument("--speculation", choices=METHODS, default=default_speculation.method,
+                       help="default speculative decoding: lookup (prompt n-grams), self (router-skip drafts) or off "
+                            f"(default {default_speculation.method}; lossless either way, see docs/speculation.md)")
+    serve.add_argument("--max-draft", type=int, default=default_speculation.max_draft, metavar="K",
+                       help=f"longest draft a verify pass checks (default {default_speculation.max_draft}; "
+                            "the length adapts below it)")
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True,
                          help="the coordinator, e.g. http://coordinator:8471 or the join URL it printed (…/worker/?token=…)")
@@ -317,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerConfig()
     codecs = CodecPresets()
     router = RouterConfig()
+    speculation = SpeculationConfig()
     access = AccessConfig()
     tls = TlsConfig()
     if args.command == "workers":
@@ -338,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                               join_secret=args.join_secret or os.environ.get("TABSWARM_JOIN_SECRET") or new_secret())
         try:
             router = replace(_router_option(args.router), prune_heads=args.prune_heads)
+            speculation = replace(speculation, method=args.speculation, max_draft=args.max_draft)
         except ValueError as error:  # a knob out of range: a usage error, not a crash
             raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
                        runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router,
-                       access=access, tls=tls)
+                       speculation=speculation, access=access, tls=tls)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers}
     try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.access import AccessConfig
+from coordinator.drafting import SpeculationConfig
 from coordinator.router import RouterConfig
 from protocol.activation_codec import LOSSLESS, CodecSettings
 from protocol.frames import Encoding
@@ -90,5 +91,6 @@ class AppConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     codecs: CodecPresets = field(default_factory=CodecPresets)
     router: RouterConfig = field(default_factory=RouterConfig)   # off: see docs/skipping.md
+    speculation: SpeculationConfig = field(default_factory=SpeculationConfig)   # see docs/speculation.md
     access: AccessConfig = field(default_factory=AccessConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)

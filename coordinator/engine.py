@@ -23,12 +23,14 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from coordinator.acceptance import accept_drafts
 from coordinator.cluster import Cluster, NoWorkers, Pipeline
 from coordinator.config import ServerConfig
+from coordinator.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.generation_state import Sequence, Step, schedule, update
 from coordinator.head_pruning import HeadStatistics, Masks, StreamHeadMasks, observe_heads
 from coordinator.planner import Stage
@@ -42,7 +44,7 @@ from coordinator.router import (
     start_token,
 )
 from coordinator.spot_checks import SpotChecks
-from coordinator.stage_replay import StageRecorder, replaced_stage
+from coordinator.stage_replay import StageRecorder, frame_rows, replaced_stage, replay_messages
 from coordinator.verifier import StageChecker
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.activation_codec import (
@@ -55,7 +57,7 @@ from protocol.activation_codec import (
 from protocol.control import HEAD_SAMPLE_INTERVAL
 from protocol.frames import FrameKind, StepKind, retarget, with_no_reply
 from shards.model_ends import ModelEnds
-from shards.sampling import SamplingParams, sample_token
+from shards.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class GenerationRequest:
     codec: CodecSettings
     stop_ids: frozenset[int]
     router: RouterConfig = field(default_factory=RouterConfig)
+    speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
 
 
 @dataclass
@@ -91,6 +94,11 @@ class HopStats:
     moves: int = 0                 # sessions moved to a newly activated plan
     replayed_rows: int = 0
     step_seconds: list[float] = field(default_factory=list)
+    speculation: str = "off"       # the method this request drafted with
+    drafted: int = 0               # tokens drafted
+    accepted: int = 0              # drafted tokens the verify passes accepted
+    verify_passes: int = 0
+    draft_steps: int = 0           # self-speculative draft steps (pipeline passes with skips)
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class PipelineSession:
     heads: StreamHeadMasks | None = None
     masks_sent: dict[str, Masks | None] = field(default_factory=dict)    # worker id -> masks it applies
     cached: int = 0                # ids of the sequence the workers' caches hold
+    cut_to: int | None = None      # caches hold rejected drafts: cut them to this before the next step
     recorder: StageRecorder | None = None   # every frame each stage was sent (exact stage replay)
 
 
@@ -124,6 +133,7 @@ class GenerationEngine:
         self.cluster = cluster
         self.config = config
         self.spot_checks = SpotChecks(checker, cluster, self._run)
+        self.step_costs = StepCosts()   # what a decode step and a verified row cost (drafting decisions)
         self._streams = itertools.count(1)
         self._steps = itertools.count(1)
         self.tokens_generated = 0
@@ -141,6 +151,12 @@ class GenerationEngine:
     async def generate(self, request: GenerationRequest, stats: HopStats) -> AsyncIterator[TokenEvent]:
         sequence = Sequence.start(request.prompt_ids, request.params, request.stop_ids)
         session = self._open(await self.cluster.wait_pipeline(self.config.worker_wait_seconds), stats)
+        speculation = request.speculation
+        # Delta coding predicts each row from the stream's previous row, which a rejected
+        # draft would change: speculation needs rows coded independently.
+        drafting = (DraftLength(speculation.max_draft, speculation.adaptive, speculation.method == "self")
+                    if speculation.enabled and not request.codec.delta else None)
+        stats.speculation = speculation.method if drafting else "off"
         losses = 0
         try:
             while sequence.finish_reason is None:
@@ -151,24 +167,92 @@ class GenerationEngine:
                     session = self._open(moved, stats)
                     stats.moves += 1
                     self.moves_total += 1
-                step = schedule(sequence, session.cached, next(self._steps))
                 started = time.perf_counter()
                 try:
-                    logits = await self._execute(request, stats, session, step)   # (vocab,)
+                    tokens = await self._advance(request, stats, session, sequence, drafting)
                 except WorkerLost as error:
                     losses += 1
                     session = await self._recover(session, stats, error, losses)
                     stats.replayed_rows += sequence.length   # the next step re-runs all of them
                     continue
-                token = sample_token(logits, request.params, sequence.rng)
-                session.cached += step.rows
-                update(sequence, token)
                 seconds = time.perf_counter() - started
                 stats.step_seconds.append(seconds)
-                self.tokens_generated += 1
-                yield TokenEvent(token, seconds)
+                for index, token in enumerate(tokens):
+                    update(sequence, token)
+                    self.tokens_generated += 1
+                    yield TokenEvent(token, seconds if index == 0 else 0.0)
+                    if sequence.finish_reason is not None:
+                        break
         finally:
             await self._close(session)
+
+    async def _advance(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
+                       sequence: Sequence, drafting: DraftLength | None) -> tuple[int, ...]:
+        """One step (drafting and verifying when speculation is on); returns the tokens it
+        emits. Samples only after all of its I/O, so a loss never consumes the sampler's RNG."""
+        if session.cut_to is not None:
+            await self._truncate(session, session.cut_to)
+        drafts: tuple[int, ...] = ()
+        if drafting is not None and session.cached == sequence.length - 1:
+            length = drafting.next_length(self.step_costs, sequence.params.max_tokens - len(sequence.generated))
+            if length and request.speculation.method == "lookup":
+                config = request.speculation
+                drafts = lookup_draft(sequence.ids(), length, config.ngram_max, config.ngram_min)
+            elif length:
+                drafts = await self._self_drafts(request, stats, session, sequence, length)
+        step = schedule(sequence, session.cached, next(self._steps), drafts)
+        started = time.perf_counter()
+        logits = await self._execute(request, stats, session, step)               # (1 + drafts, vocab)
+        if step.kind in (StepKind.DECODE, StepKind.VERIFY):
+            self.step_costs.observe_step(step.rows, time.perf_counter() - started)
+        verdict = accept_drafts(logits, drafts, request.params, sequence.rng)
+        tokens = verdict.tokens
+        stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
+        if stop is not None:   # nothing after an end-of-text token is emitted (or counted as accepted)
+            tokens = tokens[:stop + 1]
+        session.cached += step.rows - len(drafts) + verdict.accepted
+        if verdict.accepted < len(drafts):
+            session.cut_to = session.cached       # sent first thing next step (no I/O after sampling)
+            if session.recorder is not None:
+                session.recorder.truncate(session.cached)
+        if drafting is not None and drafts:
+            drafting.observe(len(drafts), verdict.accepted)
+            stats.drafted += len(drafts)
+            stats.accepted += len(tokens) - 1
+            stats.verify_passes += 1
+        return tokens
+
+    async def _self_drafts(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
+                           sequence: Sequence, length: int) -> tuple[int, ...]:
+        """Draft greedily with the draft router's skips and node bypasses (one pipeline pass
+        per token), then cut the caches back: draft rows' K/V came from a shallower model."""
+        draft_request = replace(request, router=request.speculation.draft_router)
+        base = session.cached
+        drafts: list[int] = []
+        token = sequence.ids(base)[0]
+        for _ in range(length):
+            started = time.perf_counter()
+            step = Step(next(self._steps), StepKind.DECODE, session.cached, (token,))
+            token = int(np.argmax((await self._execute(draft_request, stats, session, step))[-1]))
+            session.cached += 1
+            self.step_costs.observe_draft(time.perf_counter() - started)
+            stats.draft_steps += 1
+            drafts.append(token)
+            if token in sequence.stop_ids:
+                break
+        await self._truncate(session, base)
+        return tuple(drafts)
+
+    async def _truncate(self, session: PipelineSession, length: int) -> None:
+        """Cut every stage's caches for the stream to `length` positions (control frames
+        share each socket with FORWARD frames, so the cut lands before the next step)."""
+        for _, link in session.pipeline:
+            await link.send_control({"type": "truncate", "stream": session.stream, "length": length},
+                                    session.stream)
+        session.cached = length
+        session.cut_to = None
+        if session.recorder is not None:
+            session.recorder.truncate(length)
 
     def _open(self, pipeline: Pipeline, stats: HopStats) -> PipelineSession:
         session = PipelineSession(next(self._streams), pipeline, self.cluster.plan_version,
@@ -199,7 +283,8 @@ class GenerationEngine:
 
     async def _execute(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
                        step: Step) -> np.ndarray:
-        """Embed the step's ids, run every stage in order, return the last row's logits (vocab,)."""
+        """Embed the step's ids, run every stage in order, return the logits of the last row
+        and of each draft row: (1 + len(step.drafts), vocab)."""
         hidden = await self._run(self.ends.embed, list(step.ids))           # (1, rows, hidden)
         route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
         frame = encode_activation(hidden[0], route, request.codec, session.encoder)
@@ -217,7 +302,8 @@ class GenerationEngine:
                 # its layers is there; otherwise the caller replays the whole sequence.
                 frame = await self._replace_stage(stats, session, index, step, error)
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
-        return (await self._run(self.ends.logits, values[None, -1:]))[0, -1]
+        rows = 1 + len(step.drafts)
+        return (await self._run(self.ends.logits, values[None, -rows:]))[0]   # (rows, vocab)
 
     async def _replace_stage(self, stats: HopStats, session: PipelineSession, index: int, step: Step,
                              error: WorkerLost) -> bytes:
@@ -249,10 +335,15 @@ class GenerationEngine:
         log.warning("stream %d: %s; replaying stage %d's %d frames on %s", session.stream, error, index,
                     len(frames), stage.worker)
         try:
-            for earlier in frames[:-1]:
-                await link.send(with_no_reply(earlier))
+            messages = replay_messages(frames)
+            for message in messages[:-1]:
+                if isinstance(message, int):   # a cut the lost worker's caches had (rejected drafts)
+                    await link.send_control({"type": "truncate", "stream": session.stream, "length": message},
+                                            session.stream)
+                else:
+                    await link.send(with_no_reply(message))
             # The answer comes after the worker has run every frame: bound it by all their rows.
-            rows = sum(int.from_bytes(frame[16:20], "little") for frame in frames)
+            rows = sum(frame_rows(frame) for frame in frames)
             result = await link.call(frames[-1], session.stream, step.step_id, rows)
         except WorkerLost as again:
             raise again from error
@@ -311,8 +402,10 @@ class GenerationEngine:
             observe(request.router, self.layer_statistics, routing, position, stage.layer_start,
                     stage.layer_end, decision, [], [], None)
             return frame   # the next stage gets the same payload
+        # layer_stats cost the worker a norm per layer and a message: only when read.
+        wants_report = step.kind == StepKind.DECODE and (request.router.enabled or request.router.prune_heads > 0)
         forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
-                           skip_mask=decision.skip_mask)
+                           skip_mask=decision.skip_mask, report=wants_report)
         if session.recorder:
             session.recorder.record(index, forward)
         stats.bytes_sent += len(forward)

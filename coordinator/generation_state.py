@@ -10,8 +10,9 @@ Owns the split the rest of the engine relies on:
 
 A step goes schedule -> execute -> update, and only execute does I/O:
 `schedule(sequence, cached)` names the rows the caches lack (all of them on a new
-session: a replay is one prefill of prompt + generated); `update` appends the sampled
-token and decides whether the sequence is finished. Nothing here touches sockets.
+session: a replay is one prefill of prompt + generated), plus any drafted tokens to
+verify; `update` appends one emitted token and decides whether the sequence is finished
+(a verify step emits several: the engine calls it once per token). Nothing here touches sockets.
 """
 
 from __future__ import annotations
@@ -51,25 +52,34 @@ class Sequence:
 
 @dataclass(frozen=True)
 class Step:
-    """One pass through the pipeline: rows ids at positions position.. (row 0's)."""
+    """One pass through the pipeline: rows ids at positions position.. (row 0's).
+
+    `ids` ends with `drafts` on a VERIFY step: speculated tokens whose logits the step
+    computes too (the caches then hold them until the engine truncates rejected ones)."""
 
     step_id: int
     kind: StepKind
     position: int
     ids: tuple[int, ...]
+    drafts: tuple[int, ...] = ()
 
     @property
     def rows(self) -> int:
         return len(self.ids)
 
 
-def schedule(sequence: Sequence, cached: int, step_id: int) -> Step:
-    """The next step for a sequence whose session's caches hold its first `cached` ids."""
+def schedule(sequence: Sequence, cached: int, step_id: int, drafts: tuple[int, ...] = ()) -> Step:
+    """The next step for a sequence whose session's caches hold its first `cached` ids,
+    verifying `drafts` (tokens that may follow) in the same pass."""
     if sequence.finish_reason is not None:
         raise ValueError("the sequence is finished")
     if not 0 <= cached < sequence.length:
         raise ValueError(f"caches hold {cached} of {sequence.length} ids: nothing or too much to run")
     ids = sequence.ids(cached)
+    if drafts:
+        if len(ids) != 1 or not cached:
+            raise ValueError("drafts are verified on a decode step only (caches hold all but the last id)")
+        return Step(step_id, StepKind.VERIFY, cached, ids + tuple(drafts), tuple(drafts))
     kind = StepKind.DECODE if cached and len(ids) == 1 else StepKind.PREFILL
     return Step(step_id, kind, cached, ids)
 

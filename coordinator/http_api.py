@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -124,8 +125,17 @@ class Api:
             self.config.server.default_max_tokens, room)
         params = SamplingParams(parsed.params.temperature, parsed.params.top_p, parsed.params.top_k,
                                 parsed.params.seed, max_tokens)
-        request = GenerationRequest(tuple(prompt_ids), params, self.config.codecs.get(parsed.codec),
-                                    frozenset({self.ends.manifest.eos_id}), parsed.router or self.config.router)
+        speculation = self.config.speculation
+        if parsed.speculation:
+            try:
+                speculation = replace(speculation, **parsed.speculation)
+            except ValueError as error:   # the combination is invalid (the fields were checked one by one)
+                raise ApiError(400, str(error), "tabswarm.speculation") from error
+        codec = self.config.codecs.get(parsed.codec)
+        if parsed.speculation and parsed.speculation.get("method", "off") != "off" and codec.delta:
+            raise ApiError(400, "speculation needs a codec without delta coding", "tabswarm.speculation")
+        request = GenerationRequest(tuple(prompt_ids), params, codec, frozenset({self.ends.manifest.eos_id}),
+                                    parsed.router or self.config.router, speculation)
         return prompt_ids, request
 
     # -- endpoints ----------------------------------------------------------------------
@@ -163,8 +173,13 @@ class Api:
                              "nodes_bypassed": stats.nodes_bypassed, "hops_saved": stats.hops_saved,
                              "heads_pruned": stats.heads_pruned, "bytes_received": stats.bytes_received,
                              "replays": stats.replays, "moves": stats.moves, "replayed_rows": stats.replayed_rows,
-                             "decode_tokens_per_second": round((len(steps) - 1) / sum(stats.step_seconds[1:]), 2)
-                             if len(steps) > 1 else None}}
+                             "speculation": {"method": stats.speculation, "drafted": stats.drafted,
+                                             "accepted": stats.accepted, "verify_passes": stats.verify_passes,
+                                             "draft_steps": stats.draft_steps},
+                             "hops_per_token": round(stats.hops / completion, 3) if completion else None,
+                             # the first step (the prompt) yields one token; the others may yield several
+                             "decode_tokens_per_second": round((completion - 1) / sum(stats.step_seconds[1:]), 2)
+                             if len(steps) > 1 and sum(stats.step_seconds[1:]) > 0 else None}}
 
     async def _whole(self, parsed: ParsedRequest, prompt_ids: list[int], generation: GenerationRequest,
                      chat: bool) -> web.Response:

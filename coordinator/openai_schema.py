@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.drafting import METHODS
 from coordinator.router import POLICIES, RouterConfig
 from shards.sampling import SamplingParams
 
@@ -40,6 +41,7 @@ class ParsedRequest:
     codec: str | None
     return_token_ids: bool
     router: RouterConfig | None       # None: the server's default
+    speculation: dict[str, Any] | None = None   # checked overrides of the server's SpeculationConfig
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float,
@@ -139,6 +141,7 @@ def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: lis
     if codec is not None and codec not in codecs:
         raise ApiError(400, f"'tabswarm.codec' must be one of {', '.join(codecs)}", "tabswarm.codec")
     router = _router(extension.get("router"))
+    speculation = _speculation(extension.get("speculation"))
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "'seed' must be an integer", "seed")
@@ -152,7 +155,36 @@ def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: lis
     return ParsedRequest(model=model, messages=messages, prompt=prompt, params=params,
                          max_tokens_given=max_tokens is not None, stop=stops, stream=stream,
                          include_usage=bool(options.get("include_usage", False)), codec=codec,
-                         return_token_ids=bool(extension.get("return_token_ids", False)), router=router)
+                         return_token_ids=bool(extension.get("return_token_ids", False)), router=router,
+                         speculation=speculation)
+
+
+def _speculation(value: Any) -> dict[str, Any] | None:
+    """`tabswarm.speculation`: {"method": "lookup" | "self" | "off", "max_draft": 1..32,
+    "adaptive": bool, "draft_router": a router object (the self drafter's skips)}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "'tabswarm.speculation' must be an object", "tabswarm.speculation")
+    unknown = set(value) - {"method", "max_draft", "adaptive", "draft_router"}
+    if unknown:
+        raise ApiError(400, f"'tabswarm.speculation' has unknown fields: {', '.join(sorted(unknown))}",
+                       "tabswarm.speculation")
+    options: dict[str, Any] = {}
+    if "method" in value:
+        if value["method"] not in METHODS:
+            raise ApiError(400, f"'tabswarm.speculation.method' must be one of {', '.join(METHODS)}",
+                           "tabswarm.speculation.method")
+        options["method"] = value["method"]
+    if "max_draft" in value:
+        options["max_draft"] = _integer(value, "max_draft", 4, 1, 32)
+    if "adaptive" in value:
+        if not isinstance(value["adaptive"], bool):
+            raise ApiError(400, "'tabswarm.speculation.adaptive' must be a boolean", "tabswarm.speculation.adaptive")
+        options["adaptive"] = value["adaptive"]
+    if "draft_router" in value:
+        options["draft_router"] = _router(value["draft_router"])
+    return options
 
 
 ROUTER_KNOBS = ("threshold", "capacity", "node_threshold")

@@ -9,6 +9,10 @@ while the surviving stages keep their caches. That makes a greedy stream identic
 uninterrupted one, which a one-prefill replay of the whole history is not quite (its
 multi-row sums differ from one-row decode steps in the last float bits).
 
+Speculative decoding cuts caches back (`truncate`): the recorder drops frames wholly
+past the cut, and `replay_messages` puts the cut back in wherever a frame starts before
+the previous one ended, so a replay leaves the replacement's caches as the lost one's.
+
 `StageRecorder` keeps the frames, up to a limit (past it, or when the stream uses
 something a replay of frames alone cannot rebuild — per-stream head masks, delta coding —
 the engine falls back to the whole-history replay).
@@ -40,6 +44,13 @@ class StageRecorder:
             return
         recorded.append(frame)
 
+    def truncate(self, length: int) -> None:
+        """The stream's caches were cut to `length` positions: frames wholly past it are
+        dropped; a frame that straddles it stays, and `replay_messages` re-cuts after it."""
+        for recorded in self.frames:
+            while recorded and frame_position(recorded[-1]) >= length:
+                recorded.pop()
+
     def give_up(self) -> None:
         """This stream can no longer be rebuilt from its frames: forget them."""
         self.usable = False
@@ -47,6 +58,29 @@ class StageRecorder:
 
     def replay_frames(self, stage_index: int) -> list[bytes]:
         return list(self.frames[stage_index]) if self.usable else []
+
+
+def frame_position(frame: bytes) -> int:
+    return int.from_bytes(frame[12:16], "little")
+
+
+def frame_rows(frame: bytes) -> int:
+    return int.from_bytes(frame[16:20], "little")
+
+
+def replay_messages(frames: list[bytes]) -> list[bytes | int]:
+    """The frames in order, with a truncate length (an int) before any frame that starts
+    before the end of the previous one: the worker's caches were cut there (a verify
+    pass's rejected drafts, or self-speculative draft rows)."""
+    messages: list[bytes | int] = []
+    length = 0
+    for frame in frames:
+        position = frame_position(frame)
+        if position < length:
+            messages.append(position)
+        messages.append(frame)
+        length = position + frame_rows(frame)
+    return messages
 
 
 def replaced_stage(old: list[Stage], new: list[Stage], lost: int) -> bool:

@@ -97,6 +97,8 @@ class StageChecker:
                 native = None
                 for frame in frames:
                     header, values = decode_activation(frame)
+                    if header.position < stack.cache_length(stream, layers):   # the caches were cut here
+                        stack.truncate(stream, header.position)
                     positions = np.arange(header.position, header.position + header.rows, dtype=np.int64)[None]
                     skipped = frozenset(header.layer_start + bit for bit in range(64) if header.skip_mask >> bit & 1)
                     native = stack.forward(stream, values[None], positions, skipped, layers=layers)[0]

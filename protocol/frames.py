@@ -14,7 +14,7 @@ from enum import IntEnum, IntFlag
 from protocol.errors import FrameError
 
 MAGIC = b"TSWF"
-VERSION = 2
+VERSION = 3
 HEADER = struct.Struct("<4sBBHIIIHHHHQIB3sII")
 HEADER_SIZE = HEADER.size  # 52
 CHECKSUM_OFFSET = HEADER_SIZE - 4
@@ -53,10 +53,11 @@ class Flag(IntFlag):
     RUN_LENGTH = 1 << 3  # the int8 codes are zero-run-length coded
     KEY = 1 << 4        # row 0's prediction is zero, not the stream's previous row
     NO_REPLY = 1 << 5   # FORWARD: do not send a RESULT (K/V backfill of a bypassed node)
+    REPORT = 1 << 6     # FORWARD (one row): send a layer_stats report before the RESULT (a router reads it)
 
 
 ENCODING_MASK = 0b11
-KNOWN_FLAGS = ENCODING_MASK | int(Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY)
+KNOWN_FLAGS = ENCODING_MASK | int(Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY | Flag.REPORT)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _check_shape(header: Header) -> None:
 
 
 def retarget(frame: bytes, kind: FrameKind, layer_start: int, layer_end: int, skip_mask: int = 0,
-             no_reply: bool = False) -> bytes:
+             no_reply: bool = False, report: bool = False) -> bytes:
     """The same payload under a new routing header (the checksum covers the payload only).
 
     Lets a relay pass one node's RESULT on as the next node's FORWARD without decoding
@@ -170,7 +171,8 @@ def retarget(frame: bytes, kind: FrameKind, layer_start: int, layer_end: int, sk
     """
     (magic, version, _, flags, stream, position, rows, columns, block, _, _, _,
      step, step_kind, reserved, payload_length, checksum) = _fields(frame)
-    flags = flags & ~int(Flag.NO_REPLY) | (int(Flag.NO_REPLY) if no_reply else 0)
+    flags = flags & ~int(Flag.NO_REPLY | Flag.REPORT) | (int(Flag.NO_REPLY) if no_reply else 0) \
+        | (int(Flag.REPORT) if report else 0)
     fields = HEADER.pack(magic, version, int(kind), flags, stream, position, rows, columns, block,
                          layer_start, layer_end, skip_mask, step, step_kind, reserved, payload_length, checksum)
     return fields + frame[HEADER_SIZE:]

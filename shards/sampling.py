@@ -34,10 +34,12 @@ def make_rng(params: SamplingParams) -> np.random.Generator:
     return np.random.default_rng(params.seed)
 
 
-def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """Pick the next token from one position's logits (vocab,)."""
+def token_distribution(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The sampler's distribution for one position's logits (vocab,) at temperature > 0:
+    (token ids, probabilities), most likely first, after top-k and top-p. Tokens left out
+    have probability 0 (what speculative acceptance needs to match plain sampling)."""
     if params.temperature == 0.0:
-        return int(np.argmax(logits))
+        raise ValueError("greedy decoding has no distribution to sample from")
     scaled = logits.astype(np.float64) / params.temperature
     order = np.argsort(-scaled, kind="stable")
     if params.top_k:
@@ -49,4 +51,12 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
         cumulative = np.cumsum(probabilities)
         keep = int(np.searchsorted(cumulative, params.top_p) + 1)
         order, probabilities = order[:keep], probabilities[:keep] / probabilities[:keep].sum()
+    return order, probabilities
+
+
+def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Pick the next token from one position's logits (vocab,)."""
+    if params.temperature == 0.0:
+        return int(np.argmax(logits))
+    order, probabilities = token_distribution(logits, params)
     return int(order[rng.choice(len(order), p=probabilities)])

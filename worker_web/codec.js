@@ -3,14 +3,14 @@
 // (checked against protocol/vectors/ by `node --test`). Pure: no I/O, no DOM.
 
 export const MAGIC = [0x54, 0x53, 0x57, 0x46]; // "TSWF"
-export const VERSION = 2;
+export const VERSION = 3;
 export const HEADER_SIZE = 52;
 export const Kind = Object.freeze({ FORWARD: 1, RESULT: 2, CONTROL: 3 });
 export const StepKind = Object.freeze({ NONE: 0, PREFILL: 1, DECODE: 2, VERIFY: 3 });
 export const Encoding = Object.freeze({ FLOAT32: 0, FLOAT16: 1, INT8_BLOCK: 2 });
-export const Flag = Object.freeze({ DELTA: 1 << 2, RUN_LENGTH: 1 << 3, KEY: 1 << 4, NO_REPLY: 1 << 5 });
+export const Flag = Object.freeze({ DELTA: 1 << 2, RUN_LENGTH: 1 << 3, KEY: 1 << 4, NO_REPLY: 1 << 5, REPORT: 1 << 6 });
 const ENCODING_MASK = 0b11;
-const KNOWN_FLAGS = ENCODING_MASK | Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY;
+const KNOWN_FLAGS = ENCODING_MASK | Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY | Flag.REPORT;
 export const Limits = Object.freeze({
   MAX_ROWS: 1 << 16, MAX_COLUMNS: 1 << 15, MAX_ELEMENTS: 1 << 24, MAX_PAYLOAD: 1 << 26,
 });

@@ -203,11 +203,11 @@ export class LayerRunner {
   /**
    * Layers [layerStart, layerEnd) (all held) on hidden: Float32Array (rows * hidden) at
    * positions position..position+rows-1. Returns {output, ratios, norms, nodeRatio,
-   * headRatios}; for one-row frames ratios holds r = |update| / |input| of each layer that
-   * ran (the router's input), and, when sampleHeads, headRatios each head's contribution
-   * norm / |input| per layer that ran.
+   * headRatios}; when `measure` (one-row frames only) ratios holds r = |update| / |input| of
+   * each layer that ran (the router's input), and, when sampleHeads, headRatios each head's
+   * contribution norm / |input| per layer that ran.
    */
-  async forward(stream, hidden, rows, position, skipMask, layerStart, layerEnd, sampleHeads = false) {
+  async forward(stream, hidden, rows, position, skipMask, layerStart, layerEnd, measure = false, sampleHeads = false) {
     if (!this.streams.has(stream)) this.streams.set(stream, new Map());
     const caches = this.streams.get(stream);
     let state = floatTensor(this.ort, hidden, [1, rows, this.model.hidden]);
@@ -224,7 +224,7 @@ export class LayerRunner {
       const graphs = this.layers.get(layer);
       const out = await (skipped ? graphs.kvOnly : graphs.full).run(feeds);
       if (!skipped) {
-        if (rows === 1) {
+        if (measure && rows === 1) {
           const { ratio, norm, inputNorm } = updateRatio(state.data, out.hidden_out.data);
           ratios.push(ratio);
           norms.push(norm);
@@ -234,7 +234,7 @@ export class LayerRunner {
       }
       caches.set(layer, { key: out.present_key, value: out.present_value });
     }
-    const nodeRatio = rows === 1 ? updateRatio(hidden, state.data).ratio : 0;
+    const nodeRatio = measure && rows === 1 ? updateRatio(hidden, state.data).ratio : 0;
     return { output: state.data, ratios, norms, nodeRatio, headRatios };
   }
 

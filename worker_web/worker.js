@@ -157,21 +157,23 @@ async function onForward(bytes, parsed) {
     }
   }
   const started = performance.now();
-  const sampleHeads = header.rows === 1 && header.position % HEAD_SAMPLE_INTERVAL === 0
+  // Router statistics cost a norm per layer: only a one-row frame that asks (REPORT) gets them.
+  const report = !echo && header.rows === 1 && (header.flags & Flag.REPORT) !== 0
     && !(header.flags & Flag.NO_REPLY);
+  const sampleHeads = report && header.position % HEAD_SAMPLE_INTERVAL === 0;
   const result = echo ? { output: values, ratios: [] }
     : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask,
-      header.layerStart, header.layerEnd, sampleHeads);
+      header.layerStart, header.layerEnd, report, sampleHeads);
   if (!echo) {
     worker.computeMs += performance.now() - started;
     worker.tokens += header.rows;
   }
   if (header.flags & Flag.NO_REPLY) return;
-  if (!echo && header.rows === 1) {
-    const report = { type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
+  if (report) {
+    const stats = { type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
       node_ratio: result.nodeRatio };
-    if (sampleHeads) report.head_ratios = result.headRatios;
-    sendControl(report, header.stream);
+    if (sampleHeads) stats.head_ratios = result.headRatios;
+    sendControl(stats, header.stream);
   }
   const output = result.output;
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,

@@ -205,7 +205,9 @@ async def test_head_masks_in_the_browser_equal_the_reference(cluster, reference)
     code, body = await post(base, "/v1/chat/completions", {
         "messages": COLOURS, "max_tokens": 12,
         "tabswarm": {"codec": "lossless", "return_token_ids": True,
-                     "router": {"policy": "off", "head_script": [list(pair) for pair in pruned]}}})
+                     # prune_heads asks the tabs for head statistics; the script decides the masks
+                     "router": {"policy": "off", "prune_heads": 0.1,
+                                "head_script": [list(pair) for pair in pruned]}}})
     assert code == 200, body
     assert body["choices"][0]["token_ids"] == want
     assert body["usage"]["tabswarm"]["heads_pruned"] == len(pruned) * (body["usage"]["completion_tokens"] - 1)

@@ -53,6 +53,7 @@ class FakeWorker:
         self.encoders: dict[int, StreamCodecState] = {}
         self.frames_seen = 0
         self.steps_served = 0
+        self.reports_asked = 0         # one-row frames that asked for layer_stats (REPORT)
         self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
         self.released: list[int] = []
         self.retained: list[tuple[int, int]] = []
@@ -131,14 +132,16 @@ class FakeWorker:
         loop = asyncio.get_running_loop()
         ratios: list[float] = []
         norms: list[float] = []
+        wants_report = header.rows == 1 and header.has(Flag.REPORT) and not header.has(Flag.NO_REPLY)
+        self.reports_asked += wants_report
         if not layers:  # an echo: no layers
             out = values[None]
         else:
             assert self.stack is not None
             report = await loop.run_in_executor(None, functools.partial(
                 self.stack.forward_reporting, stream, values[None], positions, skipped, layers=layers,
-                head_masks=self.head_masks.get(stream),
-                measure_heads=header.position % HEAD_SAMPLE_INTERVAL == 0))
+                head_masks=self.head_masks.get(stream), measure=wants_report,
+                measure_heads=wants_report and header.position % HEAD_SAMPLE_INTERVAL == 0))
             out, ratios, norms = report.hidden, report.ratios, report.norms
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
@@ -147,7 +150,7 @@ class FakeWorker:
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY) or self.frozen:
             return
-        if header.rows == 1 and layers:
+        if wants_report and layers:
             node_ratio = float(np.linalg.norm(out[0] - values) / np.linalg.norm(values))
             stats = {"type": "layer_stats", "position": header.position, "ratios": ratios, "norms": norms,
                      "node_ratio": node_ratio}

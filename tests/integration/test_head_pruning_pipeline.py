@@ -43,8 +43,13 @@ async def test_forced_head_masks_equal_reference_with_the_same_masks(two_worker_
 
 async def test_learned_pruning_masks_the_lowest_ranked_heads(two_worker_cluster):
     app, base, workers = two_worker_cluster
-    for _ in range(2):   # workers report head contributions every 8th position
-        await post(base, "/v1/chat/completions", {"messages": COLOURS, "max_tokens": 40})
+    assert all(worker.reports_asked == 0 for worker in workers)   # nothing reads statistics yet
+    # Workers report head contributions every 8th position, and only to a request whose
+    # router reads them (here: pruning that has too few samples yet to prune anything).
+    for _ in range(2):
+        await post(base, "/v1/chat/completions", {"messages": COLOURS, "max_tokens": 40,
+                                                  "tabswarm": {"router": {"policy": "off", "prune_heads": 0.1}}})
+    assert all(worker.reports_asked > 0 for worker in workers)
     engine = app[ENGINE]
     samples = (await status_of(base))["router"]["head_samples_per_layer"]
     assert all(count > 0 for count in samples) and samples == engine.head_statistics.count

@@ -245,3 +245,12 @@ def test_retarget_changes_routing_and_keeps_the_payload():
     assert np.array_equal(decoded, decode_activation(result)[1])
     back = retarget(relayed, FrameKind.FORWARD, 15, 30)
     assert not parse_frame(back)[0].has(Flag.NO_REPLY)
+
+
+def test_report_flag_is_set_per_forward_and_cleared_by_the_next_retarget():
+    """A relayed RESULT asks the next stage for layer_stats only when the coordinator says so."""
+    result = encode_activation(np.ones((1, 16), dtype=np.float32), Route(FrameKind.RESULT, 3, 9, 0, 4),
+                               CodecSettings(block=8))
+    asking = retarget(result, FrameKind.FORWARD, 4, 8, report=True)
+    assert parse_frame(asking)[0].has(Flag.REPORT)
+    assert not parse_frame(retarget(asking, FrameKind.FORWARD, 8, 12))[0].has(Flag.REPORT)
