@@ -13,7 +13,13 @@ the cluster can form within `recovery_seconds`; the new session's first step rep
 prompt + generated as one prefill, which rebuilds every cache. When the cluster
 activates a new plan (a join), running requests move to it the same way at their next
 step boundary. The sampler's RNG lives in the Sequence, so a seeded stream continues
-as it would have. Never touches HTTP.
+as it would have. A lost stage that a standby holds exactly is rebuilt from its frames
+instead (`stage_rebuild`).
+
+With speculation on, a step first drafts tokens (prompt lookup, or self-speculative
+DECODE steps under the draft router), then verifies them all in one multi-row VERIFY
+pass at full depth; `acceptance` decides what it emits, and every stage's caches are cut
+to the accepted length before the next step. Never touches HTTP.
 """
 
 from __future__ import annotations
@@ -32,30 +38,30 @@ from coordinator.cluster import Cluster, NoWorkers, Pipeline
 from coordinator.config import ServerConfig
 from coordinator.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.generation_state import Sequence, Step, schedule, update
-from coordinator.head_pruning import HeadStatistics, Masks, StreamHeadMasks, observe_heads
+from coordinator.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
 from coordinator.planner import Stage
 from coordinator.router import (
     LayerStatistics,
     NodeDecision,
     RouterConfig,
-    TokenState,
     decide,
     observe,
     start_token,
 )
+from coordinator.session import HopStats, PipelineSession, TokenEvent
 from coordinator.spot_checks import SpotChecks
-from coordinator.stage_replay import StageRecorder, frame_rows, replaced_stage, replay_messages
+from coordinator.stage_rebuild import drop_worker, replace_stage
+from coordinator.stage_replay import StageRecorder
 from coordinator.verifier import StageChecker
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.activation_codec import (
     CodecSettings,
     Route,
-    StreamCodecState,
     decode_activation,
     encode_activation,
 )
 from protocol.control import HEAD_SAMPLE_INTERVAL
-from protocol.frames import FrameKind, StepKind, retarget, with_no_reply
+from protocol.frames import FrameKind, StepKind, retarget
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams
 
@@ -75,53 +81,6 @@ class GenerationRequest:
     stop_ids: frozenset[int]
     router: RouterConfig = field(default_factory=RouterConfig)
     speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
-
-
-@dataclass
-class HopStats:
-    """Accounting for one request, reported in `usage.tabswarm`."""
-
-    hops: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    stages: int = 0
-    layer_executions: int = 0
-    layers_skipped: int = 0
-    nodes_bypassed: int = 0
-    hops_saved: int = 0
-    heads_pruned: int = 0          # (token, layer, head) attention executions masked
-    replays: int = 0               # sessions rebuilt after a lost worker
-    moves: int = 0                 # sessions moved to a newly activated plan
-    replayed_rows: int = 0
-    step_seconds: list[float] = field(default_factory=list)
-    speculation: str = "off"       # the method this request drafted with
-    drafted: int = 0               # tokens drafted
-    accepted: int = 0              # drafted tokens the verify passes accepted
-    verify_passes: int = 0
-    draft_steps: int = 0           # self-speculative draft steps (pipeline passes with skips)
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    token: int
-    seconds: float
-
-
-@dataclass
-class PipelineSession:
-    """Where a sequence runs now: one stream on one pipeline, and the state that goes with it."""
-
-    stream: int
-    pipeline: Pipeline
-    plan_version: int
-    encoder: StreamCodecState = field(default_factory=StreamCodecState)   # coordinator -> stage 0
-    decoder: StreamCodecState = field(default_factory=StreamCodecState)   # last stage -> coordinator
-    routing: TokenState = field(default_factory=TokenState)
-    heads: StreamHeadMasks | None = None
-    masks_sent: dict[str, Masks | None] = field(default_factory=dict)    # worker id -> masks it applies
-    cached: int = 0                # ids of the sequence the workers' caches hold
-    cut_to: int | None = None      # caches hold rejected drafts: cut them to this before the next step
-    recorder: StageRecorder | None = None   # every frame each stage was sent (exact stage replay)
 
 
 class GenerationEngine:
@@ -267,7 +226,7 @@ class GenerationEngine:
         """A stage was lost mid-step: drop the session, get a pipeline, replay from scratch."""
         log.warning("stream %d: %s; replaying on a new pipeline", session.stream, error)
         await self._close(session)
-        await self._drop_worker(error)
+        await drop_worker(self.cluster, error)
         if losses > self.config.max_replays:
             self.failures_total += 1
             raise GenerationFailed(f"{error} (lost {losses} times; giving up)") from error
@@ -300,70 +259,11 @@ class GenerationEngine:
             except WorkerLost as error:
                 # Rebuild just this stage from its recorded frames if a worker holding exactly
                 # its layers is there; otherwise the caller replays the whole sequence.
-                frame = await self._replace_stage(stats, session, index, step, error)
+                frame = await replace_stage(self.cluster, self.config, stats, session, index, step, error)
+                self.replays_total += 1
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
         rows = 1 + len(step.drafts)
         return (await self._run(self.ends.logits, values[None, -rows:]))[0]   # (rows, vocab)
-
-    async def _replace_stage(self, stats: HopStats, session: PipelineSession, index: int, step: Step,
-                             error: WorkerLost) -> bytes:
-        """Send the lost stage's recorded frames to the worker that now holds its layers;
-        return the current step's RESULT. Re-raises `error` when that is not possible."""
-        assert session.recorder is not None
-        frames = session.recorder.replay_frames(index)
-        if not frames or error.refused:
-            log.info("stream %d: stage %d cannot be rebuilt from frames (%s)", session.stream, index,
-                     "refused" if error.refused else "no recorded frames")
-            raise error
-        lost = session.pipeline[index][1]
-        estimate = len(frames) * (lost.timer.one_row_seconds or 0.05)
-        if estimate > self.config.exact_replay_seconds:
-            log.info("stream %d: replaying stage %d's %d frames would take ~%.1f s; replaying the history as "
-                     "one prefill instead", session.stream, index, len(frames), estimate)
-            raise error
-        await self._drop_worker(error)
-        # No waiting here: a replacement that already holds the range is planned at once. If
-        # there is none, the whole-history replay waits (once) for whatever pipeline forms.
-        pipeline = self.cluster.pipeline()
-        if pipeline is None:
-            raise error
-        if not replaced_stage([stage for stage, _ in session.pipeline], [stage for stage, _ in pipeline], index):
-            log.info("stream %d: the new pipeline %s does not just replace stage %d of %s", session.stream,
-                     [stage for stage, _ in pipeline], index, [stage for stage, _ in session.pipeline])
-            raise error
-        stage, link = pipeline[index]
-        log.warning("stream %d: %s; replaying stage %d's %d frames on %s", session.stream, error, index,
-                    len(frames), stage.worker)
-        try:
-            messages = replay_messages(frames)
-            for message in messages[:-1]:
-                if isinstance(message, int):   # a cut the lost worker's caches had (rejected drafts)
-                    await link.send_control({"type": "truncate", "stream": session.stream, "length": message},
-                                            session.stream)
-                else:
-                    await link.send(with_no_reply(message))
-            # The answer comes after the worker has run every frame: bound it by all their rows.
-            rows = sum(frame_rows(frame) for frame in frames)
-            result = await link.call(frames[-1], session.stream, step.step_id, rows)
-        except WorkerLost as again:
-            raise again from error
-        stats.bytes_sent += sum(len(frame) for frame in frames)
-        stats.replays += 1
-        stats.replayed_rows += len(frames)
-        self.replays_total += 1
-        await self.cluster.session_closed(session.plan_version)
-        session.plan_version = self.cluster.plan_version
-        self.cluster.session_opened(session.plan_version)
-        session.pipeline = pipeline
-        session.masks_sent.pop(error.worker, None)
-        return result
-
-    async def _drop_worker(self, error: WorkerLost) -> None:
-        """A stalled worker is evicted; one whose socket failed under a send may not have
-        been noticed by its reader yet: either way the next pipeline must not include it."""
-        link = self.cluster.workers.get(error.worker)
-        if link is not None and not error.refused:
-            await (self.cluster.evict(link, str(error)) if error.stalled else self.cluster.leave(link, str(error)))
 
     async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, index: int,
                      stage: Stage, link: WorkerLink, frame: bytes, step: Step) -> bytes:

@@ -18,9 +18,10 @@ from aiohttp import web
 
 from coordinator.cluster import Cluster, NoWorkers
 from coordinator.config import AppConfig
-from coordinator.engine import GenerationEngine, GenerationFailed, GenerationRequest, HopStats
+from coordinator.engine import GenerationEngine, GenerationFailed, GenerationRequest
 from coordinator.openai_schema import ApiError, ParsedRequest, parse_request
 from coordinator.scheduler import Admission, Load, admit, next_from_queue
+from coordinator.session import HopStats
 from coordinator.text_stream import TextStream
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams
