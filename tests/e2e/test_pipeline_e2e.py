@@ -212,3 +212,32 @@ async def test_head_masks_in_the_browser_equal_the_reference(cluster, reference)
     assert body["choices"][0]["token_ids"] == want
     assert body["usage"]["tabswarm"]["heads_pruned"] == len(pruned) * (body["usage"]["completion_tokens"] - 1)
     assert sum((await status_of(base))["router"]["head_samples_per_layer"]) > samples_before
+
+
+CODE_FIX = [{"role": "user", "content": "Fix the bug in this code and show the whole function:\n"
+                                        "def add(a, b):\n    return a - b\n"}]
+REPEAT = [{"role": "user", "content": "Repeat this sentence exactly: the quick brown fox jumps over the lazy dog, "
+                                      "and the lazy dog sleeps under the old oak tree."}]
+SELF_DRAFTS = {"method": "self", "max_draft": 2, "adaptive": False,
+               "draft_router": {"policy": "script", "script": [[p, layer] for p in range(160) for layer in (10, 20)]}}
+
+
+@pytest.mark.parametrize("codec", ["lossless", "int8"])
+async def test_speculative_greedy_tokens_equal_the_reference(cluster, reference, codec):
+    """Drafts verified in multi-row VERIFY passes through the tabs (and the cache cuts after
+    rejected ones) give exactly the reference's plain greedy tokens."""
+    base, _ = cluster
+    cuts = cuts_of(await wait_ready(base, 2))
+    rejected = 0
+    for messages, speculation in ((REPEAT, {"method": "lookup", "max_draft": 5, "adaptive": False}),
+                                  (CODE_FIX, SELF_DRAFTS)):
+        want = reference_tokens(reference, messages, codec, 40, cuts)
+        status, body = await post(base, "/v1/chat/completions", {
+            "messages": messages, "max_tokens": 40,
+            "tabswarm": {"codec": codec, "return_token_ids": True, "speculation": speculation}})
+        assert status == 200, body
+        assert body["choices"][0]["token_ids"] == want, speculation["method"]
+        verified = body["usage"]["tabswarm"]["speculation"]
+        assert verified["verify_passes"] > 0 and verified["accepted"] > 0, (speculation["method"], verified)
+        rejected += verified["drafted"] - verified["accepted"]
+    assert rejected > 0   # some drafts were rejected: the tabs' caches were cut and went on correctly
