@@ -306,6 +306,7 @@ class Api:
                              "evicted": self.engine.spot_checks.counters.evicted[-20:],
                              "fraction": self.config.server.verify_fraction,
                              "probation_steps": self.config.server.verify_probation_steps},
+            "speculation": self._speculation_status(),
             "churn": {"replays": self.engine.replays_total, "moves": self.engine.moves_total,
                       "failed_after_loss": self.engine.failures_total,
                       "standby_workers": self.config.server.standby_workers,
@@ -317,6 +318,18 @@ class Api:
                        "default_prune_heads": self.config.router.prune_heads,
                        "head_samples_per_layer": list(self.engine.head_statistics.count)},
         } | self.cluster.status())
+
+    def _speculation_status(self) -> dict[str, Any]:
+        """The server's default and the measured step costs its drafting decisions use."""
+        costs = self.engine.step_costs
+        default = self.config.speculation
+
+        def milliseconds(value: float | None) -> float | None:
+            return None if value is None else round(value * 1000, 2)
+
+        return {"default_method": default.method, "max_draft": default.max_draft,
+                "one_row_step_ms": milliseconds(costs.one_row), "extra_verified_row_ms": milliseconds(costs.extra_row),
+                "draft_step_ms": milliseconds(costs.draft_step)}
 
     def _skip_rates(self) -> list[float | None]:
         statistics = self.engine.layer_statistics

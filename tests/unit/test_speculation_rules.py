@@ -40,7 +40,7 @@ def test_speculation_config_checks_its_fields():
         SpeculationConfig(max_draft=0)
     with pytest.raises(ValueError):
         SpeculationConfig(ngram_min=3, ngram_max=2)
-    assert not SpeculationConfig().enabled and SpeculationConfig(method="lookup").enabled
+    assert SpeculationConfig().method == "lookup" and not SpeculationConfig(method="off").enabled
 
 
 def test_draft_length_grows_on_acceptance_and_shrinks_on_rejection():
