@@ -112,9 +112,12 @@ class GenerationEngine:
         session = self._open(await self.cluster.wait_pipeline(self.config.worker_wait_seconds), stats)
         speculation = request.speculation
         # Delta coding predicts each row from the stream's previous row, which a rejected
-        # draft would change: speculation needs rows coded independently.
+        # draft would change: speculation needs rows coded independently. A request whose
+        # router skips layers or masks heads decodes plainly: those are decisions per
+        # one-row decode step, and a verify pass runs every layer and head.
         drafting = (DraftLength(speculation.max_draft, speculation.adaptive, speculation.method == "self")
-                    if speculation.enabled and not request.codec.delta else None)
+                    if speculation.enabled and not request.codec.delta and not request.router.alters_decode_steps
+                    else None)
         stats.speculation = speculation.method if drafting else "off"
         losses = 0
         try:

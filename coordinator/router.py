@@ -61,6 +61,11 @@ class RouterConfig:
     def enabled(self) -> bool:
         return self.policy != "off"
 
+    @property
+    def alters_decode_steps(self) -> bool:
+        """Whether decode steps skip layers or mask heads (decisions made per one-row step)."""
+        return self.enabled or self.prune_heads > 0 or bool(self.head_script)
+
 
 @dataclass
 class LayerStatistics:

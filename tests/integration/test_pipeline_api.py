@@ -34,7 +34,9 @@ async def test_tokens_equal_reference(two_worker_cluster, reference, codec):
     assert body["choices"][0]["token_ids"] == reference_tokens(reference, COLOURS, codec, 24, cuts)
     usage = body["usage"]
     assert usage["completion_tokens"] == len(body["choices"][0]["token_ids"])
-    steps = usage["completion_tokens"] + (body["choices"][0]["finish_reason"] == "stop")  # EOS took a step too
+    sampled = usage["completion_tokens"] + (body["choices"][0]["finish_reason"] == "stop")  # EOS was sampled too
+    # One traversal per step; a verify pass (speculation is on by default) emits accepted + 1 tokens.
+    steps = sampled - usage["tabswarm"]["speculation"]["accepted"]
     assert usage["tabswarm"]["stages"] == 2 and usage["tabswarm"]["hops"] == 2 * steps
 
 
