@@ -36,14 +36,14 @@ from bench.speculation_prompts import prompt_sets
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PORT = 8641
-METHODS = {
+METHODS: dict[str, dict[str, Any]] = {
     "plain": {"method": "off"},
     "lookup": {"method": "lookup", "max_draft": 6},
     "self": {"method": "self", "max_draft": 4},
 }
 # The self drafter's skip settings swept (the router's predictor skips a layer when its
 # predicted r is under the threshold, never two in a row; script: fixed layers every token).
-SELF_SWEEP = {
+SELF_SWEEP: dict[str, dict[str, Any]] = {
     "predictor 0.1": {"policy": "predictor", "threshold": 0.1},
     "predictor 0.3 (default)": {"policy": "predictor", "threshold": 0.3},
     "predictor 1.0": {"policy": "predictor", "threshold": 1.0},
