@@ -118,6 +118,9 @@ class DraftLength:
     smoothing: float = 0.2
     probe_interval: int = 16
     idle: int = 0                      # tokens left before probing again, while off
+    # Switching off by measured step costs depends on timing. A seeded sampled request must
+    # not: how many drafts are made changes how its RNG is drawn, so it only grows/shrinks.
+    cost_aware: bool = True
 
     def __post_init__(self) -> None:
         self.length = min(self.length, self.max_draft) if self.adaptive else self.max_draft
@@ -132,7 +135,7 @@ class DraftLength:
         if self.idle > 0:
             self.idle -= 1
             return 0
-        if not self._pays(costs, cap):
+        if self.cost_aware and not self._pays(costs, cap):
             self.idle = self.probe_interval
             self.length = 1
             return 0

@@ -115,7 +115,9 @@ class GenerationEngine:
         # draft would change: speculation needs rows coded independently. A request whose
         # router skips layers or masks heads decodes plainly: those are decisions per
         # one-row decode step, and a verify pass runs every layer and head.
-        drafting = (DraftLength(speculation.max_draft, speculation.adaptive, speculation.method == "self")
+        seeded_sampling = request.params.temperature > 0 and request.params.seed is not None
+        drafting = (DraftLength(speculation.max_draft, speculation.adaptive, speculation.method == "self",
+                                cost_aware=not seeded_sampling)
                     if speculation.enabled and not request.codec.delta and not request.router.alters_decode_steps
                     else None)
         stats.speculation = speculation.method if drafting else "off"

@@ -127,6 +127,10 @@ class Api:
         params = SamplingParams(parsed.params.temperature, parsed.params.top_p, parsed.params.top_k,
                                 parsed.params.seed, max_tokens)
         speculation = self.config.speculation
+        if parsed.speculation is None and parsed.params.temperature > 0:
+            # The default speeds up greedy requests only: a sampled request's draws depend on
+            # the drafting decisions, so it speculates only when it asks to.
+            speculation = replace(speculation, method="off")
         if parsed.speculation:
             try:
                 speculation = replace(speculation, **parsed.speculation)

@@ -181,3 +181,12 @@ def test_recorded_frames_replay_with_the_cuts_rejected_drafts_made():
     recorder.record(0, frame_at(11, 1))
     recorder.truncate(10)
     assert recorder.replay_frames(0) == [prompt, verify, after_cut]   # wholly cut frames are dropped
+
+
+def test_seeded_sampling_draft_lengths_do_not_depend_on_measured_timing():
+    """A seeded sampled stream must repeat itself: its drafting may not switch on timing."""
+    costs = StepCosts()
+    costs.observe_step(1, 0.100)
+    costs.observe_step(5, 0.400)                         # verifying is dear: cost-aware drafting stops
+    assert DraftLength(max_draft=4, acceptance=0.3).next_length(costs, 100) == 0
+    assert DraftLength(max_draft=4, acceptance=0.3, cost_aware=False).next_length(costs, 100) == 2
