@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.ab_decode import wait_ready
 from bench.speculation_prompts import prompt_sets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,19 +58,6 @@ def start_coordinator() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "coordinator.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(PORT), "--headless-workers", "2"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(base + "/health") as response:
-                if (await response.json())["ready"]:
-                    return
-        except aiohttp.ClientError:   # not listening yet
-            pass
-        await asyncio.sleep(0.5)
-    raise TimeoutError(f"{base} never became ready")
 
 
 async def complete(session: aiohttp.ClientSession, base: str, messages, speculation: dict, tokens: int) -> dict:

@@ -136,9 +136,7 @@ class Api:
                 speculation = replace(speculation, **parsed.speculation)
             except ValueError as error:   # the combination is invalid (the fields were checked one by one)
                 raise ApiError(400, str(error), "tabswarm.speculation") from error
-        codec = self.config.codecs.get(parsed.codec)
-        if parsed.speculation and parsed.speculation.get("method", "off") != "off" and codec.delta:
-            raise ApiError(400, "speculation needs a codec without delta coding", "tabswarm.speculation")
+        codec = self.config.codecs.get(parsed.codec)   # (no preset uses delta coding, which the engine never speculates with)
         request = GenerationRequest(tuple(prompt_ids), params, codec, frozenset({self.ends.manifest.eos_id}),
                                     parsed.router or self.config.router, speculation)
         return prompt_ids, request

@@ -47,6 +47,22 @@ class Swarm:
         self.workers.append(worker)
         return worker
 
+    async def start_with_ready_standby(self) -> None:
+        """3 workers: 2 stages and a standby whose full replica is loaded."""
+        for _ in range(3):
+            await self.add()
+        await wait_ready(self.base, 2)
+        while not (await status_of(self.base))["standbys"][0]["ready"]:
+            await asyncio.sleep(0.05)
+
+    def killer_at(self, victim: FakeWorker, count: int):
+        """An on_token callback that crashes `victim` once `count` tokens have arrived."""
+        async def kill(arrived: int) -> None:
+            if arrived == count:
+                self.workers.remove(victim)
+                await victim.kill()
+        return kill
+
     def stage_workers(self) -> list[FakeWorker]:
         cluster = self.app[CLUSTER]
         names = {cluster.workers[stage.worker].info.name for stage in cluster.plan if stage.worker in cluster.workers}
@@ -258,21 +274,11 @@ async def test_a_lost_stage_is_rebuilt_from_its_recorded_frames_and_the_rest_kee
     uninterrupted run's."""
     async with running_app(shard_dir) as (app, base):
         swarm = Swarm(app, base, shard_dir)
-        for _ in range(3):
-            await swarm.add()
-        await wait_ready(base, 2)
-        while not (await status_of(base))["standbys"][0]["ready"]:
-            await asyncio.sleep(0.05)
+        await swarm.start_with_ready_standby()
         body = body_for(COLOURS, "int8", 30) | {"stream_options": {"include_usage": True}}
         solo = (await stream_tokens(base, body)).ids
         survivor, victim = swarm.stage_workers()
-
-        async def kill(count: int) -> None:
-            if count == 10:
-                swarm.workers.remove(victim)
-                await victim.kill()
-
-        streamed = await stream_tokens(base, body, kill)
+        streamed = await stream_tokens(base, body, swarm.killer_at(victim, 10))
         usage = streamed.usage["tabswarm"]
         assert streamed.ids == solo
         assert usage["replays"] == 1

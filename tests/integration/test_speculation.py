@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from tests.integration.test_churn import Swarm
-from tests.support import post, running_app, status_of, stream_tokens, wait_ready
+from tests.support import post, running_app, stream_tokens
 
 GROUNDED = [
     [{"role": "user", "content": "Repeat this sentence exactly: the quick brown fox jumps over the lazy dog, "
@@ -123,23 +123,13 @@ async def test_a_worker_lost_during_verify_passes_recovers_by_replay(shard_dir, 
     stage keeps its caches, and the tokens are plain greedy decoding's."""
     async with running_app(shard_dir) as (app, base):
         swarm = Swarm(app, base, shard_dir)
-        for _ in range(3):
-            await swarm.add()
-        await wait_ready(base, 2)
-        while not (await status_of(base))["standbys"][0]["ready"]:
-            await asyncio.sleep(0.05)
+        await swarm.start_with_ready_standby()
         body = {"messages": GROUNDED[1], "max_tokens": 48, "stream_options": {"include_usage": True},
                 "tabswarm": {"codec": codec, "speculation": {"method": "lookup", "max_draft": 4}}}
         plain = await stream_tokens(base, {**body, "tabswarm": {"codec": codec, "speculation": {"method": "off"}}})
         assert len(plain.ids) > 20
         survivor, victim = swarm.stage_workers()
-
-        async def kill(count: int) -> None:
-            if count == 6:
-                swarm.workers.remove(victim)
-                await victim.kill()
-
-        fast = await stream_tokens(base, body, kill)
+        fast = await stream_tokens(base, body, swarm.killer_at(victim, 6))
         assert not fast.errors and fast.ids == plain.ids
         usage = fast.usage["tabswarm"]
         assert usage["replays"] == 1 and usage["speculation"]["verify_passes"] > 0
