@@ -13,12 +13,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from coordinator.access import AccessConfig, access_middleware, new_secret
+from coordinator.activity import ActivityLog
 from coordinator.cluster import Cluster
 from coordinator.config import AppConfig
+from coordinator.dashboard import dashboard_page, sample_loop, stream_handler
 from coordinator.engine import GenerationEngine
 from coordinator.http_api import Api, json_errors
+from coordinator.metrics import RequestMetrics, SwarmCollector, metrics_handler
+from coordinator.request_watch import RequestWatch
 from coordinator.static_files import add_static_routes, isolation_headers
 from coordinator.verifier import StageChecker, VerifyConfig
 from coordinator.worker_endpoint import handle_worker, heartbeat_loop
@@ -32,6 +37,8 @@ CONFIG = web.AppKey("config", AppConfig)
 CLUSTER = web.AppKey("cluster", Cluster)
 ENGINE = web.AppKey("engine", GenerationEngine)
 API = web.AppKey("api", Api)
+ACTIVITY = web.AppKey("activity", ActivityLog)
+METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 class AccessState:
@@ -63,16 +70,26 @@ def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
                           probation_steps=config.server.verify_probation_steps)
     checker = StageChecker(shard_dir, ends.manifest, verify) if verify.fraction or verify.probation_steps else None
     engine = GenerationEngine(ends, cluster, config.server, checker)
-    api = Api(config, ends, cluster, engine)
+    activity = ActivityLog()
+    registry = CollectorRegistry()   # per app: apps in one process (tests) never share series
+    request_metrics = RequestMetrics(registry) if config.server.metrics else None
+    api = Api(config, ends, cluster, engine, RequestWatch(activity, request_metrics))
+    registry.register(SwarmCollector(cluster, engine, api.admissions.load))
     app = web.Application(middlewares=[isolation_headers, json_errors, access_middleware(lambda a: a[ACCESS].config)],
                           client_max_size=4 << 20)
     app[CONFIG], app[CLUSTER], app[ENGINE], app[API] = config, cluster, engine, api
     app[ACCESS] = AccessState(config.access)
+    app[ACTIVITY], app[METRICS] = activity, registry
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_get("/v1/models", api.models)
     app.router.add_get("/v1/status", api.status)
     app.router.add_get("/health", api.health)
+    if config.server.metrics:
+        app.router.add_get("/metrics", metrics_handler(registry))
+    app.router.add_get("/dashboard", dashboard_page)
+    app.router.add_get("/v1/dashboard/stream", stream_handler(api.status_report, activity,
+                                                              config.server.dashboard_interval_seconds))
 
     async def worker_socket(request: web.Request) -> web.StreamResponse:
         return await handle_worker(request, cluster, app[ACCESS].config)
@@ -100,10 +117,12 @@ def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
 def _background(config: AppConfig):
     async def context(app: web.Application):
         heartbeat = asyncio.create_task(heartbeat_loop(app[CLUSTER], config.server.heartbeat_seconds))
+        sampler = asyncio.create_task(sample_loop(app[ACTIVITY], lambda: app[ENGINE].tokens_generated))
         yield
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        for task in (heartbeat, sampler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for link in list(app[CLUSTER].workers.values()):
             await link.close(1001, "coordinator shutting down")
         checker = app[ENGINE].spot_checks.checker

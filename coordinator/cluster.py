@@ -67,6 +67,7 @@ class Cluster:
         self.plan_version = 0
         self.sessions: Counter[int] = Counter()   # open pipeline sessions by plan version
         self.events: list[dict[str, Any]] = []     # recent joins, losses, replans (status page)
+        self.event_counts: Counter[str] = Counter()   # every event since start, by kind (/metrics)
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1)
         self._pending_replan: asyncio.Task[None] | None = None
@@ -81,6 +82,7 @@ class Cluster:
         return f"w{next(self._ids)}"
 
     def _event(self, kind: str, **details: Any) -> None:
+        self.event_counts[kind] += 1
         self.events.append({"time": round(time.time(), 3), "event": kind, **details})
         del self.events[:-100]
 
@@ -135,6 +137,7 @@ class Cluster:
         if link.id not in self.workers:
             return
         log.warning("evicting worker %s (%s): %s", link.id, link.info.name, reason)
+        self._event("evict", worker=link.id, name=link.info.name, reason=reason)
         await link.close(1008, reason)
         await self.leave(link, reason)
 

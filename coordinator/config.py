@@ -71,6 +71,8 @@ class ServerConfig:
     headless_workers: int = 0
     worker_threads: int = 1
     chromium: str = "/usr/bin/chromium"
+    metrics: bool = True                 # Prometheus /metrics (off: no histogram observations per token)
+    dashboard_interval_seconds: float = 1.0   # the dashboard's live stream: one snapshot per interval
 
 
 @dataclass(frozen=True)

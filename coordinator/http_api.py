@@ -16,10 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator.activity import RequestRecord
 from coordinator.cluster import Cluster, NoWorkers
 from coordinator.config import AppConfig
 from coordinator.engine import GenerationEngine, GenerationFailed, GenerationRequest
 from coordinator.openai_schema import ApiError, ParsedRequest, parse_request
+from coordinator.request_watch import RequestWatch, outcome_of
 from coordinator.scheduler import Admission, Load, admit, next_from_queue
 from coordinator.session import HopStats
 from coordinator.text_stream import TextStream
@@ -83,8 +85,9 @@ class Admissions:
 
 
 class Api:
-    def __init__(self, config: AppConfig, ends: ModelEnds, cluster: Cluster, engine: GenerationEngine) -> None:
-        self.config, self.ends, self.cluster, self.engine = config, ends, cluster, engine
+    def __init__(self, config: AppConfig, ends: ModelEnds, cluster: Cluster, engine: GenerationEngine,
+                 watch: RequestWatch) -> None:
+        self.config, self.ends, self.cluster, self.engine, self.watch = config, ends, cluster, engine, watch
         source = ends.manifest.source["file"].removesuffix(".gguf")
         self.model_ids = (source, "tabswarm")
         self.admissions = Admissions(config.server.max_active, config.server.max_queue)
@@ -149,16 +152,31 @@ class Api:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        parsed = parse_request(await self._body(request), chat, self.model_ids, self.config.codecs.names())
-        prompt_ids, generation = self._prepare(parsed)
-        self.requests_total += 1
-        await self.admissions.enter()
+        endpoint, arrived = ("chat" if chat else "completions"), time.monotonic()
         try:
+            parsed = parse_request(await self._body(request), chat, self.model_ids, self.config.codecs.names())
+            prompt_ids, generation = self._prepare(parsed)
+        except ApiError as error:
+            self.watch.refused(endpoint, error, arrived)
+            raise
+        self.requests_total += 1
+        record = self.watch.open(endpoint, arrived, len(prompt_ids), generation.params.max_tokens, parsed.stream)
+        stats, admitted = HopStats(), False
+        try:
+            await self.admissions.enter()
+            admitted = True
             if parsed.stream:
-                return await self._stream(request, parsed, prompt_ids, generation, chat)
-            return await self._whole(parsed, prompt_ids, generation, chat)
+                response, outcome = await self._stream(request, parsed, prompt_ids, generation, chat, stats, record)
+            else:
+                response, outcome = await self._whole(parsed, prompt_ids, generation, chat, stats, record)
+        except BaseException as error:   # every ending is counted; the error itself goes on up
+            self.watch.close(record, *outcome_of(error), stats)
+            raise
         finally:
-            self.admissions.leave()
+            if admitted:
+                self.admissions.leave()
+        self.watch.close(record, outcome, response.status, stats)
+        return response
 
     def _envelope(self, chat: bool, streaming: bool) -> dict[str, Any]:
         kind = ("chat.completion" if chat else "text_completion") + (".chunk" if streaming and chat else "")
@@ -185,8 +203,8 @@ class Api:
                              if len(steps) > 1 and sum(stats.step_seconds[1:]) > 0 else None}}
 
     async def _whole(self, parsed: ParsedRequest, prompt_ids: list[int], generation: GenerationRequest,
-                     chat: bool) -> web.Response:
-        stats, text, tokens = HopStats(), TextStream(self.ends.text.decode, parsed.stop), []
+                     chat: bool, stats: HopStats, record: RequestRecord) -> tuple[web.Response, str]:
+        text, tokens = TextStream(self.ends.text.decode, parsed.stop), []
         finish = "length"
         try:
             async for event in self.engine.generate(generation, stats):
@@ -194,6 +212,7 @@ class Api:
                     finish = "stop"
                     break
                 tokens.append(event.token)
+                self.watch.token(record)
                 text.push(event.token)
                 if text.stopped:
                     finish = "stop"
@@ -212,7 +231,7 @@ class Api:
             choice["token_ids"] = tokens
         body = self._envelope(chat, False) | {"choices": [choice],
                                                 "usage": self._usage(prompt_ids, len(tokens), stats)}
-        return web.json_response(body)
+        return web.json_response(body), "done"
 
     @staticmethod
     def _stopped_text(text: TextStream) -> str:
@@ -221,8 +240,10 @@ class Api:
         return full[: min(cuts)] if cuts else full
 
     async def _stream(self, request: web.Request, parsed: ParsedRequest, prompt_ids: list[int],
-                      generation: GenerationRequest, chat: bool) -> web.StreamResponse:
-        stats, text, tokens = HopStats(), TextStream(self.ends.text.decode, parsed.stop), []
+                      generation: GenerationRequest, chat: bool, stats: HopStats,
+                      record: RequestRecord) -> tuple[web.StreamResponse, str]:
+        text, tokens = TextStream(self.ends.text.decode, parsed.stop), []
+        outcome = "done"
         envelope = self._envelope(chat, True)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
@@ -252,6 +273,7 @@ class Api:
                     finish = "stop"
                     break
                 tokens.append(event.token)
+                self.watch.token(record)
                 piece = text.push(event.token)
                 if piece or parsed.return_token_ids:
                     await send(piece, token=event.token)
@@ -272,6 +294,7 @@ class Api:
                                code=code, kind="server_error")
             if not started:
                 raise failure from error
+            outcome = "failed"   # the status line said 200; the stream ends with the error
             await response.write(f"data: {json.dumps(failure.body())}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):  # the client went away: stop generating
             log.info("client disconnected; request abandoned after %d tokens", len(tokens))
@@ -280,7 +303,7 @@ class Api:
             await response.prepare(request)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        return response
+        return response, outcome
 
     async def models(self, request: web.Request) -> web.Response:
         data = [{"id": model_id, "object": "model", "created": int(self.started), "owned_by": "tabswarm"}
@@ -294,8 +317,12 @@ class Api:
                                   "reason": None if ready else self.cluster.waiting_reason()})
 
     async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status_report())
+
+    def status_report(self) -> dict[str, Any]:
+        """What `/v1/status` answers (the dashboard's stream sends it too)."""
         load = self.admissions.load()
-        return web.json_response({
+        return {
             "model": self.model_ids[0], "layers": self.ends.manifest.model.layers,
             "uptime_seconds": round(time.time() - self.started, 1),
             "queue": {"active": load.active, "waiting": load.queued, "max_active": self.admissions.max_active,
@@ -319,7 +346,7 @@ class Api:
                        "mean_ratio_per_layer": [round(r, 4) for r in self.engine.layer_statistics.mean_r],
                        "default_prune_heads": self.config.router.prune_heads,
                        "head_samples_per_layer": list(self.engine.head_statistics.count)},
-        } | self.cluster.status())
+        } | self.cluster.status()
 
     def _speculation_status(self) -> dict[str, Any]:
         """The server's default and the measured step costs its drafting decisions use."""

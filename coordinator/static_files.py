@@ -14,6 +14,7 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_DIR = ROOT / "worker_web"
+WEB_DIR = ROOT / "coordinator" / "web"
 ORT_DIST = ROOT / "node_modules" / "onnxruntime-web" / "dist"
 MSGPACK_DIST = ROOT / "node_modules" / "@msgpack" / "msgpack" / "dist.esm"
 
@@ -36,12 +37,13 @@ async def isolation_headers(request: web.Request, handler):
 
 
 def add_static_routes(app: web.Application, shard_dir: Path | None) -> None:
-    """/worker/ (page + modules), /ort/ (onnxruntime-web dist), /shards/ (model files)."""
+    """/worker/ (page + modules), /web/ (dashboard modules), /ort/ (onnxruntime-web dist), /shards/ (model files)."""
     if not ORT_DIST.is_dir():
         raise FileNotFoundError(
             f"onnxruntime-web is not installed at {ORT_DIST}: run the README's set-up (npm install)"
         )
     app.router.add_static("/worker/", WORKER_DIR, show_index=False, append_version=False)
+    app.router.add_static("/web/", WEB_DIR, show_index=False)   # the dashboard's modules and styles
     app.router.add_static("/ort/", ORT_DIST)
     app.router.add_static("/npm/msgpack/", MSGPACK_DIST)
     if shard_dir is not None:

@@ -11,7 +11,12 @@ steps (prefill is cheaper per row than decode), so the bound errs long.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
+
+# Upper bounds (seconds) of a worker's step-time histogram (/metrics): a WASM layer is
+# ~1 ms, a 30-layer tab ~20-40 ms per row, a long prefill seconds.
+STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -46,3 +51,25 @@ class StepTimer:
         if self.one_row_seconds is None or self.samples < self.policy.warm_samples:
             return self.policy.initial_seconds
         return max(self.policy.floor_seconds, self.policy.factor * self.one_row_seconds * max(rows, 1))
+
+
+@dataclass
+class StepHistogram:
+    """Counts of one worker's step times by bucket (cumulative form is built at scrape
+    time); kept on the worker's link, so it leaves with the worker."""
+
+    bounds: tuple[float, ...] = STEP_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(STEP_BUCKETS) + 1))   # last: +Inf
+    total_seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total_seconds += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(upper bound as text, steps at or under it)], ending with ('+Inf', all)."""
+        running, buckets = 0, []
+        for bound, count in zip((*[str(b) for b in self.bounds], "+Inf"), self.counts, strict=True):
+            running += count
+            buckets.append((bound, running))
+        return buckets

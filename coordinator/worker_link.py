@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from coordinator.planner import Stage
-from coordinator.step_timing import StallPolicy, StepTimer
+from coordinator.step_timing import StallPolicy, StepHistogram, StepTimer
 from protocol.control import encode_control
 from protocol.frames import Header
 
@@ -66,6 +66,7 @@ class WorkerLink:
         self.remote = remote
         self.info = WorkerInfo()
         self.timer = StepTimer(stall or StallPolicy())
+        self.step_times = StepHistogram()   # every step it served (/metrics)
         self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
         self._layer_stats: dict[tuple[int, int], dict[str, Any]] = {}
         self._send_lock = asyncio.Lock()
@@ -110,7 +111,9 @@ class WorkerLink:
                              f"within {bound:.1f} s", self.id, stalled=True) from error
         finally:
             self._pending.pop(key, None)
-        self.timer.observe(rows, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        self.timer.observe(rows, elapsed)
+        self.step_times.observe(elapsed)
         return result
 
     def deliver_result(self, frame: bytes, header: Header) -> None:

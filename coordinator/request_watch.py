@@ -1,0 +1,68 @@
+"""One request's observations, fed to the dashboard's activity log and to Prometheus.
+
+Owns the mapping from what the HTTP layer sees (arrival, each token reaching the client,
+the end and how it ended) to `activity.ActivityLog` records and `metrics.RequestMetrics`
+instruments. With metrics off (`--no-metrics`) only the activity log is kept. No I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from coordinator.activity import ActivityLog, RequestRecord
+from coordinator.metrics import RequestMetrics
+from coordinator.openai_schema import ApiError
+from coordinator.session import HopStats
+
+
+def outcome_of(error: BaseException) -> tuple[str, int]:
+    """(outcome, HTTP status) of a request that ended by this exception."""
+    if isinstance(error, ApiError):
+        if error.status == 429:
+            return "rejected", 429
+        return ("failed" if error.status >= 500 else "client_error"), error.status
+    if isinstance(error, asyncio.CancelledError | ConnectionResetError):
+        return "cancelled", 499   # the client went away (nginx's convention for the status)
+    return "failed", 500
+
+
+def usage_summary(stats: HopStats) -> dict[str, Any]:
+    """The part of `usage.tabswarm` the dashboard lists per request."""
+    return {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received, "layers_skipped": stats.layers_skipped,
+            "nodes_bypassed": stats.nodes_bypassed, "replays": stats.replays, "moves": stats.moves,
+            "speculation": stats.speculation, "drafted": stats.drafted, "accepted": stats.accepted}
+
+
+class RequestWatch:
+    def __init__(self, activity: ActivityLog, metrics: RequestMetrics | None) -> None:
+        self.activity, self.metrics = activity, metrics
+
+    def refused(self, endpoint: str, error: ApiError, arrived: float) -> None:
+        """Bad input answered before any generation (no record: nothing ran)."""
+        if self.metrics is not None:
+            outcome, status = outcome_of(error)
+            self.metrics.finished(endpoint, outcome, status, time.monotonic() - arrived, 0, 0, None)
+
+    def open(self, endpoint: str, arrived: float, prompt_tokens: int, max_tokens: int,
+             stream: bool) -> RequestRecord:
+        return self.activity.open(endpoint, time.time(), arrived, prompt_tokens, max_tokens, stream)
+
+    def token(self, record: RequestRecord) -> None:
+        now = time.monotonic()
+        gap = self.activity.token(record, now)
+        if self.metrics is None:
+            return
+        if gap is None:
+            self.metrics.first_token.observe(now - record.arrived_monotonic)
+        else:
+            self.metrics.inter_token.observe(gap)
+
+    def close(self, record: RequestRecord, outcome: str, status: int, stats: HopStats) -> None:
+        now = time.monotonic()
+        self.activity.close(record, outcome, status, now, usage_summary(stats))
+        if self.metrics is not None:
+            self.metrics.finished(record.endpoint, outcome, status, now - record.arrived_monotonic,
+                                  record.prompt_tokens, record.completion_tokens, stats)

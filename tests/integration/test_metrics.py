@@ -1,0 +1,163 @@
+"""Operating the swarm over real sockets: /metrics in Prometheus' text format (parsed with
+prometheus-client's own parser), counters that move with requests, joins and losses,
+bounded per-worker cardinality, access rules, and the dashboard's live stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from coordinator.access import AccessConfig
+from protocol.control import encode_control
+from protocol.frames import VERSION
+from tests.integration.fake_worker import FakeWorker
+from tests.support import FRANCE, post, running_app, wait_ready
+
+
+async def scrape(base: str, key: str | None = None) -> dict[str, dict[tuple, float]]:
+    """{sample name: {sorted label items: value}} from one /metrics scrape."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics", headers=headers) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    samples: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict, metric: str, **labels: str) -> float:
+    return samples.get(metric, {}).get(tuple(sorted(labels.items())), 0.0)
+
+
+def worker_series(samples: dict) -> set[str]:
+    """The worker ids any per-worker series names."""
+    return {dict(labels)["worker"] for name, series in samples.items() if name.startswith("tabswarm_worker_")
+            for labels in series if "worker" in dict(labels)}
+
+
+async def first_snapshot(base: str) -> dict:
+    async with aiohttp.ClientSession() as session, session.get(base + "/v1/dashboard/stream") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                return json.loads(line[6:])
+    raise AssertionError("the stream ended without a snapshot")
+
+
+async def test_counters_move_with_requests_joins_and_losses(shard_dir):
+    async with running_app(shard_dir) as (_, base):
+        workers = [await FakeWorker(base, shard_dir, f"metrics-{i}").start() for i in range(2)]
+        await wait_ready(base, 2)
+        before = await scrape(base)
+        assert value(before, "tabswarm_cluster_events_total", event="join") == 2
+        assert value(before, "tabswarm_pipeline_ready") == 1
+        assert value(before, "tabswarm_workers", state="ready") == 2
+
+        status, body = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 6})
+        assert status == 200
+        completion = body["usage"]["completion_tokens"]
+        status, _ = await post(base, "/v1/chat/completions", {"messages": "not a list"})
+        assert status == 400
+        after = await scrape(base)
+        assert value(after, "tabswarm_requests_total", endpoint="chat", outcome="done", status="200") == 1
+        assert value(after, "tabswarm_requests_total", endpoint="chat", outcome="client_error", status="400") == 1
+        assert value(after, "tabswarm_completion_tokens_total") == completion
+        assert value(after, "tabswarm_tokens_generated_total") - value(before, "tabswarm_tokens_generated_total") \
+            >= completion
+        assert value(after, "tabswarm_hops_total") == body["usage"]["tabswarm"]["hops"]
+        assert value(after, "tabswarm_activation_bytes_total", direction="sent") == \
+            body["usage"]["tabswarm"]["bytes_sent"]
+        assert value(after, "tabswarm_time_to_first_token_seconds_count") == 1
+        assert value(after, "tabswarm_inter_token_latency_seconds_count") == completion - 1
+        assert value(after, "tabswarm_request_duration_seconds_count") == 2
+        ids = worker_series(after)
+        assert len(ids) == 2
+        steps_total = 0.0
+        for worker in ids:
+            name = next(dict(labels)["name"] for labels in after["tabswarm_worker_layers"]
+                        if dict(labels)["worker"] == worker)
+            steps = value(after, "tabswarm_worker_step_seconds_count", worker=worker, name=name)
+            assert steps >= 2                              # the prefill and at least one decode/verify pass
+            assert value(after, "tabswarm_worker_step_seconds_bucket", worker=worker, name=name, le="+Inf") == steps
+            assert value(after, "tabswarm_worker_sent_bytes_total", worker=worker, name=name) > 0
+            steps_total += steps
+        assert steps_total == body["usage"]["tabswarm"]["hops"]   # one timed step per hop
+
+        await workers[1].kill()
+        for _ in range(100):
+            lost = await scrape(base)
+            if value(lost, "tabswarm_cluster_events_total", event="leave") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert value(lost, "tabswarm_cluster_events_total", event="leave") == 1
+        assert len(worker_series(lost)) == 1                   # the lost tab's series are gone
+        assert value(lost, "tabswarm_cluster_events_total", event="replan") > \
+            value(after, "tabswarm_cluster_events_total", event="replan")   # the swarm replanned without it
+        await workers[0].stop()
+
+
+async def bare_join_and_leave(base: str, name: str) -> None:
+    """A tab that says hello and closes at once (never loads a layer)."""
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(base.replace("http", "ws") + "/ws/worker") as socket:
+        hello = {"type": "hello", "protocol": VERSION, "backend": "native-test", "threads": 1,
+                 "benchmark_ms": 10.0, "worker": name}
+        await socket.send_bytes(encode_control(hello))
+        await asyncio.sleep(0.01)
+
+
+async def test_per_worker_series_stay_bounded_after_100_joins_and_leaves(shard_dir):
+    async with running_app(shard_dir) as (_, base):
+        stay = await FakeWorker(base, shard_dir, "stays").start()
+        for index in range(100):
+            await bare_join_and_leave(base, f"transient-{index}")
+        for _ in range(100):
+            samples = await scrape(base)
+            if value(samples, "tabswarm_cluster_events_total", event="leave") == 100:
+                break
+            await asyncio.sleep(0.05)
+        assert value(samples, "tabswarm_cluster_events_total", event="join") == 101
+        assert value(samples, "tabswarm_cluster_events_total", event="leave") == 100
+        assert len(worker_series(samples)) == 1
+        series = sum(len(values) for values in samples.values())
+        assert series < 250, f"{series} series after 100 joins and leaves"
+        await stay.stop()
+
+
+async def test_metrics_need_the_api_key_when_one_is_set_and_can_be_switched_off(shard_dir):
+    keys = AccessConfig(api_keys=("ops-key",))
+    async with running_app(shard_dir, access=keys) as (_, base):
+        async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
+            assert response.status == 401
+        assert "tabswarm_requests_active" in await scrape(base, "ops-key")
+    async with running_app(shard_dir, metrics=False) as (_, base), aiohttp.ClientSession() as session, \
+            session.get(base + "/metrics") as response:
+        assert response.status == 404
+
+
+async def test_dashboard_stream_shows_the_pipeline_in_layer_order_and_recent_requests(shard_dir):
+    async with running_app(shard_dir) as (_, base):
+        workers = [await FakeWorker(base, shard_dir, f"dash-{i}").start() for i in range(2)]
+        await wait_ready(base, 2)
+        status, body = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 5})
+        assert status == 200
+        snapshot = await first_snapshot(base)
+        starts = [worker["layers"][0] for worker in snapshot["pipeline"]]
+        assert starts == sorted(starts) and starts[0] == 0
+        assert all(worker["active"] and worker["state"] == "ready" for worker in snapshot["pipeline"])
+        latest = snapshot["requests"][0]
+        assert latest["state"] == "done" and latest["status"] == 200
+        assert latest["completion_tokens"] == body["usage"]["completion_tokens"]
+        assert latest["usage"]["hops"] == body["usage"]["tabswarm"]["hops"]
+        assert [event["event"] for event in snapshot["status"]["events"]].count("join") == 2
+        async with aiohttp.ClientSession() as session, session.get(base + "/dashboard") as page:
+            assert page.status == 200 and "dashboard.js" in await page.text()
+        for worker in workers:
+            await worker.stop()
