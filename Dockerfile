@@ -1,5 +1,8 @@
 # One image for both compose services: the coordinator and the headless worker tabs.
-FROM python:3.11-slim-bookworm
+# BASE: any Debian bookworm image with python3 and python3-venv (scripts/check_compose.sh
+# builds one from Debian's packages with debootstrap where Docker Hub is out of reach).
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 RUN apt-get update && apt-get install -y --no-install-recommends make nodejs npm ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

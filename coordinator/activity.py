@@ -1,6 +1,6 @@
 """What the dashboard shows besides the cluster: recent requests and a throughput series.
 
-Owns plain data: a `RequestRecord` per request (running or finished, with its usage), the
+Owns plain data: a `RequestRecord` per request (running or finished, with its live usage), the
 last `keep_requests` of them, and one sample per second of tokens/s and mean inter-token
 latency. Pure: the caller passes the clock readings; no I/O, no Prometheus (the HTTP
 layer feeds both this and `metrics.RequestMetrics` from the same observations).
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from coordinator.session import HopStats
 
 
 @dataclass
@@ -29,12 +31,21 @@ class RequestRecord:
     first_token_seconds: float | None = None
     seconds: float | None = None
     last_token_monotonic: float | None = None
-    usage: dict[str, Any] = field(default_factory=dict)   # hops, bytes, skips, drafts (when finished)
+    stats: HopStats | None = None  # the request's accounting, live while it runs
 
     def view(self) -> dict[str, Any]:
         view = asdict(self)
-        del view["arrived_monotonic"], view["last_token_monotonic"]
+        del view["arrived_monotonic"], view["last_token_monotonic"], view["stats"]
+        view["usage"] = usage_summary(self.stats) if self.stats is not None else {}
         return view
+
+
+def usage_summary(stats: HopStats) -> dict[str, Any]:
+    """The part of `usage.tabswarm` the dashboard lists per request."""
+    return {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
+            "bytes_received": stats.bytes_received, "layers_skipped": stats.layers_skipped,
+            "nodes_bypassed": stats.nodes_bypassed, "replays": stats.replays, "moves": stats.moves,
+            "speculation": stats.speculation, "drafted": stats.drafted, "accepted": stats.accepted}
 
 
 class ActivityLog:
@@ -50,8 +61,9 @@ class ActivityLog:
         self._last_time: float | None = None
 
     def open(self, endpoint: str, now: float, monotonic: float, prompt_tokens: int, max_tokens: int,
-             stream: bool) -> RequestRecord:
-        record = RequestRecord(next(self._ids), endpoint, now, monotonic, prompt_tokens, max_tokens, stream)
+             stream: bool, stats: HopStats | None = None) -> RequestRecord:
+        record = RequestRecord(next(self._ids), endpoint, now, monotonic, prompt_tokens, max_tokens, stream,
+                               stats=stats)
         self.requests.append(record)
         return record
 
@@ -69,12 +81,9 @@ class ActivityLog:
         return gap
 
     @staticmethod
-    def close(record: RequestRecord, state: str, status: int, monotonic: float,
-              usage: dict[str, Any] | None = None) -> None:
+    def close(record: RequestRecord, state: str, status: int, monotonic: float) -> None:
         record.state, record.status = state, status
         record.seconds = round(monotonic - record.arrived_monotonic, 4)
-        if usage:
-            record.usage = usage
 
     def sample(self, now: float, tokens_generated: int) -> None:
         """One point of the throughput series: tokens/s since the previous sample and the

@@ -160,8 +160,9 @@ class Api:
             self.watch.refused(endpoint, error, arrived)
             raise
         self.requests_total += 1
-        record = self.watch.open(endpoint, arrived, len(prompt_ids), generation.params.max_tokens, parsed.stream)
         stats, admitted = HopStats(), False
+        record = self.watch.open(endpoint, arrived, len(prompt_ids), generation.params.max_tokens, parsed.stream,
+                                 stats)
         try:
             await self.admissions.enter()
             admitted = True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from coordinator.activity import ActivityLog, RequestRecord
 from coordinator.metrics import RequestMetrics
@@ -28,14 +27,6 @@ def outcome_of(error: BaseException) -> tuple[str, int]:
     return "failed", 500
 
 
-def usage_summary(stats: HopStats) -> dict[str, Any]:
-    """The part of `usage.tabswarm` the dashboard lists per request."""
-    return {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
-            "bytes_received": stats.bytes_received, "layers_skipped": stats.layers_skipped,
-            "nodes_bypassed": stats.nodes_bypassed, "replays": stats.replays, "moves": stats.moves,
-            "speculation": stats.speculation, "drafted": stats.drafted, "accepted": stats.accepted}
-
-
 class RequestWatch:
     def __init__(self, activity: ActivityLog, metrics: RequestMetrics | None) -> None:
         self.activity, self.metrics = activity, metrics
@@ -46,9 +37,9 @@ class RequestWatch:
             outcome, status = outcome_of(error)
             self.metrics.finished(endpoint, outcome, status, time.monotonic() - arrived, 0, 0, None)
 
-    def open(self, endpoint: str, arrived: float, prompt_tokens: int, max_tokens: int,
-             stream: bool) -> RequestRecord:
-        return self.activity.open(endpoint, time.time(), arrived, prompt_tokens, max_tokens, stream)
+    def open(self, endpoint: str, arrived: float, prompt_tokens: int, max_tokens: int, stream: bool,
+             stats: HopStats) -> RequestRecord:
+        return self.activity.open(endpoint, time.time(), arrived, prompt_tokens, max_tokens, stream, stats)
 
     def token(self, record: RequestRecord) -> None:
         now = time.monotonic()
@@ -62,7 +53,7 @@ class RequestWatch:
 
     def close(self, record: RequestRecord, outcome: str, status: int, stats: HopStats) -> None:
         now = time.monotonic()
-        self.activity.close(record, outcome, status, now, usage_summary(stats))
+        self.activity.close(record, outcome, status, now)
         if self.metrics is not None:
             self.metrics.finished(record.endpoint, outcome, status, now - record.arrived_monotonic,
                                   record.prompt_tokens, record.completion_tokens, stats)

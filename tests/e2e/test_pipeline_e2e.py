@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.e2e
 LOAD_TIMEOUT = 180.0
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,45 @@ async def test_two_tabs_split_the_layers(cluster):
     status = await wait_ready(base, 2)
     assert_covers_all_layers(status, 2)
     assert {worker["backend"] for worker in status["workers"]} == {"wasm"}
+
+
+async def test_dashboard_follows_tabs_joining_and_leaving_and_lists_a_request(cluster, browser):
+    """The live dashboard in Chromium: 2 tabs, 3 when one joins, 2 when it closes (no
+    reload); a request shows up while it runs (screenshot for docs/) and when it is done."""
+    base, tabs = cluster
+    page = await browser.new_page(viewport={"width": 1360, "height": 860})
+
+    async def cards(count: int) -> None:
+        await page.wait_for_function(f"document.querySelectorAll('.tab[data-worker-id]').length === {count}",
+                                     timeout=60_000)
+
+    try:
+        await page.goto(base + "/dashboard")
+        await cards(2)
+        assert await page.locator(".tab.active[data-state=ready]").count() == 2
+        assert "tab-1" in await page.inner_text("#pipeline")
+        await tabs.open("tab-join")
+        await cards(3)
+        assert "tab-join" in await page.inner_text("#pipeline")
+        await page.wait_for_selector("#events li.join", timeout=10_000)
+        await tabs.close("tab-join")
+        await cards(2)
+        await page.wait_for_selector("#events li.leave", timeout=10_000)
+        story = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+        request = asyncio.create_task(post(base, "/v1/chat/completions", {"messages": story, "max_tokens": 96}))
+        await page.wait_for_selector("#requests tr.running", timeout=30_000)
+        await page.wait_for_function("(() => { const row = document.querySelector('#requests tr.running');"
+                                     " return row !== null && Number(row.children[4].textContent) >= 40; })()",
+                                     timeout=60_000)   # tokens counted live, a few points on the sparklines
+        await page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+        status, body = await request
+        assert status == 200
+        tokens = body["usage"]["completion_tokens"]
+        done = page.locator("#requests tr.done").first
+        await done.wait_for(timeout=10_000)
+        assert (await done.locator("td").nth(4).inner_text()) == str(tokens)
+    finally:
+        await page.close()
 
 
 @pytest.mark.parametrize("codec", ["lossless", "int8"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coordinator.activity import ActivityLog
+from coordinator.session import HopStats
 from coordinator.step_timing import StepHistogram
 
 
@@ -28,10 +29,13 @@ def test_activity_log_times_tokens_and_samples_throughput():
     assert log.samples[-1]["token_ms"] == 75.0             # gaps of 50 and 100 ms
     log.sample(1003.0, tokens_generated=3)
     assert log.samples[-1] == {"time": 1003.0, "tokens_per_second": 0.0, "token_ms": None}
-    log.close(record, "done", 200, 51.0, {"hops": 6})
+    record.stats = HopStats(hops=6, stages=2)             # live accounting, read at each view
+    assert log.view()["requests"][0]["usage"]["hops"] == 6
+    record.stats.hops = 8
+    log.close(record, "done", 200, 51.0)
     view = log.view()["requests"][0]
     assert view["state"] == "done" and view["seconds"] == 1.0 and view["completion_tokens"] == 3
-    assert view["usage"] == {"hops": 6} and "arrived_monotonic" not in view
+    assert view["usage"]["hops"] == 8 and view["usage"]["stages"] == 2 and "arrived_monotonic" not in view
     for index in range(3):                                 # only the last `keep_requests` are kept
         log.open("completions", 1004.0 + index, 52.0 + index, 1, 1, False)
     assert [entry["id"] for entry in log.view()["requests"]] == [4, 3]
