@@ -26,9 +26,9 @@ lint:
 	$(VENV)/bin/ruff check coordinator protocol shards tests bench
 	$(VENV)/bin/mypy
 
+# This machine's speed next to llama.cpp on the same GGUF (the README's performance table).
 bench: setup
-	$(PY) -m bench.codec_quality
-	$(PY) -m bench.pipeline_speed
+	$(VENV)/bin/tabswarm bench
 
 clean:
 	rm -rf $(VENV) node_modules data .setup-stamps

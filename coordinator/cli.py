@@ -1,4 +1,4 @@
-"""The `tabswarm` command line: convert, chat, eval, serve, workers.
+"""The `tabswarm` command line: convert, chat, eval, serve, workers, bench.
 
 Owns argument parsing and building the one config tree; every subcommand hands
 that tree to the package that does the work. Errors from bad model files are
@@ -156,11 +156,20 @@ def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
 async def _serve(config: AppConfig) -> int:
     from aiohttp import web
 
-    from coordinator.app import API, create_app
+    from coordinator.app import API, CLUSTER, create_app
     from coordinator.headless import HeadlessWorkers, worker_url
+    from coordinator.serve_log import describe
 
     shard_dir = _shard_dir(config)
     app = create_app(config, shard_dir)
+    layers = app[API].ends.manifest.model.layers
+
+    def console(event: dict) -> None:
+        line = describe(event, layers)
+        if line:
+            print(line, flush=True)
+
+    app[CLUSTER].listeners.append(console)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     server = config.server
@@ -176,6 +185,8 @@ async def _serve(config: AppConfig) -> int:
     print(f"  chat page:        {local}/")
     print(f"  OpenAI API:       {local}/v1/chat/completions")
     print(f"  status:           {local}/v1/status")
+    print(f"  dashboard:        {local}/dashboard")
+    print(f"  metrics:          {local}/metrics  (Prometheus)")
     if access.open_to_loopback_only:
         print("  API access:       this machine only (no API key configured; --api-key opens it to other devices)")
     else:
@@ -214,6 +225,13 @@ async def _until_stopped() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await stop.wait()
     print("tabswarm: stopping", file=sys.stderr, flush=True)
+
+
+def command_bench(config: AppConfig, args: argparse.Namespace) -> int:
+    from bench.suite import main as bench_main
+
+    args.model = config.model.gguf
+    return bench_main(args)
 
 
 def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
@@ -312,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--tabs", type=int, default=2)
     workers.add_argument("--threads-per-tab", type=int, default=1)
     workers.add_argument("--chromium", default="/usr/bin/chromium")
+    bench = commands.add_parser("bench", help="decode/prefill tok/s: llama.cpp, the reference, 1 and 2 tabs "
+                                               "(writes bench/results/bench.json)")
+    from bench.options import add_arguments
+    add_arguments(bench)
     evaluate = commands.add_parser("eval", help="perplexity of the reference executor on a text")
     evaluate.add_argument("--text", default=str(DEFAULT_TEXT))
     evaluate.add_argument("--tokens", type=int, default=2048, help="window length in tokens")
@@ -354,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                        runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
-                "workers": command_workers}
+                "workers": command_workers, "bench": command_bench}
     try:
         return handlers[args.command](config, args)
     except ShardError as error:  # a bad model or shard file: one clear line, no traceback

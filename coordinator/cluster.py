@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from coordinator.config import ServerConfig
@@ -68,6 +69,7 @@ class Cluster:
         self.sessions: Counter[int] = Counter()   # open pipeline sessions by plan version
         self.events: list[dict[str, Any]] = []     # recent joins, losses, replans (status page)
         self.event_counts: Counter[str] = Counter()   # every event since start, by kind (/metrics)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []   # e.g. the serve command's console lines
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1)
         self._pending_replan: asyncio.Task[None] | None = None
@@ -83,8 +85,11 @@ class Cluster:
 
     def _event(self, kind: str, **details: Any) -> None:
         self.event_counts[kind] += 1
-        self.events.append({"time": round(time.time(), 3), "event": kind, **details})
+        event = {"time": round(time.time(), 3), "event": kind, **details}
+        self.events.append(event)
         del self.events[:-100]
+        for listener in self.listeners:
+            listener(event)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def join(self, link: WorkerLink, hello: dict[str, Any]) -> None:
@@ -101,7 +106,7 @@ class Cluster:
         self.workers[link.id] = link
         log.info("worker %s (%s, %s, %d threads, benchmark %.1f ms) joined from %s",
                  link.id, info.name, info.backend, info.threads, info.benchmark_ms, link.remote)
-        self._event("join", worker=link.id, name=info.name)
+        self._event("join", worker=link.id, name=info.name, backend=info.backend, remote=link.remote)
         self._schedule_replan()
 
     def _schedule_replan(self) -> None:
@@ -152,7 +157,8 @@ class Cluster:
             link.info.state = "ready"
         log.info("worker %s holds layers [%d, %d) after %.0f ms%s", link.id, loaded.start, loaded.stop,
                  link.info.load_ms, " (cached)" if link.info.cached else "")
-        self._event("ready", worker=link.id, layers=[loaded.start, loaded.stop], load_ms=round(link.info.load_ms))
+        self._event("ready", worker=link.id, name=link.info.name, layers=[loaded.start, loaded.stop],
+                    load_ms=round(link.info.load_ms), cached=bool(link.info.cached))
         await self._switch_if_ready()
 
     # -- planning ----------------------------------------------------------------------
@@ -254,7 +260,8 @@ class Cluster:
             log.info("plan v%d active: %s", self.plan_version,
                      ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})" for s in stages))
             self._event("plan", version=self.plan_version,
-                        stages=[[s.worker, s.layer_start, s.layer_end] for s in stages])
+                        stages=[[s.worker, s.layer_start, s.layer_end] for s in stages],
+                        names=[self.workers[s.worker].info.name for s in stages])
         await self._send_retains()
         await self._notify()
 

@@ -199,6 +199,8 @@ class Api:
                                              "accepted": stats.accepted, "verify_passes": stats.verify_passes,
                                              "draft_steps": stats.draft_steps},
                              "hops_per_token": round(stats.hops / completion, 3) if completion else None,
+                             "prefill_tokens_per_second": round(len(prompt_ids) / stats.step_seconds[0], 1)
+                             if stats.step_seconds and stats.step_seconds[0] > 0 else None,
                              # the first step (the prompt) yields one token; the others may yield several
                              "decode_tokens_per_second": round((completion - 1) / sum(stats.step_seconds[1:]), 2)
                              if len(steps) > 1 and sum(stats.step_seconds[1:]) > 0 else None}}

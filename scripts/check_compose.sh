@@ -31,6 +31,8 @@ if [ -z "${TABSWARM_BASE_IMAGE:-}" ]; then
   fi
 fi
 say "base image: $TABSWARM_BASE_IMAGE"
+# this machine's extra CAs (a TLS-intercepting proxy), for the build's downloads
+cp /usr/local/share/ca-certificates/*.crt docker/extra-ca/ 2>/dev/null || true
 cleanup() { "${COMPOSE[@]}" -p "$PROJECT" down -t 5 >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 build_started=$(date +%s)

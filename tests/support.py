@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -13,8 +12,10 @@ import aiohttp
 from aiohttp import web
 
 from coordinator.access import AccessConfig
-from coordinator.app import create_app
 from coordinator.config import AppConfig, CodecPresets, ServerConfig
+from coordinator.local_swarm import local_coordinator, post_json
+from coordinator.local_swarm import status_of as status_of  # re-exported for the tests
+from coordinator.local_swarm import wait_ready as wait_ready
 from coordinator.router import RouterConfig
 from shards.coded_reference import coded_generate
 from shards.sampling import SamplingParams
@@ -28,41 +29,12 @@ async def running_app(shard_dir, access: AccessConfig | None = None, ssl_context
                       **server_options) -> AsyncIterator[tuple[web.Application, str]]:
     server = replace(ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.05,
                                   worker_wait_seconds=30.0, heartbeat_seconds=30.0), **server_options)
-    app = create_app(AppConfig(server=server, access=access or AccessConfig()), shard_dir)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield app, f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    config = AppConfig(server=server, access=access or AccessConfig())
+    async with local_coordinator(config, shard_dir, ssl_context) as (app, base):
+        yield app, base
 
 
-async def status_of(base: str, verify_tls: bool = True) -> dict:
-    connector = aiohttp.TCPConnector(ssl=False) if not verify_tls else None
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            session.get(f"{base}/v1/status") as response:
-        return await response.json()
-
-
-async def wait_ready(base: str, workers: int, timeout: float = 60.0) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        status = await status_of(base)
-        if status["ready"] and len(status["plan"]) == workers:
-            return status
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"cluster not ready with {workers} stages: {json.dumps(status)[:2000]}")
-        await asyncio.sleep(0.1)
-
-
-async def post(base: str, path: str, body, raw: bool = False):
-    async with aiohttp.ClientSession() as session:
-        data = body if raw else json.dumps(body)
-        async with session.post(base + path, data=data, headers={"Content-Type": "application/json"}) as response:
-            return response.status, await response.json(content_type=None)
+post = post_json
 
 
 async def stream_events(base: str, body: dict) -> list:

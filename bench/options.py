@@ -1,0 +1,19 @@
+"""The options of `tabswarm bench` (argparse only: the CLI builds its parser without
+importing the benchmark itself)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "bench.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokens", type=int, default=64, help="decode tokens per request (llama-bench -n)")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="prefill prompt length (llama-bench -p)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="WASM threads per tab")
+    parser.add_argument("--skip-anchor", action="store_true", help="leave llama.cpp out")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
