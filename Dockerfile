@@ -5,7 +5,7 @@ ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 # A TLS-intercepting proxy's CA, if any (docker/extra-ca/README.md); pip and npm use the system store.
 COPY docker/extra-ca/ /usr/local/share/ca-certificates/
-RUN apt-get update && apt-get install -y --no-install-recommends make nodejs npm ca-certificates curl \
+RUN apt-get update && apt-get install -y --no-install-recommends make nodejs npm ca-certificates curl libatomic1 \
     && update-ca-certificates && rm -rf /var/lib/apt/lists/*
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt

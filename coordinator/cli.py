@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-draft", type=int, default=default_speculation.max_draft, metavar="K",
                        help=f"longest draft a verify pass checks (default {default_speculation.max_draft}; "
                             "the length adapts below it)")
+    serve.add_argument("--no-metrics", action="store_true",
+                       help="no Prometheus /metrics (and no per-token histogram observations)")
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True,
                          help="the coordinator, e.g. http://coordinator:8471 or the join URL it printed (…/worker/?token=…)")
@@ -356,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         server = ServerConfig(host=args.host, port=args.port, max_active=args.max_active,
                               max_queue=args.max_queue, headless_workers=args.headless_workers,
                               worker_threads=args.worker_threads, chromium=args.chromium,
-                              standby_workers=args.standby, recovery_seconds=args.recovery_seconds)
+                              standby_workers=args.standby, recovery_seconds=args.recovery_seconds,
+                              metrics=not args.no_metrics)
         codecs = CodecPresets(default=args.codec)
         try:
             keys = api_keys_from(args.api_key, os.environ.get("TABSWARM_API_KEYS"), args.api_key_file)

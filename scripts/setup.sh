@@ -21,6 +21,13 @@ if ! command -v chromium >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
 fi
 
+# Playwright's bundled node driver needs libatomic (absent from slim images).
+if ! ldconfig -p 2>/dev/null | grep -q 'libatomic.so.1'; then
+  say "installing libatomic1 (apt; Playwright's driver needs it)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq libatomic1 >/dev/null
+fi
+
 # 2. Python venv and packages.
 if [ ! -x "$VENV/bin/python" ]; then
   say "creating venv at $VENV"
