@@ -91,7 +91,7 @@ def command_chat(config: AppConfig, args: argparse.Namespace) -> int:
         shown = ""
         seconds = 0.0
         for step in executor.generate(ids, params):
-            if step.token == executor.manifest.eos_id:
+            if step.token in executor.manifest.stop_set:
                 break
             produced.append(step.token)
             seconds += step.seconds

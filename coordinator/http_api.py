@@ -140,7 +140,7 @@ class Api:
             except ValueError as error:   # the combination is invalid (the fields were checked one by one)
                 raise ApiError(400, str(error), "tabswarm.speculation") from error
         codec = self.config.codecs.get(parsed.codec)   # (no preset uses delta coding, which the engine never speculates with)
-        request = GenerationRequest(tuple(prompt_ids), params, codec, frozenset({self.ends.manifest.eos_id}),
+        request = GenerationRequest(tuple(prompt_ids), params, codec, self.ends.manifest.stop_set,
                                     parsed.router or self.config.router, speculation)
         return prompt_ids, request
 

@@ -32,7 +32,7 @@ from shards.manifest import (
 )
 from shards.tokenizer import build_tokenizer
 
-CONVERTER_VERSION = "3"   # 3: row-invariant attention (speculative verify passes)
+CONVERTER_VERSION = "4"   # 3: row-invariant attention (speculative verify passes); 4: model families
 TOKEN_TABLE = "token_embedding.bin"
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool)
         eos_id=token_data.eos_id,
         bos_id=token_data.bos_id,
         files=files,
+        stop_ids=tuple(token_data.tokens.index(token) for token in token_data.stop_tokens),
+        add_bos=token_data.add_bos and token_data.bos_id is not None,
     )
     manifest.write(work)
     return manifest

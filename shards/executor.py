@@ -221,7 +221,7 @@ class ReferenceExecutor:
         """Yield sampled tokens one by one; stops at EOS (or a stop id) or max_tokens."""
         if not prompt_ids:
             raise ValueError("the prompt has no tokens")
-        stop = stop_ids if stop_ids is not None else frozenset({self.manifest.eos_id})
+        stop = stop_ids if stop_ids is not None else self.manifest.stop_set
         rng = make_rng(params)
         stream = self._new_stream()
         try:

@@ -1,8 +1,9 @@
-"""Reads a llama-family GGUF file into a ModelConfig, float32 weights and tokenizer data.
+"""Reads a GGUF file into a ModelConfig, float32 weights and tokenizer data.
 
-Owns everything GGUF-specific: metadata keys, dequantization (through the `gguf`
-package), and undoing llama.cpp's rotary permutation of the Q and K weights so the
-rest of the code sees the standard (Hugging Face) layout. It never writes files.
+Owns everything GGUF-specific that all families share: opening and validating the
+file, metadata access, dequantization (through the `gguf` package) and tokenizer data;
+what a family reads or reshapes is its `Family` entry (`shards/families/`). It never
+writes files.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from shards.errors import ModelFileError, UnsupportedModelError
+from shards.families import Family, family_for
+from shards.families.llama import undo_rotary_permutation as undo_rotary_permutation  # re-exported
 from shards.model_config import ModelConfig
-
-SUPPORTED_ARCHITECTURES = ("llama",)
-LAYER_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-LAYER_NORMS = ("attn_norm", "ffn_norm")
 
 
 def default_model_path() -> Path:
@@ -47,19 +46,11 @@ class TokenizerData:
     bos_id: int | None
     eos_id: int
     chat_template: str | None
-
-
-def undo_rotary_permutation(weight: np.ndarray, heads: int) -> np.ndarray:
-    """Inverse of llama.cpp's convert-time permutation of Q/K rows.
-
-    weight: (heads * head_dim, in). GGUF interleaves each head's two rotary halves;
-    this restores the half-split order that standard RoPE (rotate_half) expects.
-    """
-    rows, columns = weight.shape
-    head_dim = rows // heads
-    return (
-        weight.reshape(heads, head_dim // 2, 2, columns).swapaxes(1, 2).reshape(rows, columns)
-    )
+    model: str = "gpt2"                 # gpt2: byte-level BPE with merges | llama: SentencePiece (scores)
+    scores: list[float] | None = None   # SentencePiece piece scores (merge order)
+    add_bos: bool = False               # prepend BOS to plain (non-chat) prompts
+    add_space_prefix: bool = False
+    stop_tokens: tuple[str, ...] = ()   # besides EOS, tokens that end an answer
 
 
 class GGUFModel:
@@ -92,45 +83,21 @@ class GGUFModel:
         return field.contents()
 
     def _read_config(self) -> ModelConfig:
-        architecture = str(self._field("general.architecture"))
-        if architecture not in SUPPORTED_ARCHITECTURES:
-            raise UnsupportedModelError(
-                f"{self.path}: architecture {architecture!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
-        prefix = architecture
-        hidden = int(self._field(f"{prefix}.embedding_length"))
-        heads = int(self._field(f"{prefix}.attention.head_count"))
-        kv_heads = int(self._field(f"{prefix}.attention.head_count_kv", heads))
-        vocab_size = len(self._field("tokenizer.ggml.tokens"))
-        return ModelConfig(
-            architecture=architecture,
-            name=str(self._field("general.name", self.path.stem)),
-            layers=int(self._field(f"{prefix}.block_count")),
-            hidden=hidden,
-            heads=heads,
-            kv_heads=kv_heads,
-            head_dim=hidden // heads,
-            mlp_hidden=int(self._field(f"{prefix}.feed_forward_length")),
-            vocab=vocab_size,
-            context=int(self._field(f"{prefix}.context_length")),
-            norm_eps=float(self._field(f"{prefix}.attention.layer_norm_rms_epsilon")),
-            rope_theta=float(self._field(f"{prefix}.rope.freq_base", 10000.0)),
-            tied_embeddings="output.weight" not in self._tensors,
-        )
+        self.family: Family = family_for(str(self._field("general.architecture")), str(self.path))
+        return self.family.read_config(self._field, set(self._tensors), self.path.stem)
 
     def _check_tensors(self) -> None:
         needed = ["token_embd.weight", "output_norm.weight"]
         for layer in range(self.config.layers):
-            needed += [f"blk.{layer}.{name}.weight" for name in LAYER_MATRICES + LAYER_NORMS]
+            needed += [f"blk.{layer}.{name}.weight" for name in self.family.layer_tensors]
         missing = [name for name in needed if name not in self._tensors]
         if missing:
             raise UnsupportedModelError(
-                f"{self.path}: tensors missing for a llama-family model: {', '.join(missing[:5])}"
+                f"{self.path}: tensors missing for a {self.family.architecture} model: {', '.join(missing[:5])}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             )
-        if self.config.hidden % self.config.heads or self.config.heads % self.config.kv_heads:
-            raise UnsupportedModelError(f"{self.path}: head counts do not divide the hidden size")
+        if self.config.heads % self.config.kv_heads:
+            raise UnsupportedModelError(f"{self.path}: the query heads do not divide into the key/value heads")
 
     def tensor_types(self) -> dict[str, str]:
         """Quantization type of every tensor, by name (e.g. 'Q4_1', 'Q8_0', 'F32')."""
@@ -139,13 +106,19 @@ class GGUFModel:
     def tokenizer_data(self) -> TokenizerData:
         bos = self._fields.get("tokenizer.ggml.bos_token_id")
         template = self._fields.get("tokenizer.chat_template")
+        scores = self._fields.get("tokenizer.ggml.scores")
         return TokenizerData(
             tokens=[str(token) for token in self._field("tokenizer.ggml.tokens")],
             merges=[str(merge) for merge in self._field("tokenizer.ggml.merges", [])],
             token_types=[int(kind) for kind in self._field("tokenizer.ggml.token_type", [])],
             bos_id=int(bos.contents()) if bos is not None else None,
             eos_id=int(self._field("tokenizer.ggml.eos_token_id")),
-            chat_template=str(template.contents()) if template is not None else None,
+            chat_template=str(template.contents()) if template is not None else self.family.chat_template,
+            model=str(self._field("tokenizer.ggml.model", "gpt2")),
+            scores=[float(score) for score in scores.contents()] if scores is not None else None,
+            add_bos=bool(self._field("tokenizer.ggml.add_bos_token", False)),
+            add_space_prefix=bool(self._field("tokenizer.ggml.add_space_prefix", False)),
+            stop_tokens=self.family.stop_tokens,
         )
 
     # -- weights --------------------------------------------------------------------
@@ -165,13 +138,10 @@ class GGUFModel:
         return np.ascontiguousarray(values.reshape(shape), dtype=np.float32)
 
     def layer_weights(self, layer: int) -> dict[str, np.ndarray]:
-        """One decoder layer's weights, matrices as (out, in), Q/K in standard RoPE order."""
-        weights = {name: self.tensor(f"blk.{layer}.{name}.weight") for name in LAYER_MATRICES}
-        weights["attn_q"] = undo_rotary_permutation(weights["attn_q"], self.config.heads)
-        weights["attn_k"] = undo_rotary_permutation(weights["attn_k"], self.config.kv_heads)
-        for name in LAYER_NORMS:
-            weights[name] = self.tensor(f"blk.{layer}.{name}.weight")
-        return weights
+        """One decoder layer's weights by role, matrices as (out, in), in the layout the
+        graph builders expect (the family's `prepare_layer`: e.g. Q/K in rotate-half order)."""
+        weights = {name: self.tensor(f"blk.{layer}.{name}.weight") for name in self.family.layer_tensors}
+        return self.family.prepare_layer(weights, self.config)
 
     def embedding(self) -> np.ndarray:
         return self.tensor("token_embd.weight")  # (vocab, hidden)

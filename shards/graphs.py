@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from shards.model_config import ModelConfig
+from shards.model_config import LayerSpec, ModelConfig
 
 OPSET = 23
 FLOAT = TensorProto.FLOAT
@@ -80,10 +80,10 @@ def _present_outputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
     ]
 
 
-def _rotary_tables(builder: _GraphBuilder, config: ModelConfig) -> tuple[str, str]:
+def _rotary_tables(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec) -> tuple[str, str]:
     """cos/sin of position * inverse frequency, (batch, seq, head_dim / 2), in float32 like HF."""
     exponents = np.arange(0, config.head_dim, 2, dtype=np.int64).astype(np.float32) / config.head_dim
-    inverse_frequency = (1.0 / (config.rope_theta**exponents)).astype(np.float32)
+    inverse_frequency = (1.0 / (spec.rope_theta**exponents)).astype(np.float32)
     builder.constant("inverse_frequency", inverse_frequency)
     builder.constant("axis_last", np.array([-1], dtype=np.int64))
     builder.op("Cast", ["positions"], "positions_float", to=FLOAT)
@@ -94,9 +94,22 @@ def _rotary_tables(builder: _GraphBuilder, config: ModelConfig) -> tuple[str, st
     )
 
 
-def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, weights: dict[str, np.ndarray],
-                     cos: str, sin: str) -> tuple[str, str, str]:
-    """attention RMSNorm, then K (rotated) and V, each (batch, seq, kv_heads * head_dim)."""
+def _head_norm(builder: _GraphBuilder, config: ModelConfig, projected: str, weight: np.ndarray,
+               heads: int, name: str) -> str:
+    """RMSNorm over each head of a projection (QK-norm): (batch, seq, heads * head_dim) in and out."""
+    builder.constant(f"{name}_weight", weight)
+    builder.constant(f"{name}_shape", np.array([0, 0, heads, config.head_dim], dtype=np.int64))
+    builder.op("Reshape", [projected, f"{name}_shape"], f"{name}_heads")     # (batch, seq, heads, head_dim)
+    builder.op("RMSNormalization", [f"{name}_heads", f"{name}_weight"], f"{name}_normed", axis=-1,
+               epsilon=config.norm_eps)
+    builder.constant(f"{name}_flat", np.array([0, 0, heads * config.head_dim], dtype=np.int64))
+    return builder.op("Reshape", [f"{name}_normed", f"{name}_flat"], f"{name}_out")
+
+
+def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec,
+                     weights: dict[str, np.ndarray], cos: str, sin: str) -> tuple[str, str, str]:
+    """attention RMSNorm, then K (QK-normed if the spec says so, rotated) and V, each
+    (batch, seq, kv_heads * head_dim)."""
     builder.constant("attn_norm_weight", weights["attn_norm"])
     builder.op("RMSNormalization", ["hidden", "attn_norm_weight"], "attn_input",
                axis=-1, epsilon=config.norm_eps)
@@ -104,7 +117,9 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, weights: dict[
     builder.constant("v_weight", np.ascontiguousarray(weights["attn_v"].T))
     builder.op("MatMul", ["attn_input", "k_weight"], "k_raw")
     builder.op("MatMul", ["attn_input", "v_weight"], "v")
-    builder.op("RotaryEmbedding", ["k_raw", cos, sin], "k", num_heads=config.kv_heads,
+    k_input = (_head_norm(builder, config, "k_raw", weights["attn_k_norm"], config.kv_heads, "k_norm")
+               if spec.qk_norm else "k_raw")
+    builder.op("RotaryEmbedding", [k_input, cos, sin], "k", num_heads=config.kv_heads,
                interleaved=0)
     return "attn_input", "k", "v"
 
@@ -112,7 +127,8 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, weights: dict[
 KEY_LENGTH_MULTIPLE = 4   # attention pads its key axis to this; see _row_invariant_attention
 
 
-def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, q: str, k: str, v: str) -> str:
+def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, q: str, k: str,
+                             v: str) -> str:
     """Causal grouped-query attention whose every row is bitwise the same however many rows run.
 
     Speculative decoding verifies k drafted tokens in one multi-row pass and promises the
@@ -156,7 +172,8 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, q: str
     builder.op("Unsqueeze", ["query_scaled", "row_axis_4"], "query_rows")   # (batch, kv, group, seq, 1, head_dim)
     builder.op("MatMul", ["query_rows", "key_columns"], "scores")           # (batch, kv, group, seq, 1, padded)
 
-    # Slot j is visible to a query at position p iff j <= p (padded slots lie past every query).
+    # Slot j is visible to a query at position p iff j <= p (padded slots lie past every
+    # query), and on a sliding-window layer also j > p - window.
     builder.op("Shape", ["padded_key"], "padded_length_1d", start=2, end=3)
     builder.op("Squeeze", ["padded_length_1d"], "padded_length")
     builder.constant("zero", np.array(0, dtype=np.int64))
@@ -164,7 +181,13 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, q: str
     builder.op("Range", ["zero", "padded_length", "one"], "slots")          # (padded,)
     builder.constant("query_axes", np.array([1, 2, 4, 5], dtype=np.int64))
     builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, 1, seq, 1, 1)
-    builder.op("LessOrEqual", ["slots", "query_positions"], "attention_mask")  # (batch, 1, 1, seq, 1, padded)
+    mask = builder.op("LessOrEqual", ["slots", "query_positions"], "causal_mask")  # (batch, 1, 1, seq, 1, padded)
+    if spec.attention == "sliding":
+        builder.constant("window", np.array(spec.window, dtype=np.int64))
+        builder.op("Sub", ["query_positions", "window"], "window_start")     # p - window
+        builder.op("Greater", ["slots", "window_start"], "window_mask")
+        mask = builder.op("And", [mask, "window_mask"], "sliding_mask")
+    builder.op("Identity", [mask], "attention_mask")
     builder.constant("minus_infinity", np.array(-np.inf, dtype=np.float32))
     builder.op("Where", ["attention_mask", "scores", "minus_infinity"], "masked_scores")
     builder.op("Softmax", ["masked_scores"], "attention_weights", axis=-1)
@@ -175,16 +198,59 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, q: str
     return builder.op("Reshape", ["context_by_position", "attention_flat"], "attention")
 
 
+def _mlp(builder: _GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray], source: str) -> str:
+    """gate/up/down with the spec's activation: swiglu silu(gate) * up, geglu gelu_tanh(gate) * up."""
+    builder.constant("gate_weight", np.ascontiguousarray(weights["ffn_gate"].T))
+    builder.constant("up_weight", np.ascontiguousarray(weights["ffn_up"].T))
+    builder.constant("down_weight", np.ascontiguousarray(weights["ffn_down"].T))
+    builder.op("MatMul", [source, "gate_weight"], "gate")
+    builder.op("MatMul", [source, "up_weight"], "up")
+    if spec.mlp == "swiglu":
+        builder.op("Sigmoid", ["gate"], "gate_sigmoid")
+        builder.op("Mul", ["gate", "gate_sigmoid"], "gate_activated")
+    else:   # gelu, tanh approximation, composed: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        builder.constant("gelu_cubic", np.array(0.044715, dtype=np.float32))
+        builder.constant("gelu_scale", np.array(np.sqrt(2.0 / np.pi), dtype=np.float32))
+        builder.constant("gelu_half", np.array(0.5, dtype=np.float32))
+        builder.constant("gelu_one", np.array(1.0, dtype=np.float32))
+        builder.op("Mul", ["gate", "gate"], "gate_squared")
+        builder.op("Mul", ["gate_squared", "gate"], "gate_cubed")
+        builder.op("Mul", ["gate_cubed", "gelu_cubic"], "gate_cubic_term")
+        builder.op("Add", ["gate", "gate_cubic_term"], "gelu_inner")
+        builder.op("Mul", ["gelu_inner", "gelu_scale"], "gelu_scaled")
+        builder.op("Tanh", ["gelu_scaled"], "gelu_tanh")
+        builder.op("Add", ["gelu_tanh", "gelu_one"], "gelu_shifted")
+        builder.op("Mul", ["gate", "gelu_half"], "gate_half")
+        builder.op("Mul", ["gate_half", "gelu_shifted"], "gate_activated")
+    builder.op("Mul", ["gate_activated", "up"], "mlp_hidden")
+    return builder.op("MatMul", ["mlp_hidden", "down_weight"], "mlp_out")
+
+
+def _sandwich(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, source: str,
+              weight: np.ndarray | None, name: str) -> str:
+    """The RMSNorm a sandwich-norm layer (Gemma) puts on a sub-block's output; else the output."""
+    if not spec.sandwich_norms:
+        return source
+    assert weight is not None
+    builder.constant(f"{name}_weight", weight)
+    return builder.op("RMSNormalization", [source, f"{name}_weight"], name, axis=-1, epsilon=config.norm_eps)
+
+
 def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
-    """A full decoder layer (pre-norm attention + SwiGLU MLP, both residual)."""
+    """A full decoder layer as `config.spec(layer)` describes it: pre-norm attention (QK-norm,
+    sliding window, RoPE base per spec) and MLP (SwiGLU or GeGLU), both residual, with
+    sandwich norms on the sub-block outputs where the spec has them."""
+    spec = config.spec(layer)
     builder = _GraphBuilder()
-    cos, sin = _rotary_tables(builder, config)
-    attn_input, k, v = _projections_k_v(builder, config, weights, cos, sin)
+    cos, sin = _rotary_tables(builder, config, spec)
+    attn_input, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.constant("q_weight", np.ascontiguousarray(weights["attn_q"].T))
     builder.op("MatMul", [attn_input, "q_weight"], "q_raw")
-    builder.op("RotaryEmbedding", ["q_raw", cos, sin], "q", num_heads=config.heads, interleaved=0)
+    q_input = (_head_norm(builder, config, "q_raw", weights["attn_q_norm"], config.heads, "q_norm")
+               if spec.qk_norm else "q_raw")
+    builder.op("RotaryEmbedding", [q_input, cos, sin], "q", num_heads=config.heads, interleaved=0)
 
-    attention = _row_invariant_attention(builder, config, "q", k, v)
+    attention = _row_invariant_attention(builder, config, spec, "q", k, v)
     # Head mask before the output projection: (batch, seq, heads, head_dim) * (heads, 1).
     heads, head_dim = config.heads, config.head_dim
     builder.constant("attention_heads_shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
@@ -209,21 +275,16 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int)
     builder.op("Mul", ["attention_gram", "attention_rows"], "head_energy_terms")
     builder.constant("energy_axes", np.array([3, 4], dtype=np.int64))
     builder.op("ReduceSum", ["head_energy_terms", "energy_axes"], "head_energy", keepdims=0)  # (batch, seq, heads)
-    builder.op("Add", ["hidden", "attention_out"], "after_attention")
+    attention_residual = _sandwich(builder, config, spec, "attention_out", weights.get("post_attention_norm"),
+                                   "attention_out_normed")
+    builder.op("Add", ["hidden", attention_residual], "after_attention")
 
     builder.constant("ffn_norm_weight", weights["ffn_norm"])
     builder.op("RMSNormalization", ["after_attention", "ffn_norm_weight"], "mlp_input",
                axis=-1, epsilon=config.norm_eps)
-    builder.constant("gate_weight", np.ascontiguousarray(weights["ffn_gate"].T))
-    builder.constant("up_weight", np.ascontiguousarray(weights["ffn_up"].T))
-    builder.constant("down_weight", np.ascontiguousarray(weights["ffn_down"].T))
-    builder.op("MatMul", ["mlp_input", "gate_weight"], "gate")
-    builder.op("MatMul", ["mlp_input", "up_weight"], "up")
-    builder.op("Sigmoid", ["gate"], "gate_sigmoid")
-    builder.op("Mul", ["gate", "gate_sigmoid"], "gate_silu")
-    builder.op("Mul", ["gate_silu", "up"], "mlp_hidden")
-    builder.op("MatMul", ["mlp_hidden", "down_weight"], "mlp_out")
-    builder.op("Add", ["after_attention", "mlp_out"], "hidden_out")
+    mlp_out = _mlp(builder, spec, weights, "mlp_input")
+    mlp_residual = _sandwich(builder, config, spec, mlp_out, weights.get("post_ffw_norm"), "mlp_out_normed")
+    builder.op("Add", ["after_attention", mlp_residual], "hidden_out")
 
     inputs = [*_layer_inputs(config), helper.make_tensor_value_info("head_mask", FLOAT, [config.heads])]
     outputs = [helper.make_tensor_value_info("hidden_out", FLOAT, ["batch", "seq", config.hidden])]
@@ -233,9 +294,10 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int)
 
 def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
     """What a skipped layer still computes: this position's K/V from the unchanged hidden state."""
+    spec = config.spec(layer)
     builder = _GraphBuilder()
-    cos, sin = _rotary_tables(builder, config)
-    _, k, v = _projections_k_v(builder, config, weights, cos, sin)
+    cos, sin = _rotary_tables(builder, config, spec)
+    _, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.constant("heads_shape", np.array([0, 0, config.kv_heads, config.head_dim], dtype=np.int64))
     for name, past in ((k, "past_key"), (v, "past_value")):
         builder.op("Reshape", [name, "heads_shape"], f"{name}_heads")  # (batch, seq, kv_heads, head_dim)
@@ -260,9 +322,15 @@ def external_tensor(name: str, shape: tuple[int, ...], location: str) -> onnx.Te
 
 
 def build_embedding(config: ModelConfig, table_file: str) -> onnx.ModelProto:
+    """Token rows of the table, times the family's embedding scale (Gemma: sqrt(hidden))."""
     builder = _GraphBuilder()
     builder.initializers.append(external_tensor("token_embedding", (config.vocab, config.hidden), table_file))
-    builder.op("Gather", ["token_embedding", "input_ids"], "hidden", axis=0)
+    if config.embedding_scale == 1.0:
+        builder.op("Gather", ["token_embedding", "input_ids"], "hidden", axis=0)
+    else:
+        builder.op("Gather", ["token_embedding", "input_ids"], "token_rows", axis=0)
+        builder.constant("embedding_scale", np.array(config.embedding_scale, dtype=np.float32))
+        builder.op("Mul", ["token_rows", "embedding_scale"], "hidden")
     inputs = [helper.make_tensor_value_info("input_ids", INT64, ["batch", "seq"])]
     outputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
     return builder.model("embedding", inputs, outputs)

@@ -55,6 +55,13 @@ class Manifest:
     eos_id: int
     bos_id: int | None
     files: dict[str, FileEntry] = field(default_factory=dict)
+    stop_ids: tuple[int, ...] = ()   # besides EOS: tokens that end an answer (Gemma: <end_of_turn>)
+    add_bos: bool = False            # plain prompts start with BOS (chat templates write their own)
+
+    @property
+    def stop_set(self) -> frozenset[int]:
+        """Every token id that ends generation."""
+        return frozenset({self.eos_id, *self.stop_ids})
 
     def layer_files(self, index: int) -> list[str]:
         """Every file a node holding this layer needs."""
@@ -76,6 +83,8 @@ class Manifest:
             "eos_id": self.eos_id,
             "bos_id": self.bos_id,
             "files": {name: vars(entry) for name, entry in sorted(self.files.items())},
+            "stop_ids": list(self.stop_ids),
+            "add_bos": self.add_bos,
         }
 
     @classmethod
@@ -100,6 +109,8 @@ class Manifest:
             eos_id=data["eos_id"],
             bos_id=data.get("bos_id"),
             files={name: FileEntry(**entry) for name, entry in data["files"].items()},
+            stop_ids=tuple(data.get("stop_ids", ())),
+            add_bos=bool(data.get("add_bos", False)),
         )
 
     def write(self, directory: Path) -> None:

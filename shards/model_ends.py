@@ -45,7 +45,7 @@ class ModelEnds:
                                          providers=["CPUExecutionProvider"])
         template = self.directory / self.manifest.chat_template if self.manifest.chat_template else None
         self.text = TextCodec.load(self.directory / self.manifest.tokenizer, template,
-                                   self.manifest.eos_id, self.manifest.bos_id)
+                                   self.manifest.eos_id, self.manifest.bos_id, self.manifest.add_bos)
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.embedding.run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]  # (1, seq, hidden)

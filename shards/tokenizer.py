@@ -1,8 +1,10 @@
 """Tokenizer and chat template: built from GGUF vocabulary data, loaded from a shard directory.
 
 Owns turning text and chat messages into token ids and back. Uses the Hugging Face
-`tokenizers` library (byte-level BPE, digits split one by one, no prefix space) and
-renders the model's own Jinja chat template. Never touches model weights.
+`tokenizers` library: byte-level BPE with the GGUF's merges (`gpt2` tokenizers, e.g.
+SmolLM2: digits split one by one, no prefix space), or SentencePiece-style BPE whose
+merges are derived from the piece scores, with byte fallback (`llama` tokenizers, e.g.
+Gemma 3). Renders the model's Jinja chat template. Never touches model weights.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import jinja2
 import jinja2.sandbox
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from shards.gguf_model import TokenizerData
 
@@ -21,18 +23,13 @@ CONTROL_TOKEN_TYPE = 3
 USER_DEFINED_TOKEN_TYPE = 4
 
 
+NORMAL_TOKEN_TYPE = 1
+BYTE_TOKEN_TYPE = 6
+SPACE = "\u2581"   # SentencePiece's visible space
+
+
 def build_tokenizer(data: TokenizerData) -> Tokenizer:
-    vocab = {token: index for index, token in enumerate(data.tokens)}
-    merges: list[tuple[str, str]] = []
-    for merge in data.merges:
-        left, right = merge.split(" ", 1)
-        merges.append((left, right))
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer = _sentencepiece_bpe(data) if data.model == "llama" else _byte_level_bpe(data)
     special = [
         AddedToken(token, special=True, normalized=False)
         for token, kind in zip(data.tokens, data.token_types, strict=False)
@@ -46,6 +43,56 @@ def build_tokenizer(data: TokenizerData) -> Tokenizer:
     ]
     if user_defined:
         tokenizer.add_tokens(user_defined)
+    return tokenizer
+
+
+def _byte_level_bpe(data: TokenizerData) -> Tokenizer:
+    vocab = {token: index for index, token in enumerate(data.tokens)}
+    merges: list[tuple[str, str]] = []
+    for merge in data.merges:
+        left, right = merge.split(" ", 1)
+        merges.append((left, right))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def sentencepiece_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """BPE merges of a SentencePiece BPE vocabulary: every split of a normal piece into
+    two pieces of the vocabulary, the piece with the higher score merged first (ties:
+    by the parts' ids), as SentencePiece itself ranks them."""
+    vocab = {token: index for index, token in enumerate(tokens)
+             if types[index] in (NORMAL_TOKEN_TYPE, USER_DEFINED_TOKEN_TYPE)}
+    candidates: list[tuple[float, int, int, str, str]] = []
+    for piece, index in vocab.items():
+        if types[index] != NORMAL_TOKEN_TYPE:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                candidates.append((-scores[index], vocab[left], vocab[right], left, right))
+    candidates.sort()
+    return [(left, right) for _, _, _, left, right in candidates]
+
+
+def _sentencepiece_bpe(data: TokenizerData) -> Tokenizer:
+    if data.scores is None:
+        raise ValueError("a SentencePiece tokenizer needs tokenizer.ggml.scores")
+    vocab = {token: index for index, token in enumerate(data.tokens)}
+    merges = sentencepiece_merges(data.tokens, data.scores, data.token_types)
+    unknown = next((token for token, kind in zip(data.tokens, data.token_types, strict=False) if kind == 2), None)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=True,
+                                     unk_token=unknown, ignore_merges=False))
+    steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", SPACE)]
+    if data.add_space_prefix:
+        steps.insert(0, normalizers.Prepend(SPACE))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+                                          + ([decoders.Strip(SPACE, 1, 0)] if data.add_space_prefix else []))
     return tokenizer
 
 
@@ -66,17 +113,25 @@ class TextCodec:
     eos_id: int
     bos_token: str
     eos_token: str
+    bos_id: int | None = None
+    add_bos: bool = False        # plain prompts start with BOS (Gemma); chat templates write their own
 
     @classmethod
     def load(cls, tokenizer_file: Path, template_file: Path | None, eos_id: int,
-             bos_id: int | None) -> TextCodec:
+             bos_id: int | None, add_bos: bool = False) -> TextCodec:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
         template = template_file.read_text() if template_file and template_file.is_file() else None
         eos_token = tokenizer.id_to_token(eos_id) or ""
         bos_token = (tokenizer.id_to_token(bos_id) or "") if bos_id is not None else ""
-        return cls(tokenizer, template, eos_id, bos_token, eos_token)
+        return cls(tokenizer, template, eos_id, bos_token, eos_token, bos_id, add_bos and bos_id is not None)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of a plain prompt (with BOS first where the model expects it)."""
+        ids = self.encode_text(text)
+        return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of the text alone (special tokens written in it are recognised)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:
@@ -96,4 +151,4 @@ class TextCodec:
             raise ChatTemplateError(f"chat template failed: {error}") from error
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        return self.encode(self.render_chat(messages))
+        return self.encode_text(self.render_chat(messages))

@@ -90,10 +90,10 @@ def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: lis
     under the same (position, layer) skips and (layer, head) masks as a router would apply."""
     ids = reference.text.encode_chat(messages)
     tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts,
-                            CodecPresets().get(codec), frozenset({reference.manifest.eos_id}),
+                            CodecPresets().get(codec), reference.manifest.stop_set,
                             skips=frozenset(skips), pruned_heads=frozenset(pruned_heads),
                             heads_from=RouterConfig().protect_tokens)
-    return [token for token in tokens if token != reference.manifest.eos_id]
+    return [token for token in tokens if token not in reference.manifest.stop_set]
 
 
 def cuts_of(status: dict) -> list[int]:

@@ -1,0 +1,45 @@
+"""Model families: what differs between llama-style and Gemma-3-style GGUFs, in one place.
+
+Owns the registry (`family_for`) and the `Family` record each entry fills in: how to read
+its GGUF metadata into a `ModelConfig` (including one `LayerSpec` per layer), which
+per-layer tensors it needs, how to bring them into the layout the graph builders
+expect, the chat template to use when the GGUF carries none, and the tokens besides EOS
+that end an answer. Adding a family is a new module here and, where it computes something
+new, a `LayerSpec` field the builders honour (Qwen3's QK-norm exists already; Qwen2's
+QKV biases would be one field and three Adds).
+Never reads files itself (the GGUF reader hands it a metadata getter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shards.errors import UnsupportedModelError
+from shards.model_config import ModelConfig
+
+Metadata = Callable[..., Any]   # metadata(key, default=None) -> value (raises if missing and no default)
+
+
+@dataclass(frozen=True)
+class Family:
+    architecture: str
+    read_config: Callable[[Metadata, set[str], str], ModelConfig]   # (metadata, tensor names, file name)
+    layer_tensors: tuple[str, ...]                                  # names after "blk.N.", before ".weight"
+    prepare_layer: Callable[[dict[str, np.ndarray], ModelConfig], dict[str, np.ndarray]]
+    chat_template: str | None = None      # when the GGUF has no tokenizer.chat_template
+    stop_tokens: tuple[str, ...] = ()     # besides EOS: tokens that end an assistant turn
+
+
+def family_for(architecture: str, path: str = "") -> Family:
+    from shards.families.gemma3 import GEMMA3
+    from shards.families.llama import LLAMA
+
+    families = {family.architecture: family for family in (LLAMA, GEMMA3)}
+    if architecture not in families:
+        raise UnsupportedModelError(f"{path}: architecture {architecture!r} is not supported "
+                                    f"(supported: {', '.join(sorted(families))})")
+    return families[architecture]
