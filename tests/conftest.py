@@ -22,3 +22,21 @@ def reference(shard_dir: Path):
     from shards.executor import ReferenceExecutor
 
     return ReferenceExecutor(shard_dir, threads=2)
+
+
+@pytest.fixture(scope="session")
+def gemma_dir() -> Path:
+    """Shards of Gemma 3 270M, the second model family (installed and converted by
+    `make setup-test`; assembled from its PyPI chunk packages)."""
+    from shards.convert import convert
+    from shards.gguf_model import gemma3_270m_path
+
+    directory, _ = convert(gemma3_270m_path(), progress=False)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def gemma_reference(gemma_dir: Path):
+    from shards.executor import ReferenceExecutor
+
+    return ReferenceExecutor(gemma_dir, threads=2, verify=False)

@@ -1,0 +1,38 @@
+"""The second model family in real Chromium tabs: Gemma 3 270M split across 2 WASM tabs
+(sliding-window and global layers, QK-norm, GeGLU, head_dim 256 with one K/V head)
+gives the reference executor's greedy tokens, lossless and through the default int8
+codec (the reference run through the same codec and stage cuts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.tabs import Tabs
+from tests.support import cuts_of, post, reference_tokens, running_app, wait_ready
+
+pytestmark = pytest.mark.e2e
+LOAD_TIMEOUT = 300.0
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+async def gemma_tabs(browser, gemma_dir):
+    async with running_app(gemma_dir, join_settle_seconds=1.5, step_timeout_seconds=60.0) as (_, base):
+        tabs = await Tabs.open_for(browser, base)
+        await tabs.open("gemma-tab-1")
+        await tabs.open("gemma-tab-2")
+        status = await wait_ready(base, 2, LOAD_TIMEOUT)
+        yield base, status
+        await tabs.close_all()
+
+
+@pytest.mark.parametrize("codec", ["lossless", "int8"])
+async def test_gemma3_through_two_tabs_equals_the_reference(gemma_tabs, gemma_reference, codec):
+    base, status = gemma_tabs
+    assert {worker["backend"] for worker in status["workers"]} == {"wasm"}
+    assert status["plan"][-1]["layers"][1] == 18
+    _, body = await post(base, "/v1/chat/completions", {
+        "messages": CHAT, "max_tokens": 12, "tabswarm": {"codec": codec, "return_token_ids": True}})
+    want = reference_tokens(gemma_reference, CHAT, codec, 12, cuts_of(status))
+    assert body["choices"][0]["token_ids"] == want
+    assert body["usage"]["tabswarm"]["stages"] == 2
