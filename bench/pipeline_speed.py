@@ -20,13 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-
-from coordinator.app import CLUSTER
-from coordinator.config import CodecPresets
+from bench.suite import hop_overhead
 from coordinator.headless import HeadlessWorkers, worker_url
-from protocol.activation_codec import Route, StreamCodecState, decode_activation, encode_activation
-from protocol.frames import FrameKind, StepKind
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import default_model_path
@@ -63,25 +58,6 @@ async def aggregate_rate(base: str, streams: int, tokens: int) -> float:
                                      for p in prompts))
     elapsed = time.perf_counter() - started
     return sum(body["usage"]["completion_tokens"] for _, body in results) / elapsed
-
-
-async def hop_overhead(app, frames: int = 200) -> dict:
-    """Round trips of one-token echo frames to the first worker, default codec."""
-    link = next(iter(app[CLUSTER].workers.values()))
-    settings = CodecPresets().get("int8")
-    rows = np.random.default_rng(0).standard_normal((1, 576)).astype(np.float32) * 3
-    encoder, decoder = StreamCodecState(), StreamCodecState()
-    times = []
-    for position in range(frames):
-        started = time.perf_counter()
-        route = Route(FrameKind.FORWARD, 9_999, position, 0, 0, step=position + 1, step_kind=StepKind.DECODE)
-        frame = encode_activation(rows, route, settings, encoder)
-        result = await link.call(frame, 9_999, position + 1, 1)
-        decode_activation(result, decoder)
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return {"frames": frames, "median_ms": statistics.median(times), "p95_ms": times[int(0.95 * len(times)) - 1],
-            "frame_bytes": len(frame)}
 
 
 async def run(args: argparse.Namespace) -> dict:

@@ -41,6 +41,16 @@ def worker_series(samples: dict) -> set[str]:
             for labels in series if "worker" in dict(labels)}
 
 
+async def scrape_when(base: str, event: str, count: int) -> dict:
+    """The first scrape (within 5 s) whose cluster event counter reached `count`."""
+    for _ in range(100):
+        samples = await scrape(base)
+        if value(samples, "tabswarm_cluster_events_total", event=event) == count:
+            return samples
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{event} events never reached {count}: {samples.get('tabswarm_cluster_events_total')}")
+
+
 async def first_snapshot(base: str) -> dict:
     async with aiohttp.ClientSession() as session, session.get(base + "/v1/dashboard/stream") as response:
         assert response.status == 200
@@ -91,12 +101,7 @@ async def test_counters_move_with_requests_joins_and_losses(shard_dir):
         assert steps_total == body["usage"]["tabswarm"]["hops"]   # one timed step per hop
 
         await workers[1].kill()
-        for _ in range(100):
-            lost = await scrape(base)
-            if value(lost, "tabswarm_cluster_events_total", event="leave") == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert value(lost, "tabswarm_cluster_events_total", event="leave") == 1
+        lost = await scrape_when(base, "leave", 1)
         assert len(worker_series(lost)) == 1                   # the lost tab's series are gone
         assert value(lost, "tabswarm_cluster_events_total", event="replan") > \
             value(after, "tabswarm_cluster_events_total", event="replan")   # the swarm replanned without it
@@ -118,13 +123,8 @@ async def test_per_worker_series_stay_bounded_after_100_joins_and_leaves(shard_d
         stay = await FakeWorker(base, shard_dir, "stays").start()
         for index in range(100):
             await bare_join_and_leave(base, f"transient-{index}")
-        for _ in range(100):
-            samples = await scrape(base)
-            if value(samples, "tabswarm_cluster_events_total", event="leave") == 100:
-                break
-            await asyncio.sleep(0.05)
+        samples = await scrape_when(base, "leave", 100)
         assert value(samples, "tabswarm_cluster_events_total", event="join") == 101
-        assert value(samples, "tabswarm_cluster_events_total", event="leave") == 100
         assert len(worker_series(samples)) == 1
         series = sum(len(values) for values in samples.values())
         assert series < 250, f"{series} series after 100 joins and leaves"
