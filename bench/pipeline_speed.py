@@ -20,35 +20,18 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.suite import hop_overhead
+from bench.suite import STORY, decode_rate, hop_overhead, reference
 from coordinator.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
-from shards.executor import ReferenceExecutor
 from shards.gguf_model import default_model_path
-from shards.sampling import SamplingParams
 from tests.support import post, running_app, wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROMPT = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
 
 
-def reference_speed(directory: Path, tokens: int) -> float:
-    executor = ReferenceExecutor(directory, threads=2)
-    ids = executor.text.encode_chat(PROMPT)
-    rates = []
-    for _ in range(3):
-        steps = list(executor.generate(ids, SamplingParams(max_tokens=tokens), stop_ids=frozenset()))
-        rates.append((len(steps) - 1) / sum(step.seconds for step in steps[1:]))
-    return statistics.median(rates)
-
-
-async def decode_rate(base: str, tokens: int, repeats: int = 3) -> float:
-    rates = []
-    for _ in range(repeats):
-        status, body = await post(base, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": tokens})
-        assert status == 200, body
-        rates.append(body["usage"]["tabswarm"]["decode_tokens_per_second"])
-    return statistics.median(rates)
+async def median_decode_rate(base: str, tokens: int, repeats: int = 3) -> float:
+    """Plain decoding (speculation off, like the reference figure it is compared with)."""
+    return statistics.median([await decode_rate(base, STORY, tokens) for _ in range(repeats)])
 
 
 async def aggregate_rate(base: str, streams: int, tokens: int) -> float:
@@ -63,7 +46,7 @@ async def aggregate_rate(base: str, streams: int, tokens: int) -> float:
 async def run(args: argparse.Namespace) -> dict:
     directory, _ = convert(default_model_path(), progress=False)
     report: dict = {"machine": {"cores": os.cpu_count()}, "tokens_per_request": args.tokens}
-    report["reference_in_process_tok_s"] = reference_speed(directory, args.tokens)
+    report["reference_in_process_tok_s"] = reference(directory, 128, args.tokens, 3)[0]["decode_tok_s"]
     print(f"reference executor (native onnxruntime, in-process): {report['reference_in_process_tok_s']:.1f} tok/s",
           flush=True)
     async with running_app(directory, join_settle_seconds=1.0, max_active=16, max_queue=64) as (app, base):
@@ -92,7 +75,7 @@ async def run(args: argparse.Namespace) -> dict:
                 if count > 1:  # one more tab (tabs join ~1 s after opening: count, don't poll)
                     await headless.open(worker_url(base, f"tab-{count}", args.threads))
                 await wait_ready(base, count, 300)
-                entry = {"decode_tok_s": await decode_rate(base, args.tokens)}
+                entry = {"decode_tok_s": await median_decode_rate(base, args.tokens)}
                 if count >= 2:
                     single = await aggregate_rate(base, 1, args.tokens)
                     multi = await aggregate_rate(base, 8, args.tokens)

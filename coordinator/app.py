@@ -24,13 +24,12 @@ from coordinator.engine import GenerationEngine
 from coordinator.http_api import Api, json_errors
 from coordinator.metrics import RequestMetrics, SwarmCollector, metrics_handler
 from coordinator.request_watch import RequestWatch
-from coordinator.static_files import add_static_routes, isolation_headers
+from coordinator.static_files import WEB_DIR, add_static_routes, isolation_headers
 from coordinator.verifier import StageChecker, VerifyConfig
 from coordinator.worker_endpoint import handle_worker, heartbeat_loop
 from shards.model_ends import ModelEnds
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(__file__).resolve().parent / "web"
 WORKER_PAGE = Path(__file__).resolve().parent.parent / "worker_web" / "index.html"
 
 CONFIG = web.AppKey("config", AppConfig)
@@ -38,7 +37,6 @@ CLUSTER = web.AppKey("cluster", Cluster)
 ENGINE = web.AppKey("engine", GenerationEngine)
 API = web.AppKey("api", Api)
 ACTIVITY = web.AppKey("activity", ActivityLog)
-METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 class AccessState:
@@ -79,7 +77,7 @@ def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
                           client_max_size=4 << 20)
     app[CONFIG], app[CLUSTER], app[ENGINE], app[API] = config, cluster, engine, api
     app[ACCESS] = AccessState(config.access)
-    app[ACTIVITY], app[METRICS] = activity, registry
+    app[ACTIVITY] = activity
     app.router.add_post("/v1/chat/completions", api.chat_completions)
     app.router.add_post("/v1/completions", api.completions)
     app.router.add_get("/v1/models", api.models)

@@ -15,15 +15,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from coordinator.activity import ActivityLog
+from coordinator.static_files import WEB_DIR
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(__file__).resolve().parent / "web"
 
 
 def pipeline_view(status: dict[str, Any]) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from shards.manifest import (
 )
 from shards.tokenizer import build_tokenizer
 
-CONVERTER_VERSION = "4"   # 3: row-invariant attention (speculative verify passes); 4: model families
+CONVERTER_VERSION = "5"   # 3: row-invariant attention (speculative verify passes); 4: model families; 5: no Identity mask node
 TOKEN_TABLE = "token_embedding.bin"
 log = logging.getLogger(__name__)
 

@@ -187,9 +187,8 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
         builder.op("Sub", ["query_positions", "window"], "window_start")     # p - window
         builder.op("Greater", ["slots", "window_start"], "window_mask")
         mask = builder.op("And", [mask, "window_mask"], "sliding_mask")
-    builder.op("Identity", [mask], "attention_mask")
     builder.constant("minus_infinity", np.array(-np.inf, dtype=np.float32))
-    builder.op("Where", ["attention_mask", "scores", "minus_infinity"], "masked_scores")
+    builder.op("Where", [mask, "scores", "minus_infinity"], "masked_scores")
     builder.op("Softmax", ["masked_scores"], "attention_weights", axis=-1)
     builder.op("MatMul", ["attention_weights", "value_rows"], "context_rows")   # (batch, kv, group, seq, 1, head_dim)
     builder.op("Squeeze", ["context_rows", "row_axis_4"], "context")

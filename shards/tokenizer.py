@@ -19,12 +19,10 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from shards.gguf_model import TokenizerData
 
+NORMAL_TOKEN_TYPE = 1        # GGUF token types
+UNKNOWN_TOKEN_TYPE = 2
 CONTROL_TOKEN_TYPE = 3
 USER_DEFINED_TOKEN_TYPE = 4
-
-
-NORMAL_TOKEN_TYPE = 1
-BYTE_TOKEN_TYPE = 6
 SPACE = "\u2581"   # SentencePiece's visible space
 
 
@@ -84,7 +82,8 @@ def _sentencepiece_bpe(data: TokenizerData) -> Tokenizer:
         raise ValueError("a SentencePiece tokenizer needs tokenizer.ggml.scores")
     vocab = {token: index for index, token in enumerate(data.tokens)}
     merges = sentencepiece_merges(data.tokens, data.scores, data.token_types)
-    unknown = next((token for token, kind in zip(data.tokens, data.token_types, strict=False) if kind == 2), None)
+    unknown = next((token for token, kind in zip(data.tokens, data.token_types, strict=False)
+                    if kind == UNKNOWN_TOKEN_TYPE), None)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=True,
                                      unk_token=unknown, ignore_merges=False))
     steps: list[normalizers.Normalizer] = [normalizers.Replace(" ", SPACE)]
