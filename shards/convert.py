@@ -16,13 +16,25 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
+from shards.compact_weights import BLOCK_TYPES, decode_rows, write_weights
 from shards.gguf_model import GGUFModel
-from shards.graphs import OPSET, build_embedding, build_head, build_kv_only, build_layer
+from shards.graphs import (
+    HEAD_ACCURACY_LEVEL,
+    HEAD_BLOCK_TYPES,
+    OPSET,
+    build_compact_head,
+    build_embedding,
+    build_head,
+    build_kv_only,
+    build_layer,
+)
 from shards.manifest import (
     FORMAT_VERSION,
+    TOKEN_TABLE,
     FileEntry,
     LayerEntry,
     Manifest,
@@ -32,8 +44,12 @@ from shards.manifest import (
 )
 from shards.tokenizer import build_tokenizer
 
-CONVERTER_VERSION = "5"   # 3: row-invariant attention (speculative verify passes); 4: model families; 5: no Identity mask node
-TOKEN_TABLE = "token_embedding.bin"
+CONVERTER_VERSION = "6"   # 3: row-invariant attention (speculative verify passes); 4: model families; 5: no Identity mask node; 6: compact weights
+WEIGHT_FORMATS = ("gguf", "float32")   # gguf: the GGUF's blocks in layer_NN.weights; float32: inside the graphs
+# graph initializer -> GGUF tensor role, for the matrices a compact shard keeps as blocks
+MATRIX_ROLES = {"q_weight": "attn_q", "k_weight": "attn_k", "v_weight": "attn_v", "o_weight": "attn_output",
+                "gate_weight": "ffn_gate", "up_weight": "ffn_up", "down_weight": "ffn_down"}
+FLOAT_HEAD = "head.float32.onnx"   # the float32 head next to a compact one (`--head float32`)
 log = logging.getLogger(__name__)
 
 
@@ -52,29 +68,35 @@ def _source_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cached_shard_dir(gguf_path: Path, cache_root: Path | None = None) -> tuple[Path, str]:
+def cached_shard_dir(gguf_path: Path, cache_root: Path | None = None,
+                     weights: str = "gguf") -> tuple[Path, str]:
     source_sha = _source_digest(gguf_path)
     root = cache_root or default_cache_root()
-    return root / f"{gguf_path.stem}-{source_sha[:16]}-v{CONVERTER_VERSION}", source_sha
+    suffix = "" if weights == "gguf" else f"-{weights}"
+    return root / f"{gguf_path.stem}-{source_sha[:16]}-v{CONVERTER_VERSION}{suffix}", source_sha
 
 
 def convert(gguf_path: Path, out_dir: Path | None = None, progress: bool = True,
-            force: bool = False) -> tuple[Path, Manifest]:
-    """Convert (or reuse the cached conversion of) a GGUF model; returns (directory, manifest)."""
+            force: bool = False, weights: str = "gguf") -> tuple[Path, Manifest]:
+    """Convert (or reuse the cached conversion of) a GGUF model; returns (directory, manifest).
+    `weights`: "gguf" keeps the GGUF's quantized blocks (what tabs download), "float32"
+    puts dequantized weights inside the graphs (the format before compact weights)."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     gguf_path = Path(gguf_path)
     model = GGUFModel(gguf_path)  # validates the file before anything is hashed or written
-    cache_dir, source_sha = cached_shard_dir(gguf_path)
+    cache_dir, source_sha = cached_shard_dir(gguf_path, weights=weights)
     target = Path(out_dir) if out_dir else cache_dir
     if not force and (target / "manifest.json").is_file():
         manifest = load_manifest(target)
-        if manifest.source.get("sha256") == source_sha:
+        if manifest.source.get("sha256") == source_sha and manifest.weight_format.get("stored") == _stored(weights):
             verify_files(target, manifest, check_hash=False)
             log.info("using cached shards in %s", target)
             return target, manifest
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        manifest = _write_shards(model, work, source_sha, progress)
+        manifest = _write_shards(model, work, source_sha, progress, weights)
         if target.exists():
             shutil.rmtree(target)
         work.rename(target)
@@ -84,16 +106,39 @@ def convert(gguf_path: Path, out_dir: Path | None = None, progress: bool = True,
     return target, manifest
 
 
-def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool) -> Manifest:
+def _stored(weights: str) -> str:
+    return "gguf-blocks" if weights == "gguf" else "float32"
+
+
+def _write_compact_layer(model: GGUFModel, index: int, weights: dict, path: Path) -> dict[str, str]:
+    """layer_NN.weights: each matrix as the GGUF stores it, or as F32 where the GGUF's type is
+    not kept or the family's preparation is not a row move; returns {initializer: type}."""
+    raw = model.layer_raw_matrices(index, tuple(MATRIX_ROLES.values()))
+    tensors = []
+    for name, role in MATRIX_ROLES.items():
+        kind, rows, cols = raw[role]
+        if kind not in BLOCK_TYPES or not np.array_equal(decode_rows(kind, rows, cols), weights[role]):
+            kind, rows = "F32", np.ascontiguousarray(weights[role], dtype=np.float32).view(np.uint8)
+        tensors.append((name, kind, rows, cols, True))
+    return {entry.name: entry.type for entry in write_weights(path, tensors)}
+
+
+def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool,
+                  weight_format: str = "gguf") -> Manifest:
     config = model.config
     steps = config.layers + 2
     bar = tqdm(total=steps, desc=f"converting {model.path.name}", unit="part", disable=not progress)
-    layers = []
+    layers, kept_types = [], collections.Counter()
     for index, weights in model.iter_layers():
-        graph, kv_graph = f"layer_{index:02d}.onnx", f"layer_{index:02d}.kv.onnx"
-        onnx.save_model(build_layer(config, weights, index), str(work / graph))
-        onnx.save_model(build_kv_only(config, weights, index), str(work / kv_graph))
-        layers.append(LayerEntry(index=index, graph=graph, kv_graph=kv_graph))
+        stem = f"layer_{index:02d}"
+        graph, kv_graph = f"{stem}.onnx", f"{stem}.kv.onnx"
+        weights_file, external = None, None
+        if weight_format == "gguf":
+            weights_file, external = f"{stem}.weights", stem
+            kept_types.update(_write_compact_layer(model, index, weights, work / weights_file).values())
+        onnx.save_model(build_layer(config, weights, index, external), str(work / graph))
+        onnx.save_model(build_kv_only(config, weights, index, external), str(work / kv_graph))
+        layers.append(LayerEntry(index=index, graph=graph, kv_graph=kv_graph, weights=weights_file))
         bar.update(1)
     bar.set_postfix_str("embedding and head")
     norm, matrix = model.output_weights()
@@ -102,7 +147,14 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool)
         raise NotImplementedError("untied output matrices are not converted yet")
     del matrix
     onnx.save_model(build_embedding(config, TOKEN_TABLE), str(work / "embedding.onnx"))
-    onnx.save_model(build_head(config, norm, TOKEN_TABLE), str(work / "head.onnx"))
+    table_kind, table_rows, _ = model.raw_rows("token_embd.weight")
+    if weight_format == "gguf" and table_kind in HEAD_BLOCK_TYPES:
+        head_format = f"{table_kind} blocks, MatMulNBits with int8 activations (accuracy level {HEAD_ACCURACY_LEVEL})"
+        onnx.save_model(build_compact_head(config, norm, table_kind, table_rows), str(work / "head.onnx"))
+        onnx.save_model(build_head(config, norm, TOKEN_TABLE), str(work / FLOAT_HEAD))
+    else:
+        head_format = "float32 MatMul"
+        onnx.save_model(build_head(config, norm, TOKEN_TABLE), str(work / "head.onnx"))
     bar.update(1)
     bar.set_postfix_str("tokenizer")
     token_data = model.tokenizer_data()
@@ -124,11 +176,16 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool)
         model=config,
         source={"file": model.path.name, "sha256": source_sha, "converter": CONVERTER_VERSION},
         weight_format={
-            "stored": "float32",
+            "stored": _stored(weight_format),
             "gguf_tensor_types": dict(sorted(type_counts.items())),
+            "layer_matrix_types": dict(sorted(kept_types.items())),
+            "head": head_format,
             "exact": True,
-            "note": "every GGUF block dequantized exactly to float32 (Q4_1: d*q+m); "
-                    "no re-quantization, so the graphs compute the GGUF's own weights",
+            "note": ("layer matrices kept as the GGUF's blocks (layer_NN.weights), decoded to float32 "
+                     "where they run; norms and tables float32 in the graphs; no re-quantization"
+                     if weight_format == "gguf" else
+                     "every GGUF block dequantized exactly to float32 (Q4_1: d*q+m); "
+                     "no re-quantization, so the graphs compute the GGUF's own weights"),
         },
         opset=OPSET,
         layers=tuple(layers),
@@ -141,6 +198,7 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool)
         files=files,
         stop_ids=tuple(token_data.tokens.index(token) for token in token_data.stop_tokens),
         add_bos=token_data.add_bos and token_data.bos_id is not None,
+        float_head=FLOAT_HEAD if (work / FLOAT_HEAD).is_file() else None,
     )
     manifest.write(work)
     return manifest

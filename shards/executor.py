@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from shards.compact_weights import decode_weights, graph_with_weights
 from shards.manifest import Manifest, load_manifest, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
@@ -53,6 +54,17 @@ class CacheMismatch(ValueError):
     """A frame's position is not the length of the stream's caches for its layers."""
 
 
+def layer_graph_source(directory: Path, manifest: Manifest, index: int, kv_only: bool = False) -> str | bytes:
+    """What onnxruntime opens for a layer's graph: its path (float32 shards), or its bytes
+    with the matrices decoded from the layer's compact weights file."""
+    entry = manifest.layers[index]
+    path = Path(directory) / (entry.kv_graph if kv_only else entry.graph)
+    if not entry.weights:
+        return str(path)
+    weights = decode_weights((Path(directory) / entry.weights).read_bytes())
+    return graph_with_weights(path, weights)
+
+
 class LayerStack:
     """Layers of a model (initially [first, last); more can be loaded, others dropped),
     with one KV cache per stream id."""
@@ -71,7 +83,7 @@ class LayerStack:
         """Also hold these layers (those already held are kept as they are)."""
         for index in layers:
             if index not in self.layers:
-                self.layers[index] = ort.InferenceSession(str(self._directory / self.manifest.layers[index].graph),
+                self.layers[index] = ort.InferenceSession(layer_graph_source(self._directory, self.manifest, index),
                                                           self._options, providers=["CPUExecutionProvider"])
 
     def retain(self, layers: range) -> None:
@@ -122,8 +134,8 @@ class LayerStack:
 
     def _kv_graph(self, index: int) -> ort.InferenceSession:
         if index not in self._kv_graphs:
-            path = self._directory / self.manifest.layers[index].kv_graph
-            self._kv_graphs[index] = ort.InferenceSession(str(path), self._options,
+            source = layer_graph_source(self._directory, self.manifest, index, kv_only=True)
+            self._kv_graphs[index] = ort.InferenceSession(source, self._options,
                                                           providers=["CPUExecutionProvider"])
         return self._kv_graphs[index]
 
@@ -182,12 +194,12 @@ class GenerationStep:
 class ReferenceExecutor:
     """Embedding, every layer and the head of one model, in this process."""
 
-    def __init__(self, directory: Path, threads: int = 2, verify: bool = True) -> None:
+    def __init__(self, directory: Path, threads: int = 2, verify: bool = True, head: str = "compact") -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         if verify:
             verify_files(self.directory, self.manifest)
-        self.ends = ModelEnds(self.directory, threads, verify=False, manifest=self.manifest)
+        self.ends = ModelEnds(self.directory, threads, verify=False, manifest=self.manifest, head=head)
         self.text = self.ends.text
         self.stack = LayerStack(self.directory, self.manifest, 0, self.manifest.model.layers, threads)
         self._next_stream = 0

@@ -163,6 +163,21 @@ class GGUFModel:
             ) from error
         return np.ascontiguousarray(values.reshape(shape), dtype=np.float32)
 
+    def raw_rows(self, name: str) -> tuple[str, np.ndarray, int]:
+        """(GGUF type name, the stored bytes as (rows, bytes per row) uint8, values per row)."""
+        tensor = self._tensors[name]
+        cols = int(tensor.shape[0])
+        rows = int(np.prod([int(dim) for dim in tensor.shape[1:]])) if len(tensor.shape) > 1 else 1
+        return tensor.tensor_type.name, np.asarray(tensor.data).view(np.uint8).reshape(rows, -1), cols
+
+    def layer_raw_matrices(self, layer: int, roles: tuple[str, ...]) -> dict[str, tuple[str, np.ndarray, int]]:
+        """A layer's matrices as stored (type, raw rows, cols), rows in the graph builders' order:
+        the family's `prepare_layer` moves whole rows (Q/K rotary order), so it applies to the
+        raw rows as it does to float rows; the converter checks that it did."""
+        stored = {role: self.raw_rows(f"blk.{layer}.{role}.weight") for role in roles}
+        prepared = self.family.prepare_layer({role: raw for role, (_, raw, _) in stored.items()}, self.config)
+        return {role: (kind, np.ascontiguousarray(prepared[role]), cols) for role, (kind, _, cols) in stored.items()}
+
     def layer_weights(self, layer: int) -> dict[str, np.ndarray]:
         """One decoder layer's weights by role, matrices as (out, in), in the layout the
         graph builders expect (the family's `prepare_layer`: e.g. Q/K in rotate-half order)."""

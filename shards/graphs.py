@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from shards.compact_weights import external_location
 from shards.model_config import LayerSpec, ModelConfig
 
 OPSET = 23
@@ -40,12 +41,21 @@ INT64 = TensorProto.INT64
 class _GraphBuilder:
     """Small helper that collects nodes and initializers with unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, external_stem: str | None = None) -> None:
+        self.external_stem = external_stem   # set: weight matrices are external (compact weights file)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
     def constant(self, name: str, values: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(values, name))
+        return name
+
+    def matrix(self, name: str, values: np.ndarray) -> str:
+        """A weight matrix (in, out): inline, or an external float32 initializer that the
+        layer's weights file fills when the graph is loaded."""
+        if self.external_stem is None:
+            return self.constant(name, values)
+        self.initializers.append(external_tensor(name, values.shape, external_location(self.external_stem, name)))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, **attributes) -> str:
@@ -113,8 +123,8 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpe
     builder.constant("attn_norm_weight", weights["attn_norm"])
     builder.op("RMSNormalization", ["hidden", "attn_norm_weight"], "attn_input",
                axis=-1, epsilon=config.norm_eps)
-    builder.constant("k_weight", np.ascontiguousarray(weights["attn_k"].T))
-    builder.constant("v_weight", np.ascontiguousarray(weights["attn_v"].T))
+    builder.matrix("k_weight", np.ascontiguousarray(weights["attn_k"].T))
+    builder.matrix("v_weight", np.ascontiguousarray(weights["attn_v"].T))
     builder.op("MatMul", ["attn_input", "k_weight"], "k_raw")
     builder.op("MatMul", ["attn_input", "v_weight"], "v")
     k_input = (_head_norm(builder, config, "k_raw", weights["attn_k_norm"], config.kv_heads, "k_norm")
@@ -199,9 +209,9 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
 
 def _mlp(builder: _GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray], source: str) -> str:
     """gate/up/down with the spec's activation: swiglu silu(gate) * up, geglu gelu_tanh(gate) * up."""
-    builder.constant("gate_weight", np.ascontiguousarray(weights["ffn_gate"].T))
-    builder.constant("up_weight", np.ascontiguousarray(weights["ffn_up"].T))
-    builder.constant("down_weight", np.ascontiguousarray(weights["ffn_down"].T))
+    builder.matrix("gate_weight", np.ascontiguousarray(weights["ffn_gate"].T))
+    builder.matrix("up_weight", np.ascontiguousarray(weights["ffn_up"].T))
+    builder.matrix("down_weight", np.ascontiguousarray(weights["ffn_down"].T))
     builder.op("MatMul", [source, "gate_weight"], "gate")
     builder.op("MatMul", [source, "up_weight"], "up")
     if spec.mlp == "swiglu":
@@ -235,15 +245,16 @@ def _sandwich(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, sour
     return builder.op("RMSNormalization", [source, f"{name}_weight"], name, axis=-1, epsilon=config.norm_eps)
 
 
-def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
+def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
+                external_stem: str | None = None) -> onnx.ModelProto:
     """A full decoder layer as `config.spec(layer)` describes it: pre-norm attention (QK-norm,
     sliding window, RoPE base per spec) and MLP (SwiGLU or GeGLU), both residual, with
     sandwich norms on the sub-block outputs where the spec has them."""
     spec = config.spec(layer)
-    builder = _GraphBuilder()
+    builder = _GraphBuilder(external_stem)
     cos, sin = _rotary_tables(builder, config, spec)
     attn_input, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
-    builder.constant("q_weight", np.ascontiguousarray(weights["attn_q"].T))
+    builder.matrix("q_weight", np.ascontiguousarray(weights["attn_q"].T))
     builder.op("MatMul", [attn_input, "q_weight"], "q_raw")
     q_input = (_head_norm(builder, config, "q_raw", weights["attn_q_norm"], config.heads, "q_norm")
                if spec.qk_norm else "q_raw")
@@ -260,7 +271,7 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int)
     builder.constant("attention_flat_shape", np.array([0, 0, heads * head_dim], dtype=np.int64))
     builder.op("Reshape", ["kept_heads", "attention_flat_shape"], "kept_attention")
     o_weight = np.ascontiguousarray(weights["attn_output"].T)   # (heads * head_dim, hidden)
-    builder.constant("o_weight", o_weight)
+    builder.matrix("o_weight", o_weight)
     builder.op("MatMul", ["kept_attention", "o_weight"], "attention_out")
 
     # Each head's contribution energy ||a_h . O_h||^2 = a_h^T (O_h O_h^T) a_h, with the
@@ -291,10 +302,11 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int)
     return builder.model(f"layer_{layer}", inputs, outputs + _present_outputs(config) + norms)
 
 
-def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: int) -> onnx.ModelProto:
+def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
+                  external_stem: str | None = None) -> onnx.ModelProto:
     """What a skipped layer still computes: this position's K/V from the unchanged hidden state."""
     spec = config.spec(layer)
-    builder = _GraphBuilder()
+    builder = _GraphBuilder(external_stem)
     cos, sin = _rotary_tables(builder, config, spec)
     _, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.constant("heads_shape", np.array([0, 0, config.kv_heads, config.head_dim], dtype=np.int64))
@@ -347,3 +359,54 @@ def build_head(config: ModelConfig, norm_weight: np.ndarray, table_file: str) ->
     inputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
     outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch", "seq", config.vocab])]
     return builder.model("head", inputs, outputs)
+
+
+# GGUF block types the head keeps as MatMulNBits blocks: (bits, zero point) with
+# value = scale * (code - zero point); Q8_0's int8 codes are shifted by 128 to unsigned.
+HEAD_BLOCK_TYPES = {"Q8_0": (8, 128), "Q4_0": (4, 8)}
+HEAD_ACCURACY_LEVEL = 4   # int8 activations per block (as llama.cpp quantizes them for Q8_0 weights)
+
+
+def head_blocks(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(vocab, row bytes) Q8_0/Q4_0 rows -> MatMulNBits (codes (vocab, blocks, bytes), scales
+    (vocab * blocks,), bits, zero point). The GGUF's values, re-laid out, not re-quantized."""
+    bits, zero_point = HEAD_BLOCK_TYPES[kind]
+    block_bytes = 34 if kind == "Q8_0" else 18
+    blocks = raw.reshape(raw.shape[0], -1, block_bytes)
+    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16).astype(np.float32).reshape(-1)
+    if kind == "Q8_0":
+        codes = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    else:   # Q4_0 keeps low nibbles = values 0..15, high nibbles = 16..31; MatMulNBits packs pairs
+        nibbles = blocks[..., 2:]
+        values = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1)      # (vocab, blocks, 32)
+        codes = (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+    return np.ascontiguousarray(codes), scales, bits, zero_point
+
+
+def build_compact_head(config: ModelConfig, norm_weight: np.ndarray, kind: str, raw: np.ndarray) -> onnx.ModelProto:
+    """Final RMSNorm and the output projection straight from the GGUF's Q8_0/Q4_0 blocks
+    (MatMulNBits, block 32): ~4x fewer bytes read per token than the float32 head."""
+    codes, scales, bits, zero_point = head_blocks(kind, raw)
+    vocab, blocks = codes.shape[0], codes.shape[1]
+    zero_points = np.full(vocab * blocks, zero_point, dtype=np.uint8)
+    if bits == 4:   # two 4-bit zero points per byte, each row padded to whole bytes
+        per_row = np.full((vocab, blocks + blocks % 2), zero_point, dtype=np.uint8)
+        zero_points = (per_row[:, 0::2] | (per_row[:, 1::2] << 4)).reshape(-1)
+    builder = _GraphBuilder()
+    builder.constant("output_norm_weight", norm_weight)
+    builder.op("RMSNormalization", ["hidden", "output_norm_weight"], "head_input",
+               axis=-1, epsilon=config.norm_eps)
+    builder.constant("output_codes", codes)
+    builder.constant("output_scales", scales)
+    builder.constant("output_zero_points", zero_points)
+    builder.nodes.append(helper.make_node(
+        "MatMulNBits", ["head_input", "output_codes", "output_scales", "output_zero_points"], ["logits"],
+        name="logits", domain="com.microsoft", K=config.hidden, N=vocab, bits=bits, block_size=32,
+        accuracy_level=HEAD_ACCURACY_LEVEL))
+    inputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
+    outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch", "seq", config.vocab]),
+               # what the blocks multiply: shards/compact_head.py bounds the int8 error from it
+               helper.make_tensor_value_info("head_input", FLOAT, ["batch", "seq", config.hidden])]
+    model = builder.model("head", inputs, outputs)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model

@@ -17,6 +17,7 @@ from shards.model_config import ModelConfig
 
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+TOKEN_TABLE = "token_embedding.bin"   # (vocab, hidden) float32: the embedding (and float32 head) table
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
@@ -38,6 +39,7 @@ class LayerEntry:
     index: int
     graph: str      # full layer
     kv_graph: str   # K/V-only computation, for a skipped layer
+    weights: str | None = None   # compact weights file both graphs take their matrices from
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     stop_ids: tuple[int, ...] = ()   # besides EOS: tokens that end an answer (Gemma: <end_of_turn>)
     add_bos: bool = False            # plain prompts start with BOS (chat templates write their own)
+    float_head: str | None = None    # a float32 head next to a compact `head` (ModelEnds head="float32")
 
     @property
     def stop_set(self) -> frozenset[int]:
@@ -66,7 +69,7 @@ class Manifest:
     def layer_files(self, index: int) -> list[str]:
         """Every file a node holding this layer needs."""
         entry = self.layers[index]
-        return [entry.graph, entry.kv_graph]
+        return [entry.graph, entry.kv_graph] + ([entry.weights] if entry.weights else [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class Manifest:
             "files": {name: vars(entry) for name, entry in sorted(self.files.items())},
             "stop_ids": list(self.stop_ids),
             "add_bos": self.add_bos,
+            "float_head": self.float_head,
         }
 
     @classmethod
@@ -111,6 +115,7 @@ class Manifest:
             files={name: FileEntry(**entry) for name, entry in data["files"].items()},
             stop_ids=tuple(data.get("stop_ids", ())),
             add_bos=bool(data.get("add_bos", False)),
+            float_head=data.get("float_head"),
         )
 
     def write(self, directory: Path) -> None:

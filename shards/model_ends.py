@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shards.manifest import Manifest, load_manifest, verify_files
+from shards.compact_head import CompactHead
+from shards.manifest import TOKEN_TABLE, Manifest, load_manifest, verify_files
 from shards.tokenizer import TextCodec
 
 
@@ -27,22 +28,35 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
+HEAD_KINDS = ("compact", "float32")
+
+
 class ModelEnds:
-    """Embedding, head and text codec of one shard directory."""
+    """Embedding, head and text codec of one shard directory. `head`: "compact" runs the
+    manifest's head (the GGUF's Q8_0 blocks where the converter could keep them),
+    "float32" the dequantized table as a MatMul (the same weights, float activations)."""
 
     def __init__(self, directory: Path, threads: int = 2, verify: bool = True,
-                 manifest: Manifest | None = None) -> None:
+                 manifest: Manifest | None = None, head: str = "compact") -> None:
         self.directory = Path(directory)
         self.manifest = manifest or load_manifest(self.directory)
+        if head not in HEAD_KINDS:
+            raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_KINDS)}")
+        head_graph = self.manifest.float_head if head == "float32" and self.manifest.float_head else self.manifest.head
         if verify:
-            names = [self.manifest.embedding, self.manifest.head, self.manifest.tokenizer]
+            names = [self.manifest.embedding, head_graph, self.manifest.tokenizer]
             names += [name for name in self.manifest.files if name.endswith(".bin")]
             verify_files(self.directory, self.manifest, names)
         options = session_options(threads)
         self.embedding = ort.InferenceSession(str(self.directory / self.manifest.embedding), options,
                                               providers=["CPUExecutionProvider"])
-        self.head = ort.InferenceSession(str(self.directory / self.manifest.head), options,
+        self.head = ort.InferenceSession(str(self.directory / head_graph), options,
                                          providers=["CPUExecutionProvider"])
+        self._compact_head = None
+        if len(self.head.get_outputs()) > 1:   # a compact head: make its near-top logits exact
+            table = np.memmap(self.directory / TOKEN_TABLE, dtype=np.float32, mode="r",
+                              shape=(self.manifest.model.vocab, self.manifest.model.hidden))
+            self._compact_head = CompactHead(self.head, table)
         template = self.directory / self.manifest.chat_template if self.manifest.chat_template else None
         self.text = TextCodec.load(self.directory / self.manifest.tokenizer, template,
                                    self.manifest.eos_id, self.manifest.bos_id, self.manifest.add_bos)
@@ -51,4 +65,6 @@ class ModelEnds:
         return self.embedding.run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]  # (1, seq, hidden)
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
+        if self._compact_head is not None:
+            return self._compact_head(hidden)           # (1, seq, vocab)
         return self.head.run(None, {"hidden": hidden})[0]  # (1, seq, vocab)

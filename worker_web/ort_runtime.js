@@ -34,11 +34,15 @@ export async function realGpuAdapter({ allowFallback = false } = {}) {
   }
 }
 
-/** Create a session from an ONNX model's bytes on the given backend ('wasm' or 'webgpu'). */
-export async function createSession(ort, modelBytes, backend) {
+/**
+ * Create a session from an ONNX model's bytes on the given backend ('wasm' or 'webgpu');
+ * `externalData` ([{path, data}]) supplies the initializers the graph keeps outside it.
+ */
+export async function createSession(ort, modelBytes, backend, externalData = undefined) {
   return ort.InferenceSession.create(modelBytes, {
     executionProviders: [backend],
     graphOptimizationLevel: 'all',
+    ...(externalData ? { externalData } : {}),
   });
 }
 
@@ -123,10 +127,15 @@ export class LayerRunner {
     return out;
   }
 
-  async loadLayer(index, fullBytes, kvOnlyBytes) {
-    const full = await createSession(this.ort, fullBytes, this.backend);
-    const kvOnly = await createSession(this.ort, kvOnlyBytes, this.backend);
+  /**
+   * Create a layer's two sessions; `externalData` is its decoded weights file (compact
+   * shards) or undefined (float32 shards). Returns the float32 weight bytes handed over.
+   */
+  async loadLayer(index, fullBytes, kvOnlyBytes, externalData = undefined) {
+    const full = await createSession(this.ort, fullBytes, this.backend, externalData);
+    const kvOnly = await createSession(this.ort, kvOnlyBytes, this.backend, externalData);
     this.layers.set(index, { full, kvOnly });
+    return externalData ? externalData.reduce((sum, entry) => sum + entry.data.length, 0) : fullBytes.length;
   }
 
   /**

@@ -39,7 +39,8 @@ async function download(url, size, onBytes) {
 }
 
 /**
- * Fetch every file of an assignment; returns Map(name -> Uint8Array).
+ * Fetch every file of an assignment; returns {files: Map(name -> Uint8Array), cached (all
+ * from the browser cache), downloaded (bytes fetched from the network)}.
  * onProgress(doneBytes, totalBytes, what) is called as bytes arrive.
  */
 export async function fetchShardFiles(files, onProgress) {
@@ -47,6 +48,7 @@ export async function fetchShardFiles(files, onProgress) {
   const total = files.reduce((sum, file) => sum + file.size, 0);
   let done = 0;
   let fromCache = 0;
+  let downloaded = 0;
   const out = new Map();
   for (const file of files) {
     const key = `${file.url}?sha256=${file.sha256}`;
@@ -64,6 +66,7 @@ export async function fetchShardFiles(files, onProgress) {
     if (!bytes) {
       bytes = await download(file.url, file.size, (count) => { done += count; onProgress(done, total, file.name); });
       done -= file.size;
+      downloaded += bytes.length;
       const digest = await sha256Hex(bytes);
       if (digest !== file.sha256) throw new Error(`${file.name}: sha256 mismatch (got ${digest.slice(0, 12)}…)`);
       if (cache) {
@@ -78,7 +81,7 @@ export async function fetchShardFiles(files, onProgress) {
     onProgress(done, total, file.name);
     out.set(file.name, bytes);
   }
-  return { files: out, cached: fromCache === files.length };
+  return { files: out, cached: fromCache === files.length, downloaded };
 }
 
 // ---- SHA-256 for insecure contexts (FIPS 180-4) ---------------------------------------

@@ -11,6 +11,7 @@ import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, n
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
 import { layerOfFile, LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
 import { fetchShardFiles } from './shard_store.js';
+import { decodeWeights } from './compact_weights.js';
 
 const params = new URLSearchParams(location.search);
 const ui = {
@@ -34,6 +35,7 @@ const worker = {
   backend: 'wasm', threads: 1, ort: null, runner: null, assignment: null,
   socket: null, retryMs: 1000, queue: Promise.resolve(), assignments: Promise.resolve(), leaving: false,
   decoders: new Map(), encoders: new Map(), tokens: 0, computeMs: 0, lastStats: 0,
+  weightBytes: new Map(),   // layer -> float32 weight bytes its sessions were given
 };
 sessionStorage.setItem('tabswarm-name', worker.name);
 
@@ -100,7 +102,8 @@ async function onAssign(message) {
   const role = message.role === 'standby' ? ' (standby replica)' : '';
   if (!missing.size) {
     ui.set('layers', `[${start}, ${end})${role} — ready`);
-    sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: 0, cached: true, backend: worker.backend });
+    sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: 0, cached: true, backend: worker.backend,
+      ...footprint(0) });
     return;
   }
   ui.set('layers', `[${start}, ${end})${role} — loading`);
@@ -108,7 +111,7 @@ async function onAssign(message) {
   const started = performance.now();
   let lastReport = 0;
   const wanted = message.files.filter((file) => missing.has(layerOfFile(file.name)));
-  const { files, cached } = await fetchShardFiles(wanted, (done, total, what) => {
+  const { files, cached, downloaded } = await fetchShardFiles(wanted, (done, total, what) => {
     ui.progress(done, total);
     ui.set('layers', `[${start}, ${end})${role} — ${what} ${(100 * done / total).toFixed(0)}%`);
     if (performance.now() - lastReport > 250) {
@@ -120,7 +123,13 @@ async function onAssign(message) {
   for (const layer of [...missing].sort((x, y) => x - y)) {
     const name = `layer_${String(layer).padStart(2, '0')}`;
     // One layer's sessions per queued task: frames for the layers already held run in between.
-    await enqueue(() => runner.loadLayer(layer, files.get(`${name}.onnx`), files.get(`${name}.kv.onnx`)));
+    const compact = files.get(`${name}.weights`);
+    // Decoded to float32: in onnxruntime-web's WASM backend the float32 MatMul is the
+    // fastest of the formats measured (bench/results/weight_formats.json).
+    const external = compact ? decodeWeights(compact, name) : undefined;
+    await enqueue(async () => {
+      worker.weightBytes.set(layer, await runner.loadLayer(layer, files.get(`${name}.onnx`), files.get(`${name}.kv.onnx`), external));
+    });
     created += 1;
     ui.set('layers', `[${start}, ${end})${role} — creating sessions ${created}/${missing.size}`);
     sendControl({ type: 'progress', done: created, total: missing.size, what: 'sessions' });
@@ -129,7 +138,16 @@ async function onAssign(message) {
   const loadMs = performance.now() - started;
   ui.set('layers', `[${start}, ${end})${role} — ready (${(loadMs / 1000).toFixed(1)} s${cached ? ', from cache' : ''})`);
   ui.log(`ready: ${missing.size} layers in ${(loadMs / 1000).toFixed(1)} s${cached ? ' (cached)' : ''}`);
-  sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: loadMs, cached, backend: worker.backend });
+  sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: loadMs, cached, backend: worker.backend,
+    ...footprint(downloaded) });
+}
+
+/** What a load cost and what the tab now holds: network bytes, float32 weight bytes, JS heap. */
+function footprint(downloaded) {
+  const weights = [...worker.weightBytes].filter(([layer]) => worker.runner.layers.has(layer))
+    .reduce((sum, [, bytes]) => sum + bytes, 0);
+  const heap = performance.memory ? performance.memory.usedJSHeapSize / 2 ** 20 : undefined;
+  return { downloaded_bytes: downloaded, weight_bytes: weights, ...(heap === undefined ? {} : { memory_mb: heap }) };
 }
 
 function refuse(header, code, message) {

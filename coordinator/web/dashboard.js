@@ -67,7 +67,10 @@ function tabCard(worker, colourOf) {
     element('div', { className: 'row', text: `step ${worker.step_ms === null ? '–' : `${worker.step_ms} ms`} · ${worker.steps} steps · `
       + `${bytes(worker.bytes_sent)} in / ${bytes(worker.bytes_received)} out` }),
     element('div', { className: 'row', text: worker.load_ms === null ? 'not loaded yet'
-      : `loaded in ${(worker.load_ms / 1000).toFixed(1)} s${worker.cached ? ' (cached)' : ''}` }),
+      : `loaded in ${(worker.load_ms / 1000).toFixed(1)} s${worker.cached ? ' (cached)' : ''}`
+        + (worker.downloaded_bytes == null ? '' : ` · fetched ${bytes(worker.downloaded_bytes)}`) }),
+    element('div', { className: 'row', text: `weights ${worker.weight_bytes == null ? '–' : bytes(worker.weight_bytes)}`
+      + ` · JS heap ${worker.memory_mb == null ? '–' : `${Math.round(worker.memory_mb)} MB`}` }),
   ]);
   if (worker.progress) {
     const [done, total] = worker.progress;

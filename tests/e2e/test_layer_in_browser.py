@@ -1,5 +1,6 @@
-"""One decoder layer of the real model runs in headless Chromium (onnxruntime-web)
-and matches native onnxruntime, for a prefill chunk and a decode step on top of it."""
+"""One decoder layer of the real model runs in headless Chromium (onnxruntime-web) from its
+compact weights file (decoded in the tab) and matches native onnxruntime, for a prefill
+chunk and a decode step on top of it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from shards.executor import session_options
+from shards.executor import layer_graph_source, session_options
+from shards.manifest import load_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +20,11 @@ RUN_LAYER_JS = """
 async ({layer, hidden, prefill, backend}) => {
   const rt = await import('/worker/ort_runtime.js');
   const ort = await rt.loadOrt({webgpu: backend === 'webgpu', threads: 1});
-  const bytes = new Uint8Array(await (await fetch(`/shards/layer_${String(layer).padStart(2, '0')}.onnx`)).arrayBuffer());
-  const session = await rt.createSession(ort, bytes, backend);
+  const { decodeWeights } = await import('/worker/compact_weights.js');
+  const stem = `layer_${String(layer).padStart(2, '0')}`;
+  const load = async (name) => new Uint8Array(await (await fetch(`/shards/${name}`)).arrayBuffer());
+  const external = decodeWeights(await load(`${stem}.weights`), stem);   // the GGUF's blocks, decoded in the tab
+  const session = await rt.createSession(ort, await load(`${stem}.onnx`), backend, external);
   const empty = rt.floatTensor(ort, new Float32Array(0), [1, 3, 0, 64]);
   const heads = rt.floatTensor(ort, new Float32Array(9).fill(1), [9]);
   const first = await session.run({
@@ -36,7 +41,7 @@ async ({layer, hidden, prefill, backend}) => {
 
 
 def native_layer(shard_dir, hidden: np.ndarray, prefill: int):
-    session = ort.InferenceSession(str(shard_dir / f"layer_{LAYER:02d}.onnx"), session_options(1))
+    session = ort.InferenceSession(layer_graph_source(shard_dir, load_manifest(shard_dir), LAYER), session_options(1))
     empty = np.zeros((1, 3, 0, 64), dtype=np.float32)
     heads = np.ones(9, dtype=np.float32)
     first = session.run(None, {"hidden": hidden[:, :prefill], "positions": np.arange(prefill)[None],

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from shards.convert import convert
-from shards.executor import ReferenceExecutor
+from shards.executor import ReferenceExecutor, layer_graph_source
 from shards.gguf_model import GGUFModel
 from shards.model_config import ModelConfig
 from shards.sampling import SamplingParams
@@ -78,12 +78,14 @@ def test_quant_type_converts_and_computes_with_dequantized_weights(tmp_path, mat
     write_tiny_model(gguf_path, matrix_type)
     directory, manifest = convert(gguf_path, tmp_path / "shards", progress=False)
     assert manifest.weight_format["gguf_tensor_types"][matrix_type] == 7
+    # compact shards keep the GGUF's blocks as they are: 7 matrices of this type, none widened to F32
+    assert manifest.weight_format["layer_matrix_types"] == {matrix_type: 7}
 
     model = GGUFModel(gguf_path)
     weights = model.layer_weights(0)
     config: ModelConfig = manifest.model
     assert config.head_dim == 64 and config.kv_heads == KV_HEADS
-    session = ort.InferenceSession(str(directory / "layer_00.onnx"))
+    session = ort.InferenceSession(layer_graph_source(directory, manifest, 0))
     hidden = np.random.default_rng(6).standard_normal((3, HIDDEN)).astype(np.float32)
     empty = np.zeros((1, KV_HEADS, 0, 64), dtype=np.float32)
     got = session.run(None, {"hidden": hidden[None], "positions": np.arange(3)[None],

@@ -1,0 +1,146 @@
+"""Compact layer weights: the GGUF's own quantized blocks, in one file per layer.
+
+Owns the `.weights` file format (spec: docs/weight_format.md), writing it, decoding it
+to float32 and putting the decoded matrices into a layer graph whose big initializers
+are external. The decoder is the `gguf` package's reference dequantizer, so a compact
+shard computes exactly the weights a float32 shard holds; the browser's decoder
+(worker_web/compact_weights.js) is pinned to it by shared vectors (tests/vectors).
+Never opens a GGUF file and never builds graphs.
+
+File: b"TSWQ", u32 version, u32 header length, a JSON header
+{"tensors": [{"name", "type", "rows", "cols", "offset", "length", "transpose"}]},
+zero padding to a multiple of 16, then the tensors' bytes (offsets from there).
+A tensor is `rows` rows of `cols` values stored as GGUF blocks of `type` along each row;
+`transpose` says the graph wants it as (cols, rows).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from shards.errors import ShardIntegrityError
+
+MAGIC = b"TSWQ"
+VERSION = 1
+ALIGNMENT = 16
+# GGUF block types kept as they are (elements per block, bytes per block); any other
+# type is stored as F32 (dequantized by the gguf package at conversion).
+BLOCK_TYPES = {
+    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
+    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
+    "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+}
+
+
+@dataclass(frozen=True)
+class CompactTensor:
+    name: str        # the graph initializer it fills
+    type: str        # a BLOCK_TYPES key
+    rows: int
+    cols: int        # values per row (the GGUF's fastest dimension)
+    offset: int      # from the start of the data section
+    length: int
+    transpose: bool  # the graph wants (cols, rows)
+
+
+def row_bytes(kind: str, cols: int) -> int:
+    elements, size = BLOCK_TYPES[kind]
+    if cols % elements:
+        raise ValueError(f"a {kind} row of {cols} values is not a whole number of blocks")
+    return cols // elements * size
+
+
+def write_weights(path: Path, tensors: list[tuple[str, str, np.ndarray, int, bool]]) -> list[CompactTensor]:
+    """Write (name, type, raw rows (rows, row bytes) uint8, cols, transpose) tensors."""
+    entries, chunks, offset = [], [], 0
+    for name, kind, raw, cols, transpose in tensors:
+        data = np.ascontiguousarray(raw, dtype=np.uint8)
+        if data.shape[1] != row_bytes(kind, cols):
+            raise ValueError(f"{name}: {data.shape[1]} bytes per row, a {kind} row of {cols} needs "
+                             f"{row_bytes(kind, cols)}")
+        entries.append(CompactTensor(name, kind, data.shape[0], cols, offset, data.nbytes, transpose))
+        chunks.append(data.tobytes())
+        padding = -data.nbytes % ALIGNMENT
+        chunks.append(b"\0" * padding)
+        offset += data.nbytes + padding
+    header = json.dumps({"tensors": [asdict(entry) for entry in entries]}).encode()
+    prefix = MAGIC + struct.pack("<II", VERSION, len(header)) + header
+    prefix += b"\0" * (-len(prefix) % ALIGNMENT)
+    with Path(path).open("wb") as handle:
+        handle.write(prefix)
+        for chunk in chunks:
+            handle.write(chunk)
+    return entries
+
+
+def read_header(data: bytes | memoryview) -> tuple[list[CompactTensor], int]:
+    """(tensors, start of the data section); ShardIntegrityError on anything malformed."""
+    if len(data) < 12 or bytes(data[:4]) != MAGIC:
+        raise ShardIntegrityError("not a tabswarm weights file (bad magic)")
+    version, length = struct.unpack_from("<II", data, 4)
+    if version != VERSION:
+        raise ShardIntegrityError(f"weights file version {version} is not supported (expected {VERSION})")
+    try:
+        header = json.loads(bytes(data[12:12 + length]))
+        tensors = [CompactTensor(**entry) for entry in header["tensors"]]
+    except (ValueError, KeyError, TypeError) as error:   # a truncated or hand-edited header
+        raise ShardIntegrityError(f"weights file header is malformed: {error}") from error
+    start = 12 + length + (-(12 + length) % ALIGNMENT)
+    for tensor in tensors:
+        if tensor.type not in BLOCK_TYPES or tensor.length != tensor.rows * row_bytes(tensor.type, tensor.cols) \
+                or start + tensor.offset + tensor.length > len(data):
+            raise ShardIntegrityError(f"weights file entry {tensor.name} does not fit its type or the file")
+    return tensors, start
+
+
+def decode_rows(kind: str, raw: np.ndarray, cols: int) -> np.ndarray:
+    """(rows, row bytes) uint8 blocks -> (rows, cols) float32, by the gguf reference decoder."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    if kind == "F32":
+        return raw.view(np.float32).reshape(raw.shape[0], cols).copy()
+    values = dequantize(raw, GGMLQuantizationType[kind])
+    return np.ascontiguousarray(values.reshape(raw.shape[0], cols), dtype=np.float32)
+
+
+def decode_weights(data: bytes) -> dict[str, np.ndarray]:
+    """Every tensor of a weights file as float32, in the layout its graph wants."""
+    tensors, start = read_header(data)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    out = {}
+    for tensor in tensors:
+        raw = buffer[start + tensor.offset:start + tensor.offset + tensor.length].reshape(tensor.rows, -1)
+        values = decode_rows(tensor.type, raw, tensor.cols)
+        out[tensor.name] = np.ascontiguousarray(values.T) if tensor.transpose else values
+    return out
+
+
+def external_location(graph_stem: str, name: str) -> str:
+    """The external-data location a layer graph gives a compact tensor ('layer_03.q_weight')."""
+    return f"{graph_stem}.{name}"
+
+
+def graph_with_weights(graph_path: Path, weights: dict[str, np.ndarray]) -> bytes:
+    """A layer graph's bytes with its external initializers filled from decoded weights."""
+    model = onnx.load(str(graph_path), load_external_data=False)
+    for initializer in model.graph.initializer:
+        if initializer.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        name = initializer.name
+        if name not in weights:
+            raise ShardIntegrityError(f"{graph_path.name} needs {name}, which its weights file lacks")
+        values = weights[name]
+        if tuple(values.shape) != tuple(initializer.dims):
+            raise ShardIntegrityError(f"{name}: weights file has {values.shape}, {graph_path.name} wants "
+                                      f"{tuple(initializer.dims)}")
+        del initializer.external_data[:]
+        initializer.data_location = onnx.TensorProto.DEFAULT
+        initializer.raw_data = values.astype(np.float32).tobytes()
+    return model.SerializeToString()
