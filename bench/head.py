@@ -68,8 +68,10 @@ def measure(name: str, positions: int) -> dict:
         result[f"ms_per_token_{threads}_threads"] = {kind: round(min(values), 3) for kind, values in timings.items()}
     exact = heads["float32"].logits(hidden)[0]                               # (positions, vocab)
     compact_ends = heads["compact"]
+    corrector = compact_ends._compact_head
+    assert corrector is not None, "this model's head is not compact"
     raw = compact_ends.head.run(None, {"hidden": hidden})[0][0]            # int8 activations, uncorrected
-    compact_ends._compact_head.recomputed = 0
+    corrector.recomputed = 0
     corrected = compact_ends.logits(hidden)[0]
     top = exact.argmax(-1)
     result.update({
@@ -79,7 +81,7 @@ def measure(name: str, positions: int) -> dict:
         "compact": {"max_abs_logit_difference": float(np.abs(corrected - exact).max()),
                     "top_logit_difference": float(np.abs(corrected[np.arange(len(top)), top] - exact[np.arange(len(top)), top]).max()),
                     "top1_agreement": float((corrected.argmax(-1) == top).mean()),
-                    "tokens_recomputed_per_position": compact_ends._compact_head.recomputed / len(ids),
+                    "tokens_recomputed_per_position": corrector.recomputed / len(ids),
                     "perplexity": round(perplexity_of(corrected, ids), 4)},
         "float32": {"perplexity": round(perplexity_of(exact, ids), 4)},
         "logit_range": float(np.abs(exact).max()),

@@ -128,7 +128,8 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool,
     config = model.config
     steps = config.layers + 2
     bar = tqdm(total=steps, desc=f"converting {model.path.name}", unit="part", disable=not progress)
-    layers, kept_types = [], collections.Counter()
+    layers: list[LayerEntry] = []
+    kept_types: collections.Counter[str] = collections.Counter()
     for index, weights in model.iter_layers():
         stem = f"layer_{index:02d}"
         graph, kv_graph = f"{stem}.onnx", f"{stem}.kv.onnx"

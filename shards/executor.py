@@ -8,6 +8,7 @@ yardstick the distributed pipeline is held to. It never does network I/O.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -15,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from shards.compact_weights import decode_weights, graph_with_weights
+from shards.errors import ShardIntegrityError
 from shards.manifest import Manifest, load_manifest, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
@@ -55,14 +58,37 @@ class CacheMismatch(ValueError):
 
 
 def layer_graph_source(directory: Path, manifest: Manifest, index: int, kv_only: bool = False) -> str | bytes:
-    """What onnxruntime opens for a layer's graph: its path (float32 shards), or its bytes
-    with the matrices decoded from the layer's compact weights file."""
+    """A layer graph as one self-contained model (path or bytes): for tests and tools that
+    open it themselves; `layer_session` is the fast way to run it."""
     entry = manifest.layers[index]
     path = Path(directory) / (entry.kv_graph if kv_only else entry.graph)
     if not entry.weights:
         return str(path)
-    weights = decode_weights((Path(directory) / entry.weights).read_bytes())
-    return graph_with_weights(path, weights)
+    return graph_with_weights(path, decode_weights((Path(directory) / entry.weights).read_bytes()))
+
+
+def layer_session(directory: Path, manifest: Manifest, index: int, threads: int,
+                  kv_only: bool = False) -> ort.InferenceSession:
+    """A layer's session: a float32 shard's graph as it is, or a compact shard's graph with
+    its matrices decoded from the layer's weights file and handed to onnxruntime as
+    external initializers (no model copy is serialized)."""
+    entry = manifest.layers[index]
+    path = Path(directory) / (entry.kv_graph if kv_only else entry.graph)
+    options = session_options(threads)
+    if entry.weights:
+        weights = decode_weights((Path(directory) / entry.weights).read_bytes())
+        wanted = {init.name for init in onnx.load(str(path), load_external_data=False).graph.initializer
+                  if init.data_location == onnx.TensorProto.EXTERNAL}
+        names = sorted(wanted)
+        missing = [name for name in names if name not in weights]
+        if missing:
+            raise ShardIntegrityError(f"{path.name} needs {', '.join(missing)}, which {entry.weights} lacks")
+        values = [ort.OrtValue.ortvalue_from_numpy(weights[name]) for name in names]
+        options.add_external_initializers(names, values)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.external_weights = values   # onnxruntime reads them in place: they live as long as the session
+        return session
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class LayerStack:
@@ -72,7 +98,7 @@ class LayerStack:
     def __init__(self, directory: Path, manifest: Manifest, first: int, last: int,
                  threads: int = 1) -> None:
         self.manifest, self.first, self.last = manifest, first, last
-        self._directory, self._options = directory, session_options(threads)
+        self._directory, self._threads = directory, threads
         self.layers: dict[int, ort.InferenceSession] = {}
         self.load(range(first, last))
         self._kv_graphs: dict[int, ort.InferenceSession] = {}
@@ -83,8 +109,7 @@ class LayerStack:
         """Also hold these layers (those already held are kept as they are)."""
         for index in layers:
             if index not in self.layers:
-                self.layers[index] = ort.InferenceSession(layer_graph_source(self._directory, self.manifest, index),
-                                                          self._options, providers=["CPUExecutionProvider"])
+                self.layers[index] = layer_session(self._directory, self.manifest, index, self._threads)
 
     def retain(self, layers: range) -> None:
         """Drop every held layer outside `layers`, and the caches of the dropped layers."""
@@ -134,9 +159,7 @@ class LayerStack:
 
     def _kv_graph(self, index: int) -> ort.InferenceSession:
         if index not in self._kv_graphs:
-            source = layer_graph_source(self._directory, self.manifest, index, kv_only=True)
-            self._kv_graphs[index] = ort.InferenceSession(source, self._options,
-                                                          providers=["CPUExecutionProvider"])
+            self._kv_graphs[index] = layer_session(self._directory, self.manifest, index, self._threads, kv_only=True)
         return self._kv_graphs[index]
 
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
@@ -203,6 +226,12 @@ class ReferenceExecutor:
         self.text = self.ends.text
         self.stack = LayerStack(self.directory, self.manifest, 0, self.manifest.model.layers, threads)
         self._next_stream = 0
+
+    def with_head(self, head: str) -> ReferenceExecutor:
+        """The same layers (shared, not reloaded) with another head ("compact" or "float32")."""
+        other = copy.copy(self)
+        other.ends = ModelEnds(self.directory, self.ends.threads, verify=False, manifest=self.manifest, head=head)
+        return other
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.ends.embed(ids)  # (1, seq, hidden)

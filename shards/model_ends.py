@@ -38,7 +38,7 @@ class ModelEnds:
 
     def __init__(self, directory: Path, threads: int = 2, verify: bool = True,
                  manifest: Manifest | None = None, head: str = "compact") -> None:
-        self.directory = Path(directory)
+        self.directory, self.threads = Path(directory), threads
         self.manifest = manifest or load_manifest(self.directory)
         if head not in HEAD_KINDS:
             raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_KINDS)}")

@@ -63,6 +63,7 @@ class FakeWorker:
         self.close_code: int | None = None
         self.closed = asyncio.Event()
         self._desync = False
+        self._assignments: asyncio.Task | None = None
 
     async def start(self) -> FakeWorker:
         self.session = aiohttp.ClientSession()
@@ -183,7 +184,16 @@ class FakeWorker:
     async def _control(self, message: dict) -> None:
         kind = message["type"]
         if kind == "assign":
-            await self._assign(message)
+            # Like the tab: assignments load one after another outside the message loop,
+            # so heartbeats and frames for held layers are answered while layers load.
+            previous = self._assignments
+
+            async def assign_after_previous() -> None:
+                if previous is not None:
+                    await asyncio.shield(previous)
+                await self._assign(message)
+
+            self._assignments = asyncio.create_task(assign_after_previous())
         elif kind == "retain":
             self.retained.append((message["layer_start"], message["layer_end"]))
             if self.stack:

@@ -4,8 +4,10 @@ its own tokenizer and its own llama code.
 
 Tolerance: both sides compute in float32 from the same dequantized weights (Q4_1
 blocks -> d*q+m), so only summation order differs. Over 30 layers that leaves ~1e-4
-in logits of magnitude ~20; we allow 2e-3 absolute and require identical top-1 at
-every position and identical greedy continuations.
+in logits of magnitude ~20; we allow 2e-3 absolute over the whole vocabulary with the
+float32 head, and require identical top-1 at every position and identical greedy
+continuations with the compact head the coordinator serves (whose near-top logits are
+exact: its top logit must agree to the same 2e-3).
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ def test_logits_match_transformers(reference, hf_model):
     torch, model, _ = hf_model
     ids = reference.text.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
     ids += reference.text.encode("The capital of France is Paris. It is known for")
-    ours = reference.prompt_logits(ids)
+    ours = reference.with_head("float32").prompt_logits(ids)
+    served = reference.prompt_logits(ids)
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].numpy()
     difference = np.abs(ours - theirs).max()
     print(f"max abs logit difference vs transformers over {len(ids)} positions: {difference:.2e}")
     assert difference < LOGIT_TOLERANCE
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+    top = theirs.argmax(-1)
+    assert (served.argmax(-1) == top).all()
+    assert np.abs(served[np.arange(len(ids)), top] - theirs[np.arange(len(ids)), top]).max() < LOGIT_TOLERANCE
 
 
 def test_greedy_text_matches_transformers(reference, hf_model):

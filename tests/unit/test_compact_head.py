@@ -1,0 +1,70 @@
+"""The compact head (the GGUF's Q8_0 table as MatMulNBits, int8 activations) on the real
+default model: its error stays inside the bound the correction relies on, and after the
+correction its top token and top logit are the float32 head's at every position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shards.compact_head import CompactHead
+from shards.model_ends import ModelEnds
+
+TEXT = Path(__file__).parents[2] / "data" / "moby-dick.txt"
+
+
+@pytest.fixture(scope="module")
+def final_hidden(reference):
+    """(1, positions, hidden) final hidden states of 300 tokens of real text."""
+    ids = reference.text.encode(TEXT.read_text()[:6000])[:300]
+    stream = reference._new_stream()
+    try:
+        return reference.stack.forward(stream, reference.embed(ids), np.arange(len(ids), dtype=np.int64)[None])
+    finally:
+        reference.stack.release(stream)
+
+
+@pytest.fixture(scope="module")
+def heads(shard_dir, reference):
+    compact = ModelEnds(shard_dir, 2, verify=False, manifest=reference.manifest)
+    exact = ModelEnds(shard_dir, 2, verify=False, manifest=reference.manifest, head="float32")
+    assert isinstance(compact._compact_head, CompactHead), "the default model's head should be compact"
+    return compact, exact
+
+
+def test_int8_error_stays_inside_the_bound(heads, final_hidden):
+    compact, exact = heads
+    raw, normed = compact.head.run(None, {"hidden": final_hidden})
+    want = exact.logits(final_hidden)[0]
+    bound = compact._compact_head.error_bound(normed[0], raw[0])
+    assert (np.abs(raw[0] - want) <= bound).all()
+    assert np.abs(raw[0] - want).max() > 1e-3      # the int8 head does differ: the correction matters
+
+
+def test_corrected_top_token_and_logit_are_the_float32_heads(heads, final_hidden):
+    compact, exact = heads
+    before = compact._compact_head.recomputed
+    served, want = compact.logits(final_hidden)[0], exact.logits(final_hidden)[0]
+    rows, top = np.arange(len(want)), want.argmax(-1)
+    assert (served.argmax(-1) == top).all()
+    assert np.abs(served[rows, top] - want[rows, top]).max() < 1e-4
+    recomputed = (compact._compact_head.recomputed - before) / len(want)
+    assert 1 <= recomputed < 200        # a handful of candidates per position, not the vocabulary
+
+
+def test_a_near_tie_flipped_by_int8_is_restored():
+    """A fake session whose logits put the wrong token on top by less than the bound."""
+    table = np.eye(64, dtype=np.float32)[:4] * 2.0               # (vocab 4, hidden 64)
+    normed = np.linspace(-1, 1, 64, dtype=np.float32)[None, None]
+    exact = normed[0] @ table.T                                    # (1, 4)
+    skewed = exact.copy()
+    skewed[0, exact[0].argsort()[-2]] = exact[0].max() + 1e-3      # runner-up now on top
+
+    class Session:
+        def run(self, _, feeds):
+            return [skewed.copy()[None], normed]
+
+    head = CompactHead(Session(), table)
+    assert head(normed)[0, 0].argmax() == exact[0].argmax()
