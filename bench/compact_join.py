@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.suite import decode_rate
-from coordinator.config import AppConfig, ServerConfig
+from coordinator.config import AppConfig, RuntimeConfig, ServerConfig
 from coordinator.headless import HeadlessWorkers, worker_url
 from coordinator.local_swarm import local_coordinator, status_of, wait_ready
 from shards.convert import convert
@@ -50,9 +50,10 @@ async def join(base: str, headless: HeadlessWorkers, name: str) -> tuple[str, di
                     "memory_mb": worker["memory_mb"]}
 
 
-async def measure(weights: str, model: str, tokens: int) -> dict[str, Any]:
+async def measure(weights: str, model: str, tokens: int, head: str = "compact") -> dict[str, Any]:
     shard_dir, manifest = convert(resolve_model(model), progress=False, weights=weights)
-    config = AppConfig(server=ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.5, chromium=CHROMIUM))
+    config = AppConfig(server=ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.5, chromium=CHROMIUM),
+                       runtime=RuntimeConfig(head=head))
     report: dict[str, Any] = {"format": manifest.weight_format["stored"], "layers": manifest.model.layers,
                               "shard_bytes_all_layers": layer_bytes(manifest)}
     async with local_coordinator(config, shard_dir) as (_, base):
@@ -79,7 +80,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--only", choices=("float32", "gguf"), help="measure one format (no file written)")
+    parser.add_argument("--head", default="compact", choices=("compact", "float32"))
     args = parser.parse_args()
+    if args.only:
+        await measure(args.only, args.model, args.tokens, args.head)
+        return
     report = {weights: await measure(weights, args.model, args.tokens) for weights in ("float32", "gguf")}
     before, after = report["float32"]["shard_bytes_all_layers"], report["gguf"]["shard_bytes_all_layers"]
     report["bytes_ratio"] = round(after / before, 4)

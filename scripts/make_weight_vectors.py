@@ -53,6 +53,38 @@ def main() -> None:
                      for name, values in decoded.items()},
     }) + "\n")
     print(f"wrote {OUT} ({len(data)} bytes of weights, {len(decoded)} tensors)")
+    write_inline_vector(rng)
+
+
+def write_inline_vector(rng: np.random.Generator) -> None:
+    """A tiny graph y = x @ W + b whose W is external (as a layer graph's matrices are), W's
+    data, an input and the output native onnxruntime gives once W is put inside the graph."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from shards.compact_weights import graph_with_weights
+    from shards.graphs import external_tensor
+
+    weight = rng.standard_normal((6, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "inline",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(bias, "b"), external_tensor("w", weight.shape, "layer_00.w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    x = rng.standard_normal((1, 6)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "inline.onnx"
+        path.write_bytes(model.SerializeToString())
+        filled = graph_with_weights(path, {"w": weight})
+    y = ort.InferenceSession(filled).run(None, {"x": x})[0]
+    out = OUT.parent / "inline_graph.json"
+    out.write_text(json.dumps({"model": model.SerializeToString().hex(), "location": "layer_00.w",
+                               "weights": weight.tobytes().hex(), "x": x.ravel().tolist(),
+                               "y": y.ravel().tolist()}) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 // creating sessions from shard bytes and running them. Knows nothing of the wire
 // protocol or the coordinator.
 
+import { inlineWeights } from './onnx_inline.js';
+
 const ORT_BASE = '/ort/';
 
 let ortModule = null;
@@ -128,14 +130,18 @@ export class LayerRunner {
   }
 
   /**
-   * Create a layer's two sessions; `externalData` is its decoded weights file (compact
-   * shards) or undefined (float32 shards). Returns the float32 weight bytes handed over.
+   * Create a layer's two sessions; `weights` is its decoded weights file (compact shards:
+   * Map of 'layer_NN.<initializer>' -> float32 bytes, put inside both graphs) or undefined
+   * (float32 shards). Returns the float32 weight bytes the full graph holds.
    */
-  async loadLayer(index, fullBytes, kvOnlyBytes, externalData = undefined) {
-    const full = await createSession(this.ort, fullBytes, this.backend, externalData);
-    const kvOnly = await createSession(this.ort, kvOnlyBytes, this.backend, externalData);
-    this.layers.set(index, { full, kvOnly });
-    return externalData ? externalData.reduce((sum, entry) => sum + entry.data.length, 0) : fullBytes.length;
+  async loadLayer(index, fullBytes, kvOnlyBytes, weights = undefined) {
+    const full = weights ? inlineWeights(fullBytes, weights).bytes : fullBytes;
+    const kvOnly = weights ? inlineWeights(kvOnlyBytes, weights).bytes : kvOnlyBytes;
+    this.layers.set(index, {
+      full: await createSession(this.ort, full, this.backend),
+      kvOnly: await createSession(this.ort, kvOnly, this.backend),
+    });
+    return full.length;
   }
 
   /**

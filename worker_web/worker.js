@@ -125,8 +125,8 @@ async function onAssign(message) {
     // One layer's sessions per queued task: frames for the layers already held run in between.
     const compact = files.get(`${name}.weights`);
     // Decoded to float32: in onnxruntime-web's WASM backend the float32 MatMul is the
-    // fastest of the formats measured (bench/results/weight_formats.json).
-    const external = compact ? decodeWeights(compact, name) : undefined;
+    // fastest exact format measured (bench/results/weight_formats.json).
+    const external = compact ? new Map(decodeWeights(compact, name).map((entry) => [entry.path, entry.data])) : undefined;
     await enqueue(async () => {
       worker.weightBytes.set(layer, await runner.loadLayer(layer, files.get(`${name}.onnx`), files.get(`${name}.kv.onnx`), external));
     });

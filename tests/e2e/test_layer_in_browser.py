@@ -21,10 +21,12 @@ async ({layer, hidden, prefill, backend}) => {
   const rt = await import('/worker/ort_runtime.js');
   const ort = await rt.loadOrt({webgpu: backend === 'webgpu', threads: 1});
   const { decodeWeights } = await import('/worker/compact_weights.js');
+  const { inlineWeights } = await import('/worker/onnx_inline.js');
   const stem = `layer_${String(layer).padStart(2, '0')}`;
   const load = async (name) => new Uint8Array(await (await fetch(`/shards/${name}`)).arrayBuffer());
-  const external = decodeWeights(await load(`${stem}.weights`), stem);   // the GGUF's blocks, decoded in the tab
-  const session = await rt.createSession(ort, await load(`${stem}.onnx`), backend, external);
+  // the GGUF's blocks, decoded in the tab and put inside the graph, as a worker tab does
+  const weights = new Map(decodeWeights(await load(`${stem}.weights`), stem).map((entry) => [entry.path, entry.data]));
+  const session = await rt.createSession(ort, inlineWeights(await load(`${stem}.onnx`), weights).bytes, backend);
   const empty = rt.floatTensor(ort, new Float32Array(0), [1, 3, 0, 64]);
   const heads = rt.floatTensor(ort, new Float32Array(9).fill(1), [9]);
   const first = await session.run({
