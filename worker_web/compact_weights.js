@@ -5,6 +5,8 @@
 // values are bit-identical to the Python reference (pinned by tests/vectors).
 // Knows nothing of onnxruntime or the wire.
 
+import { float16Value } from './codec.js';
+
 const MAGIC = 'TSWQ';
 const VERSION = 1;
 const ALIGNMENT = 16;
@@ -19,17 +21,7 @@ export const BLOCK_TYPES = {
 
 const halfScratch = new DataView(new ArrayBuffer(4));
 
-/** IEEE half (as a uint16) -> number; exact. */
-export function halfToFloat(bits) {
-  const sign = bits & 0x8000 ? -1 : 1;
-  const exponent = (bits >> 10) & 0x1f;
-  const mantissa = bits & 0x3ff;
-  if (exponent === 0) return sign * mantissa * 2 ** -24;
-  if (exponent === 31) return mantissa ? NaN : sign * Infinity;
-  return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
-}
-
-function half(bytes, offset) { return halfToFloat(bytes[offset] | (bytes[offset + 1] << 8)); }
+function half(bytes, offset) { return float16Value(bytes[offset] | (bytes[offset + 1] << 8)); }
 
 function bfloat(bytes, offset) {
   halfScratch.setUint32(0, ((bytes[offset] | (bytes[offset + 1] << 8)) << 16) >>> 0, true);

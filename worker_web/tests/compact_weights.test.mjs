@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { BLOCK_TYPES, decodeWeights, halfToFloat, readHeader } from '../compact_weights.js';
+import { BLOCK_TYPES, decodeWeights, readHeader } from '../compact_weights.js';
 
 const vectors = JSON.parse(readFileSync(new URL('../../shards/vectors/weights.json', import.meta.url)));
 const hex = (text) => Uint8Array.from(text.match(/../g) || [], (pair) => parseInt(pair, 16));
@@ -27,13 +27,6 @@ for (const [name, expected] of Object.entries(vectors.expected)) {
     assert.equal(first, -1, `first difference at value ${first}: ${got[first]?.toString(16)} vs ${ref[first]?.toString(16)}`);
   });
 }
-
-test('half floats decode exactly, subnormals and signs included', () => {
-  assert.equal(halfToFloat(0x3c00), 1);
-  assert.equal(halfToFloat(0xc000), -2);
-  assert.equal(halfToFloat(0x0001), 2 ** -24);
-  assert.equal(halfToFloat(0x7bff), 65504);
-});
 
 test('a truncated or foreign file is refused with a reason', () => {
   assert.throws(() => readHeader(file.subarray(0, file.length - 100)), /does not fit/);
