@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from shards.errors import ShardIntegrityError
+from shards.int8 import INT8_CODES, INT8_SCALES, int8_group, quantize_int8
 
 MAGIC = b"TSWQ"
 VERSION = 1
@@ -127,20 +128,89 @@ def external_location(graph_stem: str, name: str) -> str:
     return f"{graph_stem}.{name}"
 
 
-def graph_with_weights(graph_path: Path, weights: dict[str, np.ndarray]) -> bytes:
-    """A layer graph's bytes with its external initializers filled from decoded weights."""
-    model = onnx.load(str(graph_path), load_external_data=False)
+def layer_initializers(data: bytes, stem: str, compute: str) -> dict[str, bytes]:
+    """A weights file -> {external-data location: bytes} for graphs computing in `compute`:
+    what a tab builds (worker_web/int8_weights.js `layerInitializers`, pinned to this by
+    shards/vectors/int8.json). int8: 'stem.name#int8' codes and 'stem.name#scales' per matrix
+    whose inputs a group divides; every other matrix 'stem.name' as float32."""
+    out = {}
+    for name, matrix in decode_weights(data).items():
+        location = external_location(stem, name)
+        group = int8_group(matrix.shape[0]) if compute == "int8" else None
+        if group is None:
+            out[location] = matrix.tobytes()
+            continue
+        codes, scales = quantize_int8(matrix, group)
+        out[location + INT8_CODES] = codes.tobytes()
+        out[location + INT8_SCALES] = scales.tobytes()
+    return out
+
+
+def initializer_values(model: onnx.ModelProto, weights: dict[str, np.ndarray], graph_name: str = "graph"
+                       ) -> dict[str, np.ndarray]:
+    """The values of a graph's external initializers, from its layer's decoded weights:
+    a float32 matrix as it is (location 'layer_NN.q_weight'), or its int8 codes and scales
+    ('…#int8', '…#scales', by shards.int8's rule; each matrix quantized once)."""
+    values: dict[str, np.ndarray] = {}
+    quantized: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for initializer in model.graph.initializer:
         if initializer.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        name = initializer.name
-        if name not in weights:
-            raise ShardIntegrityError(f"{graph_path.name} needs {name}, which its weights file lacks")
-        values = weights[name]
-        if tuple(values.shape) != tuple(initializer.dims):
-            raise ShardIntegrityError(f"{name}: weights file has {values.shape}, {graph_path.name} wants "
+        location = next(entry.value for entry in initializer.external_data if entry.key == "location")
+        matrix, _, variant = location.split(".", 1)[-1].partition("#")
+        if matrix not in weights:
+            raise ShardIntegrityError(f"{graph_name} needs {matrix}, which its weights file lacks")
+        if variant:
+            if matrix not in quantized:
+                quantized[matrix] = quantize_int8(weights[matrix], int8_group(weights[matrix].shape[0]) or 0)
+            value = quantized[matrix][0 if f"#{variant}" == INT8_CODES else 1]
+        else:
+            value = weights[matrix]
+        if tuple(value.shape) != tuple(initializer.dims):
+            raise ShardIntegrityError(f"{initializer.name}: weights file gives {value.shape}, {graph_name} wants "
                                       f"{tuple(initializer.dims)}")
-        del initializer.external_data[:]
-        initializer.data_location = onnx.TensorProto.DEFAULT
-        initializer.raw_data = values.astype(np.float32).tobytes()
+        values[initializer.name] = value
+    return values
+
+
+def graph_with_weights(graph_path: Path, weights: dict[str, np.ndarray]) -> bytes:
+    """A layer graph's bytes with its external initializers filled from decoded weights."""
+    model = onnx.load(str(graph_path), load_external_data=False)
+    values = initializer_values(model, weights, graph_path.name)
+    for initializer in model.graph.initializer:
+        if initializer.name in values:
+            del initializer.external_data[:]
+            initializer.data_location = onnx.TensorProto.DEFAULT
+            initializer.raw_data = values[initializer.name].tobytes()
     return model.SerializeToString()
+
+
+class CompactRows:
+    """One tensor of a weights file (e.g. the token table), memory-mapped as its GGUF
+    blocks; rows are decoded on demand by the gguf reference decoder, so a lookup gives
+    exactly the values a float32 table would hold without ever holding that table."""
+
+    def __init__(self, path: Path, name: str | None = None) -> None:
+        mapped = np.memmap(path, dtype=np.uint8, mode="r")
+        tensors, start = read_header(mapped)
+        tensor = next((entry for entry in tensors if name is None or entry.name == name), None)
+        if tensor is None:
+            raise ShardIntegrityError(f"{Path(path).name} has no tensor {name!r}")
+        self.kind, self.rows, self.cols = tensor.type, tensor.rows, tensor.cols
+        self.raw = mapped[start + tensor.offset:start + tensor.offset + tensor.length].reshape(tensor.rows, -1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    def __call__(self, ids: np.ndarray | list[int]) -> np.ndarray:
+        """(n,) row ids -> (n, cols) float32."""
+        index = np.asarray(ids, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self.rows):
+            raise IndexError(f"row ids must lie in [0, {self.rows})")
+        return decode_rows(self.kind, np.ascontiguousarray(self.raw[index]), self.cols)
+
+    def decode_all(self, slice_rows: int = 8192) -> np.ndarray:
+        """The whole table as float32 (vocab, cols): for `--head float32` and tools only."""
+        return np.concatenate([decode_rows(self.kind, np.ascontiguousarray(self.raw[start:start + slice_rows]),
+                                           self.cols) for start in range(0, self.rows, slice_rows)])

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from shards.compact_weights import decode_weights, graph_with_weights
-from shards.errors import ShardIntegrityError
 from shards.manifest import Manifest, load_manifest, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
@@ -57,38 +55,33 @@ class CacheMismatch(ValueError):
     """A frame's position is not the length of the stream's caches for its layers."""
 
 
-def layer_graph_source(directory: Path, manifest: Manifest, index: int, kv_only: bool = False) -> str | bytes:
+def layer_graph_source(directory: Path, manifest: Manifest, index: int, kv_only: bool = False,
+                       compute: str = "float32") -> str | bytes:
     """A layer graph as one self-contained model (path or bytes): for tests and tools that
     open it themselves; `layer_session` is the fast way to run it."""
     entry = manifest.layers[index]
-    path = Path(directory) / (entry.kv_graph if kv_only else entry.graph)
+    path = Path(directory) / entry.graphs(compute)[1 if kv_only else 0]
     if not entry.weights:
         return str(path)
     return graph_with_weights(path, decode_weights((Path(directory) / entry.weights).read_bytes()))
 
 
 def layer_session(directory: Path, manifest: Manifest, index: int, threads: int,
-                  kv_only: bool = False) -> ort.InferenceSession:
-    """A layer's session: a float32 shard's graph as it is, or a compact shard's graph with
-    its matrices decoded from the layer's weights file and handed to onnxruntime as
-    external initializers (no model copy is serialized)."""
+                  kv_only: bool = False, compute: str = "float32") -> ort.InferenceSession:
+    """A layer's session in a compute format: a float32 shard's graph as it is, or a compact
+    shard's graph with its matrices decoded from the layer's weights file (float32, or int8
+    codes and scales) put inside it. The session holds one copy of the weights: onnxruntime's
+    Python binding keeps the bytes it was built from (for a provider fallback this code never
+    uses), which for an int8 layer doubled its memory, so that reference is dropped."""
     entry = manifest.layers[index]
-    path = Path(directory) / (entry.kv_graph if kv_only else entry.graph)
+    path = Path(directory) / entry.graphs(compute)[1 if kv_only else 0]
     options = session_options(threads)
-    if entry.weights:
-        weights = decode_weights((Path(directory) / entry.weights).read_bytes())
-        wanted = {init.name for init in onnx.load(str(path), load_external_data=False).graph.initializer
-                  if init.data_location == onnx.TensorProto.EXTERNAL}
-        names = sorted(wanted)
-        missing = [name for name in names if name not in weights]
-        if missing:
-            raise ShardIntegrityError(f"{path.name} needs {', '.join(missing)}, which {entry.weights} lacks")
-        values = [ort.OrtValue.ortvalue_from_numpy(weights[name]) for name in names]
-        options.add_external_initializers(names, values)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        session.external_weights = values   # onnxruntime reads them in place: they live as long as the session
-        return session
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not entry.weights:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = graph_with_weights(path, decode_weights((Path(directory) / entry.weights).read_bytes()))
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session._model_bytes = None
+    return session
 
 
 class LayerStack:
@@ -96,8 +89,9 @@ class LayerStack:
     with one KV cache per stream id."""
 
     def __init__(self, directory: Path, manifest: Manifest, first: int, last: int,
-                 threads: int = 1) -> None:
+                 threads: int = 1, compute: str | None = None) -> None:
         self.manifest, self.first, self.last = manifest, first, last
+        self.compute = compute or manifest.default_compute
         self._directory, self._threads = directory, threads
         self.layers: dict[int, ort.InferenceSession] = {}
         self.load(range(first, last))
@@ -109,7 +103,8 @@ class LayerStack:
         """Also hold these layers (those already held are kept as they are)."""
         for index in layers:
             if index not in self.layers:
-                self.layers[index] = layer_session(self._directory, self.manifest, index, self._threads)
+                self.layers[index] = layer_session(self._directory, self.manifest, index, self._threads,
+                                                   compute=self.compute)
 
     def retain(self, layers: range) -> None:
         """Drop every held layer outside `layers`, and the caches of the dropped layers."""
@@ -159,7 +154,8 @@ class LayerStack:
 
     def _kv_graph(self, index: int) -> ort.InferenceSession:
         if index not in self._kv_graphs:
-            self._kv_graphs[index] = layer_session(self._directory, self.manifest, index, self._threads, kv_only=True)
+            self._kv_graphs[index] = layer_session(self._directory, self.manifest, index, self._threads,
+                                                   kv_only=True, compute=self.compute)
         return self._kv_graphs[index]
 
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
@@ -217,14 +213,16 @@ class GenerationStep:
 class ReferenceExecutor:
     """Embedding, every layer and the head of one model, in this process."""
 
-    def __init__(self, directory: Path, threads: int = 2, verify: bool = True, head: str = "compact") -> None:
+    def __init__(self, directory: Path, threads: int = 2, verify: bool = True, head: str = "compact",
+                 compute: str | None = None) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         if verify:
             verify_files(self.directory, self.manifest)
         self.ends = ModelEnds(self.directory, threads, verify=False, manifest=self.manifest, head=head)
         self.text = self.ends.text
-        self.stack = LayerStack(self.directory, self.manifest, 0, self.manifest.model.layers, threads)
+        self.stack = LayerStack(self.directory, self.manifest, 0, self.manifest.model.layers, threads, compute)
+        self.compute = self.stack.compute
         self._next_stream = 0
 
     def with_head(self, head: str) -> ReferenceExecutor:

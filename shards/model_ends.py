@@ -1,7 +1,11 @@
 """The parts of a model that stay on the coordinator: embedding, output head, tokenizer.
 
-Owns loading and running those two small graphs with native onnxruntime; the layers
-live elsewhere (a LayerStack in-process, or browser tabs). Never does network I/O.
+Owns looking token rows up and running the head; the layers live elsewhere (a LayerStack
+in-process, or browser tabs). Holds no float32 copy of any table: the embedding decodes the
+rows a step needs from the GGUF's blocks (memory-mapped), and the head multiplies 8-bit
+blocks, recomputing its near-top logits exactly from decoded rows (`compact_head`).
+`head="float32"` decodes the whole output table once instead (tests and comparisons).
+Never does network I/O.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from shards.compact_head import CompactHead
-from shards.manifest import TOKEN_TABLE, Manifest, load_manifest, verify_files
+from shards.compact_weights import CompactRows
+from shards.manifest import Manifest, load_manifest, verify_files
 from shards.tokenizer import TextCodec
 
 
@@ -33,8 +38,7 @@ HEAD_KINDS = ("compact", "float32")
 
 class ModelEnds:
     """Embedding, head and text codec of one shard directory. `head`: "compact" runs the
-    manifest's head (the GGUF's Q8_0 blocks where the converter could keep them),
-    "float32" the dequantized table as a MatMul (the same weights, float activations)."""
+    8-bit head with exact near-top logits; "float32" multiplies the decoded table."""
 
     def __init__(self, directory: Path, threads: int = 2, verify: bool = True,
                  manifest: Manifest | None = None, head: str = "compact") -> None:
@@ -42,29 +46,39 @@ class ModelEnds:
         self.manifest = manifest or load_manifest(self.directory)
         if head not in HEAD_KINDS:
             raise ValueError(f"head {head!r} is not one of {', '.join(HEAD_KINDS)}")
-        head_graph = self.manifest.float_head if head == "float32" and self.manifest.float_head else self.manifest.head
-        if verify:
-            names = [self.manifest.embedding, head_graph, self.manifest.tokenizer]
-            names += [name for name in self.manifest.files if name.endswith(".bin")]
-            verify_files(self.directory, self.manifest, names)
-        options = session_options(threads)
-        self.embedding = ort.InferenceSession(str(self.directory / self.manifest.embedding), options,
+        manifest = self.manifest
+        output_file = manifest.output_table or manifest.token_table
+        if verify:   # everything but the layers (the tabs check those they download)
+            verify_files(self.directory, manifest, [name for name in manifest.files if not name.startswith("layer_")])
+        self.token_rows = CompactRows(self.directory / manifest.token_table)
+        self.output_rows = CompactRows(self.directory / output_file) if manifest.output_table else self.token_rows
+        self.embedding_scale = np.float32(manifest.model.embedding_scale)
+        self.head_kind = head
+        self._float_table: np.ndarray | None = None
+        self._compact_head: CompactHead | None = None
+        if head == "float32":
+            self._float_table = self.output_rows.decode_all()            # (vocab, hidden)
+            self._norm = ort.InferenceSession(str(self.directory / manifest.head), session_options(threads),
                                               providers=["CPUExecutionProvider"])
-        self.head = ort.InferenceSession(str(self.directory / head_graph), options,
-                                         providers=["CPUExecutionProvider"])
-        self._compact_head = None
-        if len(self.head.get_outputs()) > 1:   # a compact head: make its near-top logits exact
-            table = np.memmap(self.directory / TOKEN_TABLE, dtype=np.float32, mode="r",
-                              shape=(self.manifest.model.vocab, self.manifest.model.hidden))
-            self._compact_head = CompactHead(self.head, table)
-        template = self.directory / self.manifest.chat_template if self.manifest.chat_template else None
-        self.text = TextCodec.load(self.directory / self.manifest.tokenizer, template,
-                                   self.manifest.eos_id, self.manifest.bos_id, self.manifest.add_bos)
+        else:
+            session = ort.InferenceSession(str(self.directory / manifest.head), session_options(threads),
+                                           providers=["CPUExecutionProvider"])
+            assert manifest.head_weight_error is not None
+            bounds = np.load(self.directory / manifest.head_weight_error, mmap_mode="r")
+            self._compact_head = CompactHead(session, bounds, self.output_rows)
+        template = self.directory / manifest.chat_template if manifest.chat_template else None
+        self.text = TextCodec.load(self.directory / manifest.tokenizer, template,
+                                   manifest.eos_id, manifest.bos_id, manifest.add_bos)
 
     def embed(self, ids: list[int]) -> np.ndarray:
-        return self.embedding.run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0]  # (1, seq, hidden)
+        rows = self.token_rows(ids)                                        # (seq, hidden)
+        if self.embedding_scale != 1.0:
+            rows *= self.embedding_scale
+        return rows[None]                                                  # (1, seq, hidden)
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         if self._compact_head is not None:
-            return self._compact_head(hidden)           # (1, seq, vocab)
-        return self.head.run(None, {"hidden": hidden})[0]  # (1, seq, vocab)
+            return self._compact_head(hidden)                              # (1, seq, vocab)
+        assert self._float_table is not None
+        _, normed = self._norm.run(None, {"hidden": hidden})              # the head graph's RMSNorm
+        return normed @ self._float_table.T                                # (1, seq, vocab)

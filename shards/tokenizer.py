@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 import jinja2.sandbox
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from shards.gguf_model import TokenizerData
 
@@ -44,6 +44,12 @@ def build_tokenizer(data: TokenizerData) -> Tokenizer:
     return tokenizer
 
 
+# Qwen2's pre-tokenizer split (llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2; HF's tokenizer.json):
+# letters with one leading non-letter, single digits, punctuation runs, newlines, spaces.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def _byte_level_bpe(data: TokenizerData) -> Tokenizer:
     vocab = {token: index for index, token in enumerate(data.tokens)}
     merges: list[tuple[str, str]] = []
@@ -51,10 +57,17 @@ def _byte_level_bpe(data: TokenizerData) -> Tokenizer:
         left, right = merge.split(" ", 1)
         merges.append((left, right))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    if data.pre == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:   # SmolLM2 and GPT-2-style vocabularies: digits one by one, then GPT-2's split
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ])
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
@@ -139,7 +152,8 @@ class TextCodec:
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text for a chat, ending where the assistant's answer starts."""
         if self.chat_template is None:
-            return "".join(f"{message['role']}: {message['content']}\n" for message in messages) + "assistant:"
+            raise ChatTemplateError("this model is a base model (its GGUF has no chat template): send plain "
+                                    "text to /v1/completions instead of chat messages")
         environment = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         environment.globals["raise_exception"] = _raise_exception
         try:

@@ -3,10 +3,10 @@
 Owns the registry (`family_for`) and the `Family` record each entry fills in: how to read
 its GGUF metadata into a `ModelConfig` (including one `LayerSpec` per layer), which
 per-layer tensors it needs, how to bring them into the layout the graph builders
-expect, the chat template to use when the GGUF carries none, and the tokens besides EOS
-that end an answer. Adding a family is a new module here and, where it computes something
-new, a `LayerSpec` field the builders honour (Qwen3's QK-norm exists already; Qwen2's
-QKV biases would be one field and three Adds).
+expect, the tokens besides EOS that end an answer and the compute format tabs use by
+default. A GGUF without a chat template is a base model: no family supplies one. Adding a family is a new module here and, where it computes something
+new, a `LayerSpec` field the builders honour (Qwen2's QKV biases: one field, three Adds;
+Qwen3's QK-norm exists already).
 Never reads files itself (the GGUF reader hands it a metadata getter).
 """
 
@@ -28,17 +28,26 @@ Metadata = Callable[..., Any]   # metadata(key, default=None) -> value (raises i
 class Family:
     architecture: str
     read_config: Callable[[Metadata, set[str], str], ModelConfig]   # (metadata, tensor names, file name)
-    layer_tensors: tuple[str, ...]                                  # names after "blk.N.", before ".weight"
+    layer_tensors: tuple[str, ...]     # names after "blk.N." (".weight" implied unless the name has a dot)
     prepare_layer: Callable[[dict[str, np.ndarray], ModelConfig], dict[str, np.ndarray]]
-    chat_template: str | None = None      # when the GGUF has no tokenizer.chat_template
     stop_tokens: tuple[str, ...] = ()     # besides EOS: tokens that end an assistant turn
+    default_compute: str = "int8"         # the tabs' compute format unless a user picks one (measured quality)
+
+
+def _registry() -> dict[str, Family]:
+    from shards.families.gemma3 import GEMMA3
+    from shards.families.llama import LLAMA
+    from shards.families.qwen2 import QWEN2
+
+    return {family.architecture: family for family in (LLAMA, GEMMA3, QWEN2)}
+
+
+def supported_architectures() -> tuple[str, ...]:
+    return tuple(sorted(_registry()))
 
 
 def family_for(architecture: str, path: str = "") -> Family:
-    from shards.families.gemma3 import GEMMA3
-    from shards.families.llama import LLAMA
-
-    families = {family.architecture: family for family in (LLAMA, GEMMA3)}
+    families = _registry()
     if architecture not in families:
         raise UnsupportedModelError(f"{path}: architecture {architecture!r} is not supported "
                                     f"(supported: {', '.join(sorted(families))})")

@@ -10,8 +10,9 @@
   every six, RoPE base 10k there; every sixth layer global with `rope.freq_base` (1M);
 - GeGLU MLP (gelu-tanh gate); embeddings scaled by sqrt(hidden); tied head; Q/K are not
   permuted by llama.cpp for this family (NeoX-style RoPE: already rotate-half).
-The chat template below is Gemma's own (the GGUF carries none); a turn ends with
-`<end_of_turn>`.
+The 270M GGUF used here is the pretrained model and carries no chat template: it is served
+as a base model (completions); an instruction-tuned Gemma GGUF brings its own template,
+whose turns end with `<end_of_turn>`.
 """
 
 from __future__ import annotations
@@ -26,22 +27,6 @@ from shards.model_config import LayerSpec, ModelConfig
 
 GLOBAL_EVERY = 6              # llama.cpp and HF: layer i is global iff (i + 1) % 6 == 0
 LOCAL_ROPE_THETA = 10000.0    # rope_local_base_freq (not in the GGUF metadata)
-
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
-    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
-    "{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
-    " + '<end_of_turn>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
-
 
 def read_config(metadata: Metadata, tensors: set[str], file: str) -> ModelConfig:
     hidden = int(metadata("gemma3.embedding_length"))
@@ -80,4 +65,4 @@ GEMMA3 = Family(
     layer_tensors=("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down",
                    "attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm",
                    "post_ffw_norm"),
-    prepare_layer=prepare_layer, chat_template=CHAT_TEMPLATE, stop_tokens=("<end_of_turn>",))
+    prepare_layer=prepare_layer, stop_tokens=("<end_of_turn>",))

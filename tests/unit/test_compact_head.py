@@ -1,6 +1,7 @@
-"""The compact head (the GGUF's Q8_0 table as MatMulNBits, int8 activations) on the real
-default model: its error stays inside the bound the correction relies on, and after the
-correction its top token and top logit are the float32 head's at every position."""
+"""The compact head (8-bit MatMulNBits blocks, int8 activations) on the real default model:
+its error stays inside the bound the correction relies on, and after the correction its
+top token and top logit are the float32 head's at every position. A re-quantized table
+(what a Q6_K output matrix becomes) keeps the same guarantee through its weight-error term."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from shards.compact_head import CompactHead
+from shards.head_graph import head_blocks, quantize_8bit
 from shards.model_ends import ModelEnds
 
 TEXT = Path(__file__).parents[2] / "data" / "moby-dick.txt"
@@ -36,7 +38,7 @@ def heads(shard_dir, reference):
 
 def test_int8_error_stays_inside_the_bound(heads, final_hidden):
     compact, exact = heads
-    raw, normed = compact.head.run(None, {"hidden": final_hidden})
+    raw, normed = compact._compact_head.session.run(None, {"hidden": final_hidden})
     want = exact.logits(final_hidden)[0]
     bound = compact._compact_head.error_bound(normed[0], raw[0])
     assert (np.abs(raw[0] - want) <= bound).all()
@@ -66,5 +68,24 @@ def test_a_near_tie_flipped_by_int8_is_restored():
         def run(self, _, feeds):
             return [skewed.copy()[None], normed]
 
-    head = CompactHead(Session(), table)
+    bounds = np.stack([np.abs(table.reshape(4, -1, 32)).sum(-1), np.zeros((4, 2), np.float32)])
+    head = CompactHead(Session(), bounds, lambda ids: table[ids])
     assert head(normed)[0, 0].argmax() == exact[0].argmax()
+
+
+def test_requantized_blocks_bound_their_weight_error():
+    """A table that is not 8-bit (random float rows, as a Q6_K table decodes) re-quantized to
+    8-bit blocks: |w - blocks| per (row, block) is recorded, and the logits of the re-quantized
+    weights times exact activations stay inside the weight-error term of the bound."""
+    rng = np.random.default_rng(11)
+    table = rng.standard_normal((50, 64)).astype(np.float32)
+    codes, scales, error = quantize_8bit(table)
+    blocks = (codes.astype(np.float32) - 128) * scales[..., None]           # (50, 2, 32)
+    assert (np.abs(table.reshape(50, 2, 32) - blocks).max(-1) <= error).all()
+    assert error.max() > 0 and (error <= scales / 2 * 1.0001).all()
+    x = rng.standard_normal(64).astype(np.float32)
+    moved = np.abs(blocks.reshape(50, 64) @ x - table @ x)
+    assert (moved <= np.abs(x.reshape(2, 32)).sum(-1) @ error.T * 1.001 + 1e-5).all()
+    _, _, bits, zero_point, bounds = head_blocks("F16", table.astype(np.float16).view(np.uint8).reshape(50, -1),
+                                                 lambda raw: raw.view(np.float16).astype(np.float32).reshape(-1, 64))
+    assert (bits, zero_point) == (8, 128) and bounds.shape == (2, 50, 2) and bounds[1].max() > 0

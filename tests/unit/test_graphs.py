@@ -15,15 +15,17 @@ CONFIG = ModelConfig(architecture="llama", name="tiny", layers=1, hidden=32, hea
                      rope_theta=10000.0, tied_embeddings=True)
 
 
-def random_weights(rng):
-    c = CONFIG
+def random_weights(rng, c: ModelConfig = CONFIG):
     shapes = {"attn_q": (c.heads * c.head_dim, c.hidden), "attn_k": (c.kv_width, c.hidden),
-              "attn_v": (c.kv_width, c.hidden), "attn_output": (c.hidden, c.hidden),
+              "attn_v": (c.kv_width, c.hidden), "attn_output": (c.hidden, c.heads * c.head_dim),
               "ffn_gate": (c.mlp_hidden, c.hidden), "ffn_up": (c.mlp_hidden, c.hidden),
               "ffn_down": (c.hidden, c.mlp_hidden)}
     weights = {name: (rng.standard_normal(shape) * 0.2).astype(np.float32) for name, shape in shapes.items()}
     weights["attn_norm"] = rng.uniform(0.5, 1.5, c.hidden).astype(np.float32)
     weights["ffn_norm"] = rng.uniform(0.5, 1.5, c.hidden).astype(np.float32)
+    if c.spec(0).qkv_bias:
+        for name, size in (("attn_q", c.heads * c.head_dim), ("attn_k", c.kv_width), ("attn_v", c.kv_width)):
+            weights[f"{name}.bias"] = rng.standard_normal(size).astype(np.float32)
     return weights
 
 
@@ -46,9 +48,13 @@ def numpy_layer(w, hidden, positions, past_k, past_v, c: ModelConfig = CONFIG, h
     """hidden (seq, hidden); past (kv_heads, past, dim). Returns new hidden, K, V."""
     mask = np.ones(c.heads) if head_mask is None else head_mask
     x = rms_norm(hidden, w["attn_norm"], c)
-    q = rotate(x @ w["attn_q"].T, positions, c.heads, c)                      # (seq, heads, dim)
-    k = rotate(x @ w["attn_k"].T, positions, c.kv_heads, c).transpose(1, 0, 2)  # (kv, seq, dim)
-    v = (x @ w["attn_v"].T).reshape(len(positions), c.kv_heads, c.head_dim).transpose(1, 0, 2)
+
+    def project(name):   # x @ W.T, plus the projection's bias where the layer has one (Qwen2)
+        return x @ w[name].T + w.get(f"{name}.bias", 0.0)
+
+    q = rotate(project("attn_q"), positions, c.heads, c)                       # (seq, heads, dim)
+    k = rotate(project("attn_k"), positions, c.kv_heads, c).transpose(1, 0, 2)   # (kv, seq, dim)
+    v = project("attn_v").reshape(len(positions), c.kv_heads, c.head_dim).transpose(1, 0, 2)
     keys, values = np.concatenate([past_k, k], 1), np.concatenate([past_v, v], 1)
     group = c.heads // c.kv_heads
     out = np.zeros((len(positions), c.heads, c.head_dim))

@@ -61,6 +61,22 @@ def test_unsupported_architecture_is_named(tmp_path):
         GGUFModel(path)
 
 
+def test_unsupported_architecture_is_refused_from_the_header_before_hashing(tmp_path, monkeypatch):
+    """`tabswarm convert` on an unsupported GGUF answers at once: nothing is hashed or parsed."""
+    import shards.convert as convert_module
+
+    path = tmp_path / "other.gguf"
+    write_gguf(path, "mamba")
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("the file was hashed before its architecture was checked")
+
+    monkeypatch.setattr(convert_module, "source_digest", no_hashing)
+    monkeypatch.setattr(convert_module, "GGUFModel", no_hashing)
+    with pytest.raises(UnsupportedModelError, match=r"'mamba' is not supported \(supported: gemma3, llama, qwen2\)"):
+        convert_module.convert(path, tmp_path / "out", progress=False)
+
+
 def test_llama_file_without_layer_tensors_is_rejected(tmp_path):
     path = tmp_path / "hollow.gguf"
     write_gguf(path, "llama")
@@ -75,7 +91,7 @@ def make_manifest(directory: Path) -> Manifest:
              for name in ("layer_00.onnx", "layer_00.kv.onnx")}
     manifest = Manifest(format_version=FORMAT_VERSION, model=CONFIG, source={"sha256": "0"}, weight_format={},
                         opset=23, layers=(LayerEntry(0, "layer_00.onnx", "layer_00.kv.onnx"),),
-                        embedding="embedding.onnx", head="head.onnx", tokenizer="tokenizer.json",
+                        token_table="token_table.weights", head="head.onnx", tokenizer="tokenizer.json",
                         chat_template=None, eos_id=2, bos_id=None, files=files)
     manifest.write(directory)
     return manifest
