@@ -63,10 +63,12 @@ async def worker_redirect(request: web.Request) -> web.Response:
 
 def create_app(config: AppConfig, shard_dir: Path) -> web.Application:
     ends = ModelEnds(shard_dir, threads=config.runtime.threads, head=config.runtime.head)
-    cluster = Cluster(ends.manifest, config.server)
+    compute = config.runtime.compute_for(ends.manifest)
+    cluster = Cluster(ends.manifest, config.server, compute)
     verify = VerifyConfig(fraction=config.server.verify_fraction,
                           probation_steps=config.server.verify_probation_steps)
-    checker = StageChecker(shard_dir, ends.manifest, verify) if verify.fraction or verify.probation_steps else None
+    checker = (StageChecker(shard_dir, ends.manifest, verify, cluster.compute)
+               if verify.fraction or verify.probation_steps else None)
     engine = GenerationEngine(ends, cluster, config.server, checker)
     activity = ActivityLog()
     registry = CollectorRegistry()   # per app: apps in one process (tests) never share series

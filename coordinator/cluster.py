@@ -11,8 +11,12 @@ into `assign` and `retain` messages. Two plans exist at once:
   background while requests keep running on the active plan; running requests move to
   a new active plan at their next step boundary (the engine replays them onto it).
 
-Workers keep layers they no longer need until no pipeline session runs on an older plan;
-then a `retain` tells each to drop what lies outside its assignment.
+Workers keep layers they no longer need until no pipeline session runs on an older plan
+and every stage's worker is proven (past its verification probation); then a `retain`
+tells each to drop what lies outside its assignment. So a tab on probation never makes a
+proven tab give up what it holds: if the newcomer is evicted, the proven tab still holds
+the layers and service resumes on it at once. Placement follows each tab's offered memory
+(`capacity`); a tab that runs out of memory loading is placed again with fewer layers.
 """
 
 from __future__ import annotations
@@ -20,24 +24,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from coordinator.capacity import MAX_TAB_MEMORY_MB, WorkerFacts, capacities, shortfall
 from coordinator.config import ServerConfig
 from coordinator.planner import PlanError, Stage, WorkerCapacity
 from coordinator.swarm_plan import SwarmPlan, plan_swarm
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.frames import VERSION
+from shards.footprint import TabFootprint
 from shards.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-# A tab needs roughly the layer file twice while loading (bytes + session weights).
-MEMORY_PER_LAYER_FACTOR = 2.5
-MAX_TAB_MEMORY_MB = 4096       # wasm32 addresses 4 GiB: a larger claim is not believed
 PROVEN_STEPS = 16              # one-row steps served before a worker's speed is its measured one
 
 
@@ -58,9 +60,11 @@ Pipeline = list[tuple[Stage, WorkerLink]]
 
 
 class Cluster:
-    def __init__(self, manifest: Manifest, config: ServerConfig) -> None:
+    def __init__(self, manifest: Manifest, config: ServerConfig, compute: str | None = None) -> None:
         self.manifest = manifest
         self.config = config
+        self.compute = compute or manifest.default_compute      # what the tabs compute with
+        self.footprint = TabFootprint.of(manifest.model, self.compute)
         self.workers: dict[str, WorkerLink] = {}
         self.target = SwarmPlan(())
         self.plan: tuple[Stage, ...] = ()       # the active stages
@@ -77,7 +81,7 @@ class Cluster:
         self._planned_speeds: dict[str, float] = {}
         self.banned: dict[tuple[str, str], str] = {}   # (remote, name) -> why
         self._speed_changes = 0
-        self.layer_bytes = [sum(manifest.files[name].size for name in manifest.layer_files(index))
+        self.layer_bytes = [sum(manifest.files[name].size for name in manifest.layer_files(index, self.compute))
                             for index in range(manifest.model.layers)]
 
     def next_worker_id(self) -> str:
@@ -98,7 +102,7 @@ class Cluster:
         info.backend = hello["backend"]
         info.threads = hello["threads"]
         info.benchmark_ms = float(hello["benchmark_ms"])
-        info.memory_mb = float(hello["memory_mb"]) if hello.get("memory_mb") else None
+        info.memory_mb = min(float(hello["memory_mb"]), MAX_TAB_MEMORY_MB) if hello.get("memory_mb") else None
         info.agent = str(hello.get("agent", ""))[:200]
         info.page = {name: bool(hello[name]) for name in ("secure_context", "webgpu_api", "cache_storage")
                      if name in hello}
@@ -153,7 +157,7 @@ class Cluster:
         link.info.cached = message.get("cached")
         link.info.downloaded_bytes = message.get("downloaded_bytes")
         link.info.weight_bytes = message.get("weight_bytes")
-        link.info.memory_mb = message.get("memory_mb", link.info.memory_mb)
+        link.info.heap_mb = message.get("memory_mb")
         link.info.progress = None
         stage = link.info.stage
         if stage is not None and link.holds(stage):
@@ -166,39 +170,37 @@ class Cluster:
         await self._switch_if_ready()
 
     # -- planning ----------------------------------------------------------------------
-    def capacities(self, links: list[WorkerLink]) -> list[WorkerCapacity]:
-        """Planner input, from what the coordinator measured rather than what tabs claim.
+    def facts(self, links: list[WorkerLink]) -> list[WorkerFacts]:
+        return [WorkerFacts(link.id, link.info.benchmark_ms, measured_ms_per_layer(link), link.info.memory_mb,
+                            len(link.info.holds), link.info.allocation_cap) for link in links]
 
-        A worker that has served `PROVEN_STEPS` one-row steps is timed: its speed is layers
-        per second of its measured step time. Until then its own benchmark is only a prior,
-        converted to the proven workers' scale and never faster than the fastest of them
-        (or, with none proven yet, than the median claim): claiming to be fast buys a
-        newcomer no more than an equal share. Memory claims are capped at what a tab can
-        address (wasm32: 4 GiB). Speeds are snapped to powers of two, which is also the
-        hysteresis: measurement noise within 1.4x moves nothing.
-        """
-        layers = self.manifest.model.layers
-        per_layer_mb = max(self.layer_bytes) * MEMORY_PER_LAYER_FACTOR / 2**20
-        measured = {link.id: ms for link in links if (ms := measured_ms_per_layer(link)) is not None}
-        claims = [max(link.info.benchmark_ms, 0.01) for link in links]
-        ratios = sorted(measured[link.id] / max(link.info.benchmark_ms, 0.01) for link in links if link.id in measured)
-        ms_per_layer: dict[str, float] = {}
-        for link in links:
-            if link.id in measured:
-                ms_per_layer[link.id] = measured[link.id]
-            elif ratios:
-                prior = max(link.info.benchmark_ms, 0.01) * ratios[len(ratios) // 2]
-                ms_per_layer[link.id] = max(prior, min(measured.values()))
-            else:
-                ms_per_layer[link.id] = max(link.info.benchmark_ms, sorted(claims)[len(claims) // 2])
-        fastest = min(ms_per_layer.values(), default=1.0)
-        capacities = []
-        for link in links:
-            memory = min(link.info.memory_mb, MAX_TAB_MEMORY_MB) if link.info.memory_mb else None
-            max_layers = min(layers, int(memory / per_layer_mb)) if memory else layers
-            relative = fastest / ms_per_layer[link.id]
-            capacities.append(WorkerCapacity(link.id, 2.0 ** round(math.log2(relative)), max_layers))
-        return capacities
+    def capacities(self, links: list[WorkerLink]) -> list[WorkerCapacity]:
+        """Planner input (`capacity.capacities`): measured speeds, memory as offered."""
+        return capacities(self.facts(links), self.manifest.model.layers, self.footprint)
+
+    async def allocation_failed(self, link: WorkerLink, holds: list[int], reason: str) -> None:
+        """The tab ran out of memory loading its assignment: it keeps what it holds, may hold
+        no more than that, and is placed again with fewer layers (or none)."""
+        if link.id not in self.workers:
+            return
+        link.info.holds = frozenset(int(layer) for layer in holds)
+        link.info.allocation_cap = len(link.info.holds)
+        link.info.stage, link.info.state = None, "idle"
+        log.warning("worker %s (%s) ran out of memory loading layers (holds %d): %s; placing it again",
+                    link.id, link.info.name, len(link.info.holds), reason)
+        self._event("oom", worker=link.id, name=link.info.name, holds=len(link.info.holds), reason=reason[:200])
+        await self.replan(keep_boundaries=False)
+
+    def proven(self, link: WorkerLink) -> bool:
+        """Past its verification probation (or verification is off)."""
+        probation = self.config.verify_probation_steps
+        checking = probation > 0 or self.config.verify_fraction > 0
+        return not checking or link.checked_steps >= probation
+
+    async def worker_proven(self, link: WorkerLink) -> None:
+        """Its last probation check passed: the retains it held back can go out."""
+        log.info("worker %s (%s) passed its probation", link.id, link.info.name)
+        await self._send_retains()
 
     async def replan_if_speeds_changed(self) -> None:
         """Called periodically: replan (allowing new stage boundaries) when the snapped
@@ -228,7 +230,8 @@ class Cluster:
             self._speed_changes = 0
             self.plan_error = None
         except PlanError as error:
-            target, self.plan_error = SwarmPlan(()), str(error)
+            missing = shortfall(self.facts(workers), self.manifest.model.layers, self.footprint)
+            target, self.plan_error = SwarmPlan(()), missing or str(error)
         if target != self.target:
             self.target = target
             log.info("target plan: %s%s", ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})"
@@ -270,9 +273,12 @@ class Cluster:
         await self._notify()
 
     async def _send_retains(self) -> None:
-        """Once no session runs on an older plan, workers drop layers outside their assignment."""
+        """Once no session runs on an older plan and every stage's worker is proven, workers
+        drop layers outside their assignment."""
         if not self._retain_due or any(version < self.plan_version and count
                                        for version, count in self.sessions.items()):
+            return
+        if not all((link := self.workers.get(stage.worker)) is not None and self.proven(link) for stage in self.plan):
             return
         self._retain_due = False
         for link in list(self.workers.values()):
@@ -289,14 +295,18 @@ class Cluster:
                     log.debug("retain to %s not sent: it is gone", link.id)
 
     def assign_message(self, link: WorkerLink, stage: Stage) -> dict[str, Any]:
-        files = []
+        files, layers = [], []
         for index in range(stage.layer_start, stage.layer_end):
-            for name in self.manifest.layer_files(index):
+            for name in self.manifest.layer_files(index, self.compute):
                 entry = self.manifest.files[name]
                 files.append({"name": name, "size": entry.size, "sha256": entry.sha256, "url": f"/shards/{name}"})
+            layer = self.manifest.layers[index]
+            graph, kv_graph = layer.graphs(self.compute)
+            layers.append({"index": index, "graph": graph, "kv_graph": kv_graph, "weights": layer.weights})
         model = self.manifest.model
         return {"type": "assign", "worker": link.id, "layer_start": stage.layer_start,
-                "layer_end": stage.layer_end, "files": files, "protocol": VERSION, "role": link.info.role,
+                "layer_end": stage.layer_end, "files": files, "layers": layers, "compute": self.compute,
+                "protocol": VERSION, "role": link.info.role,
                 "model": {"name": model.name, "hidden": model.hidden, "heads": model.heads,
                           "kv_heads": model.kv_heads, "head_dim": model.head_dim, "layers": model.layers,
                           "shard_sha256": self.manifest.source["sha256"],
@@ -350,6 +360,19 @@ class Cluster:
         async with self._changed:
             self._changed.notify_all()
 
+    def placement(self) -> dict[str, Any]:
+        """The memory model and what the workers present can hold (status page, /health)."""
+        workers = [link for link in self.workers.values() if not link.closed]
+        facts = self.facts(workers)
+        capacity = {entry.worker: entry.max_layers for entry in capacities(facts, self.manifest.model.layers,
+                                                                           self.footprint)} if facts else {}
+        return {"compute": self.compute, "layer_mb": round(self.footprint.layer_mb, 1),
+                "tab_overhead_mb": round(self.footprint.overhead_mb, 1),
+                "offered_mb": round(sum(min(link.info.memory_mb or 0, MAX_TAB_MEMORY_MB) for link in workers)),
+                "holdable_layers": min(sum(capacity.values()), self.manifest.model.layers),
+                "max_layers": capacity,
+                "shortfall": shortfall(facts, self.manifest.model.layers, self.footprint) if facts else None}
+
     def status(self) -> dict[str, Any]:
         return {
             "plan_version": self.plan_version,
@@ -362,5 +385,6 @@ class Cluster:
             "ready": self.pipeline() is not None,
             "replan_pending": self.target.stages != self.plan,
             "workers": [link.status() for link in self.workers.values()],
+            "placement": self.placement(),
             "events": self.events[-20:],
         }

@@ -24,7 +24,17 @@ class ModelSource:
 @dataclass(frozen=True)
 class RuntimeConfig:
     threads: int = 2
-    head: str = "compact"   # compact: the GGUF's Q8_0 table as MatMulNBits; float32: the dequantized table
+    head: str = "compact"   # compact: 8-bit blocks as MatMulNBits, exact near the top; float32: the decoded table
+    compute: str = "auto"   # the layers' compute format: int8 | float32 | auto (the manifest's default)
+
+    def compute_for(self, manifest) -> str | None:
+        """The compute format to run (None with no manifest and "auto": the executor's default)."""
+        if self.compute != "auto":
+            if manifest is not None and self.compute not in manifest.compute_formats:
+                raise ValueError(f"these shards have no {self.compute} graphs (they have "
+                                 f"{', '.join(manifest.compute_formats)}): convert again")
+            return self.compute
+        return manifest.default_compute if manifest is not None else None
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class ServerConfig:
     heartbeat_seconds: float = 5.0
     join_settle_seconds: float = 1.0     # replan this long after the last join
     default_max_tokens: int = 256
+    prefill_rows: int | None = None      # rows per prefill pass (None: what the tabs' memory plan allows)
     headless_workers: int = 0
     worker_threads: int = 1
     chromium: str = "/usr/bin/chromium"

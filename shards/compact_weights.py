@@ -80,11 +80,11 @@ def write_weights(path: Path, tensors: list[tuple[str, str, np.ndarray, int, boo
     return entries
 
 
-def read_header(data: bytes | memoryview) -> tuple[list[CompactTensor], int]:
+def read_header(data: bytes | memoryview | np.ndarray) -> tuple[list[CompactTensor], int]:
     """(tensors, start of the data section); ShardIntegrityError on anything malformed."""
     if len(data) < 12 or bytes(data[:4]) != MAGIC:
         raise ShardIntegrityError("not a tabswarm weights file (bad magic)")
-    version, length = struct.unpack_from("<II", data, 4)
+    version, length = struct.unpack("<II", bytes(data[4:12]))
     if version != VERSION:
         raise ShardIntegrityError(f"weights file version {version} is not supported (expected {VERSION})")
     try:

@@ -27,7 +27,6 @@ import onnx
 from tqdm import tqdm
 
 from shards.compact_weights import BLOCK_TYPES, decode_rows, write_weights
-from shards.families import family_for
 from shards.gguf_model import GGUFModel, check_supported
 from shards.graphs import COMPUTE_FORMATS, OPSET, build_kv_only, build_layer
 from shards.head_graph import HEAD_ACCURACY_LEVEL, build_compact_head, head_blocks
@@ -220,7 +219,6 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool,
     files = {path.name: FileEntry(size=path.stat().st_size, sha256=sha256_of(path))
              for path in sorted(work.iterdir()) if path.is_file()}
     formats = COMPUTE_FORMATS if weight_format == "gguf" else ("float32",)
-    default_compute = family_for(config.architecture).default_compute if "int8" in formats else "float32"
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=config,
         source={"file": model.path.name, "sha256": source_sha, "converter": CONVERTER_VERSION},
@@ -241,7 +239,7 @@ def _write_shards(model: GGUFModel, work: Path, source_sha: str, progress: bool,
                        if token in token_data.tokens),
         add_bos=token_data.add_bos and token_data.bos_id is not None,
         output_table=None if config.tied_embeddings else OUTPUT_TABLE, head_weight_error=HEAD_BOUNDS,
-        compute_formats=formats, default_compute=default_compute,
+        compute_formats=formats,
     )
     manifest.write(work)
     return manifest

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shards.compact_weights import decode_weights, graph_with_weights
+from shards.footprint import prefill_rows
 from shards.manifest import Manifest, load_manifest, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
@@ -223,6 +224,7 @@ class ReferenceExecutor:
         self.text = self.ends.text
         self.stack = LayerStack(self.directory, self.manifest, 0, self.manifest.model.layers, threads, compute)
         self.compute = self.stack.compute
+        self.prefill_rows = prefill_rows(self.manifest.model, self.compute)   # rows per pass, as the tabs run them
         self._next_stream = 0
 
     def with_head(self, head: str) -> ReferenceExecutor:
@@ -239,6 +241,7 @@ class ReferenceExecutor:
 
     def prompt_logits(self, ids: list[int], chunk: int = 256) -> np.ndarray:
         """Logits at every position of `ids` (chunked prefill with the KV cache): (len, vocab)."""
+        chunk = min(chunk, self.prefill_rows)
         stream = self._new_stream()
         try:
             rows = []
@@ -265,8 +268,10 @@ class ReferenceExecutor:
         stream = self._new_stream()
         try:
             started = time.perf_counter()
-            positions = np.arange(len(prompt_ids), dtype=np.int64)[None]
-            hidden = self.stack.forward(stream, self.embed(prompt_ids), positions)
+            for start in range(0, len(prompt_ids), self.prefill_rows):   # the prompt in chunks, as the tabs get it
+                piece = prompt_ids[start:start + self.prefill_rows]
+                positions = np.arange(start, start + len(piece), dtype=np.int64)[None]
+                hidden = self.stack.forward(stream, self.embed(piece), positions)
             position = len(prompt_ids)
             for _ in range(params.max_tokens):
                 logits = self.logits(hidden[:, -1:])[0, -1]

@@ -73,12 +73,20 @@ class Manifest:
     output_table: str | None = None  # a separate output matrix's blocks (None: tied to the token table)
     head_weight_error: str | None = None   # (vocab, blocks) float32 bound of |table - head blocks|, when re-quantized
     compute_formats: tuple[str, ...] = ("float32",)
-    default_compute: str = "float32"
 
     @property
     def stop_set(self) -> frozenset[int]:
         """Every token id that ends generation."""
         return frozenset({self.eos_id, *self.stop_ids})
+
+    @property
+    def default_compute(self) -> str:
+        """The compute format tabs use unless told otherwise: the family's measured choice
+        (a policy, read now rather than frozen into shards converted earlier)."""
+        from shards.families import family_for
+
+        wanted = family_for(self.model.architecture).default_compute
+        return wanted if wanted in self.compute_formats else "float32"
 
     @property
     def base_model(self) -> bool:
@@ -109,7 +117,6 @@ class Manifest:
             "output_table": self.output_table,
             "head_weight_error": self.head_weight_error,
             "compute_formats": list(self.compute_formats),
-            "default_compute": self.default_compute,
         }
 
     @classmethod
@@ -139,7 +146,6 @@ class Manifest:
             output_table=data.get("output_table"),
             head_weight_error=data.get("head_weight_error"),
             compute_formats=tuple(data.get("compute_formats", ("float32",))),
-            default_compute=data.get("default_compute", "float32"),
         )
 
     def write(self, directory: Path) -> None:

@@ -12,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from coordinator.access import AccessConfig
-from coordinator.config import AppConfig, CodecPresets, ServerConfig
+from coordinator.config import AppConfig, CodecPresets, RuntimeConfig, ServerConfig
 from coordinator.local_swarm import local_coordinator, post_json
 from coordinator.local_swarm import status_of as status_of  # re-exported for the tests
 from coordinator.local_swarm import wait_ready as wait_ready
@@ -25,11 +25,11 @@ COLOURS = [{"role": "user", "content": "Name three colours."}]
 
 
 @contextlib.asynccontextmanager
-async def running_app(shard_dir, access: AccessConfig | None = None, ssl_context=None,
+async def running_app(shard_dir, access: AccessConfig | None = None, ssl_context=None, compute: str = "auto",
                       **server_options) -> AsyncIterator[tuple[web.Application, str]]:
     server = replace(ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.05,
                                   worker_wait_seconds=30.0, heartbeat_seconds=30.0), **server_options)
-    config = AppConfig(server=server, access=access or AccessConfig())
+    config = AppConfig(server=server, access=access or AccessConfig(), runtime=RuntimeConfig(compute=compute))
     async with local_coordinator(config, shard_dir, ssl_context) as (app, base):
         yield app, base
 
@@ -87,8 +87,9 @@ async def stream_tokens(base: str, body: dict, on_token=None) -> StreamedTokens:
 def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: list[int],
                      skips=(), pruned_heads=()) -> list[int]:
     """The reference executor's tokens through the same codec and stage cuts (EOS dropped),
-    under the same (position, layer) skips and (layer, head) masks as a router would apply."""
-    ids = reference.text.encode_chat(messages)
+    under the same (position, layer) skips and (layer, head) masks as a router would apply.
+    `messages`: a chat, or a plain prompt (a string)."""
+    ids = reference.text.encode(messages) if isinstance(messages, str) else reference.text.encode_chat(messages)
     tokens = coded_generate(reference, ids, SamplingParams(max_tokens=max_tokens), cuts,
                             CodecPresets().get(codec), reference.manifest.stop_set,
                             skips=frozenset(skips), pruned_heads=frozenset(pruned_heads),

@@ -44,8 +44,18 @@ export async function createSession(ort, modelBytes, backend, externalData = und
   return ort.InferenceSession.create(modelBytes, {
     executionProviders: [backend],
     graphOptimizationLevel: 'all',
+    // No per-session arena: each would keep its largest pass's intermediates, once per layer
+    // session; freed memory goes back to the one WASM heap for the next session to reuse.
+    enableCpuMemArena: false,
     ...(externalData ? { externalData } : {}),
   });
+}
+
+/** Whether an error from onnxruntime-web (or the JS engine) means the tab's memory ran out. */
+export function isOutOfMemory(error) {
+  return error instanceof RangeError
+    || /out of memory|allocation failed|failed to allocate|could not allocate|bad_alloc|Aborted\(\)/i
+      .test(String(error && error.message ? error.message : error));
 }
 
 /** |after - before| / |before|, |after| and |before| over one row. */
@@ -109,8 +119,8 @@ export function layerOfFile(name) {
  * its K/V-only graph, so every cache keeps one entry per position.
  */
 export class LayerRunner {
-  constructor(ort, backend, model) {
-    Object.assign(this, { ort, backend, model });
+  constructor(ort, backend, model, compute = 'float32') {
+    Object.assign(this, { ort, backend, model, compute });
     this.layers = new Map();    // layer index -> {full, kvOnly}
     this.streams = new Map();   // stream -> Map(layer index -> {key, value})
     this.headMasks = new Map(); // stream -> Map(layer index -> head_mask tensor (heads,))
@@ -130,18 +140,26 @@ export class LayerRunner {
   }
 
   /**
-   * Create a layer's two sessions; `weights` is its decoded weights file (compact shards:
-   * Map of 'layer_NN.<initializer>' -> float32 bytes, put inside both graphs) or undefined
-   * (float32 shards). Returns the float32 weight bytes the full graph holds.
+   * Create a layer's two sessions; `weights` is its weights file's initializer data (compact
+   * shards: Map of 'layer_NN.<initializer>[#int8|#scales]' -> float32 or int8 bytes, put
+   * inside both graphs; int8_weights.js) or undefined (float32 shards). Returns the bytes the
+   * full graph holds. On failure (e.g. out of memory) nothing of the layer is kept.
    */
   async loadLayer(index, fullBytes, kvOnlyBytes, weights = undefined) {
-    const full = weights ? inlineWeights(fullBytes, weights).bytes : fullBytes;
-    const kvOnly = weights ? inlineWeights(kvOnlyBytes, weights).bytes : kvOnlyBytes;
-    this.layers.set(index, {
-      full: await createSession(this.ort, full, this.backend),
-      kvOnly: await createSession(this.ort, kvOnly, this.backend),
-    });
-    return full.length;
+    let full = weights ? inlineWeights(fullBytes, weights).bytes : fullBytes;
+    const size = full.length;
+    const fullSession = await createSession(this.ort, full, this.backend);
+    full = null;   // the session holds its own copy: let the graph's bytes go before the next one
+    let kvOnlySession;
+    try {
+      kvOnlySession = await createSession(this.ort, weights ? inlineWeights(kvOnlyBytes, weights).bytes : kvOnlyBytes,
+        this.backend);
+    } catch (error) {
+      await fullSession.release();
+      throw error;
+    }
+    this.layers.set(index, { full: fullSession, kvOnly: kvOnlySession });
+    return size;
   }
 
   /**

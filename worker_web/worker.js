@@ -9,9 +9,9 @@
 // it held before stay until the coordinator says `retain`.
 import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, VERSION } from './codec.js';
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
-import { layerOfFile, LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
+import { isOutOfMemory, layerOfFile, LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
 import { fetchShardFiles } from './shard_store.js';
-import { decodeWeights } from './compact_weights.js';
+import { layerInitializers } from './int8_weights.js';
 
 const params = new URLSearchParams(location.search);
 const ui = {
@@ -84,17 +84,19 @@ function enqueue(task) {
   return run;
 }
 
-function sameModel(runner, model) {
-  return runner && runner.model.shard_sha256 === model.shard_sha256 && runner.model.converter === model.converter;
+function sameModel(runner, model, compute) {
+  return runner && runner.model.shard_sha256 === model.shard_sha256 && runner.model.converter === model.converter
+    && runner.compute === compute;
 }
 
 async function onAssign(message) {
   const { layer_start: start, layer_end: end, model } = message;
+  const compute = message.compute || 'float32';
   worker.assignment = message;
-  if (!sameModel(worker.runner, model)) {
+  if (!sameModel(worker.runner, model, compute)) {
     await enqueue(async () => {
       if (worker.runner) await worker.runner.dispose();
-      worker.runner = new LayerRunner(worker.ort, worker.backend, model);
+      worker.runner = new LayerRunner(worker.ort, worker.backend, model, compute);
     });
   }
   const runner = worker.runner;
@@ -107,39 +109,84 @@ async function onAssign(message) {
     return;
   }
   ui.set('layers', `[${start}, ${end})${role} — loading`);
-  ui.log(`assigned layers [${start}, ${end})${role} of ${model.name}; loading ${missing.size}`);
+  ui.log(`assigned layers [${start}, ${end})${role} of ${model.name} (${compute}); loading ${missing.size}`);
   const started = performance.now();
-  let lastReport = 0;
-  const wanted = message.files.filter((file) => missing.has(layerOfFile(file.name)));
-  const { files, cached, downloaded } = await fetchShardFiles(wanted, (done, total, what) => {
-    ui.progress(done, total);
-    ui.set('layers', `[${start}, ${end})${role} — ${what} ${(100 * done / total).toFixed(0)}%`);
-    if (performance.now() - lastReport > 250) {
-      lastReport = performance.now();
-      sendControl({ type: 'progress', done, total, what: `download ${what}` });
-    }
-  });
-  let created = 0;
-  for (const layer of [...missing].sort((x, y) => x - y)) {
-    const name = `layer_${String(layer).padStart(2, '0')}`;
-    // One layer's sessions per queued task: frames for the layers already held run in between.
-    const compact = files.get(`${name}.weights`);
-    // Decoded to float32: in onnxruntime-web's WASM backend the float32 MatMul is the
-    // fastest exact format measured (bench/results/weight_formats.json).
-    const external = compact ? new Map(decodeWeights(compact, name).map((entry) => [entry.path, entry.data])) : undefined;
-    await enqueue(async () => {
-      worker.weightBytes.set(layer, await runner.loadLayer(layer, files.get(`${name}.onnx`), files.get(`${name}.kv.onnx`), external));
-    });
-    created += 1;
-    ui.set('layers', `[${start}, ${end})${role} — creating sessions ${created}/${missing.size}`);
-    sendControl({ type: 'progress', done: created, total: missing.size, what: 'sessions' });
-  }
+  const loaded = await loadLayers(runner, message, [...missing].sort((x, y) => x - y), role);
+  if (!loaded) return;
+  const { cached, downloaded } = loaded;
   await enqueue(() => runner.warmUp([...missing]));
   const loadMs = performance.now() - started;
   ui.set('layers', `[${start}, ${end})${role} — ready (${(loadMs / 1000).toFixed(1)} s${cached ? ', from cache' : ''})`);
   ui.log(`ready: ${missing.size} layers in ${(loadMs / 1000).toFixed(1)} s${cached ? ' (cached)' : ''}`);
   sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: loadMs, cached, backend: worker.backend,
     ...footprint(downloaded) });
+  reportMemoryUsed();
+}
+
+/**
+ * Download and create the given layers one at a time (so a tab holds at most one layer's
+ * files and decoded weights besides the sessions it keeps); returns {cached, downloaded},
+ * or null when memory ran out (the coordinator was told what this tab holds).
+ */
+async function loadLayers(runner, message, layers, role) {
+  const { layer_start: start, layer_end: end, compute = 'float32' } = message;
+  const entries = new Map((message.layers || []).map((entry) => [entry.index, entry]));
+  const byLayer = new Map(layers.map((layer) => [layer, message.files.filter((file) => layerOfFile(file.name) === layer)]));
+  const total = [...byLayer.values()].flat().reduce((sum, file) => sum + file.size, 0);
+  let before = 0;
+  let lastReport = 0;
+  let cached = true;
+  let downloaded = 0;
+  for (const layer of layers) {
+    const name = `layer_${String(layer).padStart(2, '0')}`;
+    const entry = entries.get(layer) || { graph: `${name}.onnx`, kv_graph: `${name}.kv.onnx`, weights: `${name}.weights` };
+    const fetched = await fetchShardFiles(byLayer.get(layer), (done, _, what) => {
+      ui.progress(before + done, total);
+      ui.set('layers', `[${start}, ${end})${role} — ${what} ${(100 * (before + done) / total).toFixed(0)}%`);
+      if (performance.now() - lastReport > 250) {
+        lastReport = performance.now();
+        sendControl({ type: 'progress', done: before + done, total, what: `download ${what}` });
+      }
+    });
+    before += byLayer.get(layer).reduce((sum, file) => sum + file.size, 0);
+    cached = cached && fetched.cached;
+    downloaded += fetched.downloaded;
+    try {
+      // One layer's sessions per queued task: frames for the layers already held run in between.
+      // The GGUF's blocks are decoded a matrix at a time into what this compute format's
+      // graphs name: float32 matrices, or int8 codes and scales (int8_weights.js).
+      await enqueue(async () => {
+        const compact = fetched.files.get(entry.weights);
+        const external = compact ? layerInitializers(compact, name, compute) : undefined;
+        worker.weightBytes.set(layer, await runner.loadLayer(layer, fetched.files.get(entry.graph),
+          fetched.files.get(entry.kv_graph), external));
+      });
+    } catch (error) {
+      if (!isOutOfMemory(error)) throw error;
+      // Out of memory (loadLayer left nothing half-made): say what this tab holds and wait to
+      // be placed again with fewer layers (the layers it holds keep serving meanwhile).
+      ui.log(`out of memory loading layer ${layer}: holding ${runner.layers.size} layer(s)`);
+      sendControl({ type: 'error', code: 'out-of-memory', message: String(error.message || error).slice(0, 300),
+        layer_start: start, layer_end: end, holds: [...runner.layers.keys()].sort((x, y) => x - y) });
+      return null;
+    }
+    sendControl({ type: 'progress', done: before, total, what: `layer ${layer} ready` });
+  }
+  return { cached, downloaded };
+}
+
+/**
+ * What the page really uses (JS heap, WebAssembly memory, buffers), measured by the browser:
+ * performance.measureUserAgentSpecificMemory (cross-origin isolated pages) answers after its
+ * next garbage collection, seconds later, so it is sent on its own once it comes.
+ */
+function reportMemoryUsed() {
+  if (!performance.measureUserAgentSpecificMemory) return;
+  performance.measureUserAgentSpecificMemory().then((measured) => {
+    worker.memoryUsedMb = measured.bytes / 2 ** 20;
+    sendControl({ type: 'stats', tokens: worker.tokens, compute_ms: worker.computeMs,
+      streams: worker.runner ? worker.runner.streams.size : 0, memory_used_mb: worker.memoryUsedMb });
+  }).catch((error) => ui.log(`memory measurement failed: ${error.message}`));
 }
 
 /** What a load cost and what the tab now holds: network bytes, float32 weight bytes, JS heap. */
@@ -280,11 +327,11 @@ function connect() {
     worker.retryMs = 1000;
     ui.set('state', 'connected');
     ui.log('connected');
-    const memory = navigator.deviceMemory ? Math.min(4096, navigator.deviceMemory * 1024) * 0.75 : undefined;
     const hello = { type: 'hello', protocol: VERSION, backend: worker.backend, threads: worker.threads,
       benchmark_ms: worker.benchmark, agent: navigator.userAgent, worker: worker.name,
       // what this page can use: WebGPU, Cache Storage and crypto.subtle need a secure context
       secure_context: isSecureContext, webgpu_api: 'gpu' in navigator, cache_storage: 'caches' in globalThis };
+    const memory = offeredMemoryMb();
     if (memory) hello.memory_mb = memory;
     sendControl(hello);
   };
@@ -308,13 +355,25 @@ addEventListener('pagehide', () => {
   sendControl({ type: 'leave', reason: 'page closing' });
 });
 
+/**
+ * The memory this tab gives the swarm, in MB: `?memory=` when the page was opened with it (a
+ * phone, or a laptop whose owner wants it to give less), else three quarters of what the
+ * device reports, at most 3 GiB (a wasm32 tab addresses 4 GiB in all).
+ */
+function offeredMemoryMb() {
+  const asked = Number(params.get('memory'));
+  if (asked > 0) return asked;
+  return navigator.deviceMemory ? Math.min(4096, navigator.deviceMemory * 1024) * 0.75 : undefined;
+}
+
 async function main() {
   ui.set('name', worker.name);
   worker.backend = await chooseBackend();
   const defaultThreads = crossOriginIsolated && navigator.hardwareConcurrency >= 4 ? 2 : 1;
   worker.threads = Number(params.get('threads') || defaultThreads);
   worker.ort = await loadOrt({ webgpu: worker.backend === 'webgpu', threads: worker.threads });
-  ui.set('backend', `${worker.backend}, ${worker.threads} thread(s)${crossOriginIsolated ? '' : ' (not cross-origin isolated)'}`);
+  ui.set('backend', `${worker.backend}, ${worker.threads} thread(s)${crossOriginIsolated ? '' : ' (not cross-origin isolated)'}`
+    + (offeredMemoryMb() ? `, gives ${Math.round(offeredMemoryMb())} MB` : ''));
   worker.benchmark = await benchmarkMs();
   connect();
 }

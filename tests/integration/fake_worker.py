@@ -35,7 +35,8 @@ from shards.manifest import load_manifest
 class FakeWorker:
     def __init__(self, base_url: str, shard_dir: Path, name: str, benchmark_ms: float = 10.0,
                  memory_mb: float | None = None, answer: bool = True, refuse: bool = False, token: str = "",
-                 delay_seconds: float = 0.0, corrupt: str | None = None, corrupt_after: int = 0) -> None:
+                 delay_seconds: float = 0.0, corrupt: str | None = None, corrupt_after: int = 0,
+                 allocation_cap: int | None = None) -> None:
         self.base_url, self.shard_dir, self.name = base_url, shard_dir, name
         self.benchmark_ms, self.memory_mb, self.answer = benchmark_ms, memory_mb, answer
         self.refuse = refuse   # answer FORWARD frames with a not-assigned error, as a tab whose layers moved
@@ -46,6 +47,8 @@ class FakeWorker:
         self.corrupt = corrupt
         self._previous_out: dict[int, np.ndarray] = {}
         self.corrupt_after = corrupt_after   # honest for this many steps first (past its probation)
+        self.allocation_cap = allocation_cap  # loading more layers than this runs out of memory (as a tab would)
+        self.assignments: list[tuple[int, int]] = []
         self.manifest = load_manifest(shard_dir)
         self.stack: LayerStack | None = None
         self.assigned: tuple[int, int] | None = None
@@ -221,11 +224,21 @@ class FakeWorker:
 
     async def _assign(self, message: dict) -> None:
         start, end = message["layer_start"], message["layer_end"]
+        self.assignments.append((start, end))
         loop = asyncio.get_running_loop()
-        if self.stack is None:
-            self.stack = await loop.run_in_executor(None, LayerStack, self.shard_dir, self.manifest, start, end, 1)
+        compute = message.get("compute", "float32")
+        if self.stack is None or self.stack.compute != compute:
+            self.stack = await loop.run_in_executor(None, LayerStack, self.shard_dir, self.manifest, start, end, 1,
+                                                    compute)
         else:   # keep what it holds; load what is missing
             await loop.run_in_executor(None, self.stack.load, range(start, end))
+        if self.allocation_cap is not None and len(self.stack.layers) > self.allocation_cap:
+            # out of memory part way: the tab keeps what it managed and says so
+            kept = sorted(self.stack.layers)[:self.allocation_cap]
+            self.stack.retain(range(kept[0], kept[-1] + 1) if kept else range(0))
+            await self.send_control({"type": "error", "code": "out-of-memory", "message": "could not allocate",
+                                     "holds": sorted(self.stack.layers)})
+            return
         self.assigned = (start, end)
         await self.send_control({"type": "ready", "layer_start": start, "layer_end": end, "load_ms": 1.0})
 

@@ -1,7 +1,9 @@
 """The second model family through the whole coordinator: Gemma 3 270M (sliding-window
 and global layers, QK-norm, GeGLU, head_dim 256 with one K/V head, a 262k vocabulary)
 through fake workers over real sockets equals its in-process reference executor, token
-for token with the lossless codec, including a prompt longer than the sliding window."""
+for token with the lossless codec, including a prompt longer than the sliding window. Its
+GGUF has no chat template: it is served as a base model (completions), and a chat request
+is refused with a message that says so."""
 
 from __future__ import annotations
 
@@ -12,9 +14,7 @@ from tests.integration.fake_worker import FakeWorker
 from tests.support import post, running_app, wait_ready
 
 pytestmark = pytest.mark.slow
-CHATS = [[{"role": "user", "content": "What is the capital of France?"}],
-         [{"role": "user", "content": "Write a short poem about the sea."}],
-         [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour."}]]
+PROMPTS = ["The capital of France is", "A short poem about the sea:\n", "Three colours: red,"]
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +39,23 @@ async def test_the_layers_split_across_two_workers_and_the_model_reports_itself(
     assert status["model"].startswith("gemma-3-270m")
 
 
-@pytest.mark.parametrize("chat", range(len(CHATS)))
-async def test_chat_tokens_equal_the_reference(gemma_cluster, gemma_reference, chat):
+@pytest.mark.parametrize("prompt", PROMPTS)
+async def test_completion_tokens_equal_the_reference(gemma_cluster, gemma_reference, prompt):
     base, _ = gemma_cluster
-    messages = CHATS[chat]
-    status, body = await post(base, "/v1/chat/completions", {
-        "messages": messages, "max_tokens": 16, "tabswarm": {"codec": "lossless", "return_token_ids": True}})
+    status, body = await post(base, "/v1/completions", {
+        "prompt": prompt, "max_tokens": 16, "tabswarm": {"codec": "lossless", "return_token_ids": True}})
     assert status == 200, body
-    want = reference_ids(gemma_reference, gemma_reference.text.encode_chat(messages), 16)
+    want = reference_ids(gemma_reference, gemma_reference.text.encode(prompt), 16)
     assert body["choices"][0]["token_ids"] == want
-    assert body["choices"][0]["message"]["content"] == gemma_reference.text.decode(want)
+    assert body["choices"][0]["text"] == gemma_reference.text.decode(want)
+
+
+async def test_a_chat_request_to_a_base_model_is_refused_clearly(gemma_cluster):
+    base, _ = gemma_cluster
+    status, body = await post(base, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8})
+    assert status == 400 and body["error"]["param"] == "messages"
+    assert "base model" in body["error"]["message"] and "/v1/completions" in body["error"]["message"]
 
 
 async def test_a_prompt_longer_than_the_sliding_window_equals_the_reference(gemma_cluster, gemma_reference):

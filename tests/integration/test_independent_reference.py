@@ -1,4 +1,4 @@
-"""The reference executor agrees with an independent implementation of the same GGUF:
+"""The float_reference executor agrees with an independent implementation of the same GGUF:
 Hugging Face transformers (torch, CPU) loading the GGUF with its own dequantizer,
 its own tokenizer and its own llama code.
 
@@ -34,12 +34,12 @@ def hf_model():
     return torch, model, tokenizer
 
 
-def test_logits_match_transformers(reference, hf_model):
+def test_logits_match_transformers(float_reference, hf_model):
     torch, model, _ = hf_model
-    ids = reference.text.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
-    ids += reference.text.encode("The capital of France is Paris. It is known for")
-    ours = reference.with_head("float32").prompt_logits(ids)
-    served = reference.prompt_logits(ids)
+    ids = float_reference.text.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    ids += float_reference.text.encode("The capital of France is Paris. It is known for")
+    ours = float_reference.with_head("float32").prompt_logits(ids)
+    served = float_reference.prompt_logits(ids)
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].numpy()
     difference = np.abs(ours - theirs).max()
@@ -51,20 +51,20 @@ def test_logits_match_transformers(reference, hf_model):
     assert np.abs(served[np.arange(len(ids)), top] - theirs[np.arange(len(ids)), top]).max() < LOGIT_TOLERANCE
 
 
-def test_greedy_text_matches_transformers(reference, hf_model):
+def test_greedy_text_matches_transformers(float_reference, hf_model):
     torch, model, _ = hf_model
-    ids = reference.text.encode_chat([{"role": "user", "content": "Name three colours."}])
-    ours = [step.token for step in reference.generate(ids, SamplingParams(max_tokens=24))]
+    ids = float_reference.text.encode_chat([{"role": "user", "content": "Name three colours."}])
+    ours = [step.token for step in float_reference.generate(ids, SamplingParams(max_tokens=24))]
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
-                             eos_token_id=reference.manifest.eos_id, pad_token_id=reference.manifest.eos_id)
+                             eos_token_id=float_reference.manifest.eos_id, pad_token_id=float_reference.manifest.eos_id)
     theirs = out[0, len(ids):].tolist()
     assert ours == theirs[: len(ours)]
 
 
-def test_tokenizer_matches_transformers(reference, hf_model):
+def test_tokenizer_matches_transformers(float_reference, hf_model):
     from coordinator.cli import DEFAULT_TEXT
 
     _, _, tokenizer = hf_model
     text = DEFAULT_TEXT.read_text()[:20000]
-    assert reference.text.encode(text) == tokenizer.encode(text, add_special_tokens=False)
+    assert float_reference.text.encode(text) == tokenizer.encode(text, add_special_tokens=False)
