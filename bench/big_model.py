@@ -185,9 +185,10 @@ async def layout(model: str, count: int, memory: int, reference: dict[str, Any],
                  chromium: str) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    log = (ROOT / "bench" / "results" / f"big_model_{count}x{memory}.log").open("w")
     coordinator = subprocess.Popen([str(ROOT / ".venv" / "bin" / "tabswarm"), "--model", model, "serve", "--host",
                                     "127.0.0.1", "--port", str(port), "--join-secret", SECRET], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=log, stderr=subprocess.STDOUT)
     headless = HeadlessWorkers(chromium)
     entry: dict[str, Any] = {"tabs": count, "memory_per_tab_mb": memory}
     try:
@@ -230,6 +231,8 @@ async def answer_prompts(base: str, pid: int, reference: dict[str, Any], tokens:
                     "tabswarm": {"return_token_ids": True}}
             async with session.post(base + "/v1/chat/completions", json=body) as response:
                 result = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"request failed ({response.status}): {result}")
             got = result["choices"][0]["token_ids"]
             usage = result["usage"]
             generated += usage["completion_tokens"]

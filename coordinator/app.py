@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,14 +119,20 @@ def _background(config: AppConfig):
     async def context(app: web.Application):
         heartbeat = asyncio.create_task(heartbeat_loop(app[CLUSTER], config.server.heartbeat_seconds))
         sampler = asyncio.create_task(sample_loop(app[ACTIVITY], lambda: app[ENGINE].tokens_generated))
+        checker = app[ENGINE].spot_checks.checker
+        stop_preparing = threading.Event()
+        if checker is not None:   # the checks' native layer files, made while the tabs load
+            preparing = asyncio.get_running_loop().run_in_executor(None, checker.layers.prepare, stop_preparing)
         yield
+        stop_preparing.set()
+        if checker is not None:
+            await preparing
         for task in (heartbeat, sampler):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for link in list(app[CLUSTER].workers.values()):
             await link.close(1001, "coordinator shutting down")
-        checker = app[ENGINE].spot_checks.checker
         if checker is not None:
             checker.close()
     return context

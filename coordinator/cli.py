@@ -155,6 +155,9 @@ def _certificate(config: AppConfig):
 
 
 def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
+    from coordinator.allocator import keep_memory_returnable
+
+    keep_memory_returnable()   # before the model's buffers are made (see coordinator/allocator.py)
     return asyncio.run(_serve(config))
 
 

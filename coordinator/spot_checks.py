@@ -7,14 +7,16 @@ probation, else with probability `audit_fraction`; an audited pair's frames are 
 its next check, which recomputes them natively (`StageChecker.check`). Every step of a
 worker on probation is checked before its result is used: a mismatch raises WorkerLost, so
 the engine never relays it and replays the step elsewhere. After probation a sampled step
-is checked in the background (one at a time; a step sampled while another check runs waits
-for the next one, whose catch-up covers it). A worker that fails is banned until restart
+is checked in the background, one at a time and only while checks have used less than
+`cpu_share` of a core over the last minute (a step sampled while another check runs, or over
+that budget, waits for the next one, whose catch-up covers it). A worker that fails is banned until restart
 and evicted; its requests replay (`docs/churn.md`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -38,6 +40,7 @@ class CheckCounters:
     passed: int = 0
     failed: int = 0
     skipped_busy: int = 0          # sampled while another background check ran (the next one catches up)
+    skipped_budget: int = 0        # sampled while checks were over their CPU share
     seconds: float = 0.0           # coordinator CPU time spent recomputing stages
     rows: int = 0                  # rows recomputed natively
     audits: int = 0                # (stream, stage) pairs audited
@@ -62,6 +65,7 @@ class SpotChecks:
         self._audits: dict[tuple[int, int], Audit | None] = {}   # (stream, stage index) -> audit (None: not audited)
         self._unauditable: set[int] = set()   # streams whose frames alone no longer say what a stage computed
         self._background: asyncio.Task[None] | None = None
+        self._recent: collections.deque[tuple[float, float]] = collections.deque()   # (finished at, CPU seconds)
 
     def release(self, stream: int) -> None:
         """The stream's session is over: forget its audits and their native caches."""
@@ -101,6 +105,9 @@ class SpotChecks:
         if self._background is not None and not self._background.done():
             self.counters.skipped_busy += 1
             return
+        if self._cpu_share() > self.checker.config.cpu_share:
+            self.counters.skipped_budget += 1
+            return
         frames, audit.pending = audit.pending, []
 
         async def background() -> None:
@@ -123,11 +130,18 @@ class SpotChecks:
         self.counters.audits += audited
         return self._audits[key]
 
+    def _cpu_share(self, window: float = 60.0) -> float:
+        """CPU seconds checks used over the last `window` seconds, per second."""
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - window:
+            self._recent.popleft()
+        return sum(seconds for _, seconds in self._recent) / window
+
     async def _timed(self, key: tuple[int, int], stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
         assert self.checker is not None
-        started = time.process_time()
         verdict = await self._run(self.checker.check, key, stage, frames, result)
-        self.counters.seconds += time.process_time() - started
+        self.counters.seconds += verdict.cpu_seconds
+        self._recent.append((time.monotonic(), verdict.cpu_seconds))
         self.counters.rows += verdict.rows
         return verdict
 

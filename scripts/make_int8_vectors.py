@@ -42,8 +42,37 @@ def main() -> None:
         "stem": STEM, "file": data.hex(), "expected": expected,
         "matrix": {"values": steps.tobytes().hex(), "inputs": 64, "outputs": 3, "group": 64,
                    "codes": codes.tobytes().hex(), "scales": scales.tobytes().hex()},
+        "graph": int8_graph(data, rng),
     }, indent=1) + "\n")
     print(f"wrote {OUT}")
+
+
+def int8_graph(data: bytes, rng: np.random.Generator) -> dict:
+    """An int8 projection as the layer graphs build it (y = x @ q_weight.T + bias; the codes and
+    scales external, made from the weights file), an input of 3 rows, and native onnxruntime's
+    output once the codes are put inside: the tab's path must run it to the same numbers."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from shards.compact_weights import decode_weights, initializer_values
+    from shards.graphs import _GraphBuilder
+
+    weight = decode_weights(data)["q_weight"].T                   # (out 24, in 128) as the GGUF stores it
+    builder = _GraphBuilder(STEM, "int8")
+    builder.linear("x", "q_weight", weight, "y", rng.standard_normal(weight.shape[0]).astype(np.float32))
+    model = builder.model("int8_projection", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 128])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, weight.shape[0]])])
+    filled = type(model)()
+    filled.CopyFrom(model)
+    values = initializer_values(filled, {"q_weight": np.ascontiguousarray(weight.T)})
+    for initializer in filled.graph.initializer:
+        if initializer.name in values:
+            del initializer.external_data[:]
+            initializer.data_location = 0
+            initializer.raw_data = values[initializer.name].tobytes()
+    x = (rng.standard_normal((1, 3, 128)) * 2).astype(np.float32)
+    y = ort.InferenceSession(filled.SerializeToString()).run(None, {"x": x})[0]
+    return {"model": model.SerializeToString().hex(), "x": x.ravel().tolist(), "y": y.ravel().tolist()}
 
 
 if __name__ == "__main__":

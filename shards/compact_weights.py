@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,16 +112,32 @@ def decode_rows(kind: str, raw: np.ndarray, cols: int) -> np.ndarray:
     return np.ascontiguousarray(values.reshape(raw.shape[0], cols), dtype=np.float32)
 
 
+class LazyWeights(Mapping[str, np.ndarray]):
+    """A weights file's tensors as float32 (in the layout its graph wants), each decoded when
+    first read, so a caller that turns them into something smaller one at a time (int8
+    codes) never holds a whole large layer as float32."""
+
+    def __init__(self, data: bytes) -> None:
+        self._tensors, self._start = read_header(data)
+        self._buffer = np.frombuffer(data, dtype=np.uint8)
+        self._by_name = {tensor.name: tensor for tensor in self._tensors}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        tensor = self._by_name[name]
+        raw = self._buffer[self._start + tensor.offset:self._start + tensor.offset + tensor.length]
+        values = decode_rows(tensor.type, raw.reshape(tensor.rows, -1), tensor.cols)
+        return np.ascontiguousarray(values.T) if tensor.transpose else values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
 def decode_weights(data: bytes) -> dict[str, np.ndarray]:
     """Every tensor of a weights file as float32, in the layout its graph wants."""
-    tensors, start = read_header(data)
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    out = {}
-    for tensor in tensors:
-        raw = buffer[start + tensor.offset:start + tensor.offset + tensor.length].reshape(tensor.rows, -1)
-        values = decode_rows(tensor.type, raw, tensor.cols)
-        out[tensor.name] = np.ascontiguousarray(values.T) if tensor.transpose else values
-    return out
+    return dict(LazyWeights(data))
 
 
 def external_location(graph_stem: str, name: str) -> str:
@@ -134,7 +151,7 @@ def layer_initializers(data: bytes, stem: str, compute: str) -> dict[str, bytes]
     shards/vectors/int8.json). int8: 'stem.name#int8' codes and 'stem.name#scales' per matrix
     whose inputs a group divides; every other matrix 'stem.name' as float32."""
     out = {}
-    for name, matrix in decode_weights(data).items():
+    for name, matrix in LazyWeights(data).items():
         location = external_location(stem, name)
         group = int8_group(matrix.shape[0]) if compute == "int8" else None
         if group is None:
@@ -146,7 +163,7 @@ def layer_initializers(data: bytes, stem: str, compute: str) -> dict[str, bytes]
     return out
 
 
-def initializer_values(model: onnx.ModelProto, weights: dict[str, np.ndarray], graph_name: str = "graph"
+def initializer_values(model: onnx.ModelProto, weights: Mapping[str, np.ndarray], graph_name: str = "graph"
                        ) -> dict[str, np.ndarray]:
     """The values of a graph's external initializers, from its layer's decoded weights:
     a float32 matrix as it is (location 'layer_NN.q_weight'), or its int8 codes and scales
@@ -162,7 +179,9 @@ def initializer_values(model: onnx.ModelProto, weights: dict[str, np.ndarray], g
             raise ShardIntegrityError(f"{graph_name} needs {matrix}, which its weights file lacks")
         if variant:
             if matrix not in quantized:
-                quantized[matrix] = quantize_int8(weights[matrix], int8_group(weights[matrix].shape[0]) or 0)
+                floats = weights[matrix]   # decoded here (LazyWeights), dropped once quantized
+                quantized[matrix] = quantize_int8(floats, int8_group(floats.shape[0]) or 0)
+                del floats
             value = quantized[matrix][0 if f"#{variant}" == INT8_CODES else 1]
         else:
             value = weights[matrix]
@@ -173,7 +192,7 @@ def initializer_values(model: onnx.ModelProto, weights: dict[str, np.ndarray], g
     return values
 
 
-def graph_with_weights(graph_path: Path, weights: dict[str, np.ndarray]) -> bytes:
+def graph_with_weights(graph_path: Path, weights: Mapping[str, np.ndarray]) -> bytes:
     """A layer graph's bytes with its external initializers filled from decoded weights."""
     model = onnx.load(str(graph_path), load_external_data=False)
     values = initializer_values(model, weights, graph_path.name)

@@ -38,6 +38,7 @@ from shards.manifest import (
     LayerEntry,
     Manifest,
     load_manifest,
+    native_cache_dir,
     sha256_of,
     verify_files,
 )
@@ -123,6 +124,7 @@ def convert(gguf_path: Path, out_dir: Path | None = None, progress: bool = True,
         if target.exists():
             shutil.rmtree(target)
         work.rename(target)
+        shutil.rmtree(native_cache_dir(target), ignore_errors=True)   # graphs made from the old shards
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)

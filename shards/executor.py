@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from shards.compact_weights import decode_weights, graph_with_weights
+from shards.compact_weights import LazyWeights, decode_weights, graph_with_weights
 from shards.footprint import prefill_rows
-from shards.manifest import Manifest, load_manifest, verify_files
+from shards.manifest import Manifest, load_manifest, native_cache_dir, verify_files
 from shards.model_ends import ModelEnds, session_options
 from shards.sampling import SamplingParams, make_rng, sample_token
 
@@ -71,18 +73,30 @@ def layer_session(directory: Path, manifest: Manifest, index: int, threads: int,
                   kv_only: bool = False, compute: str = "float32") -> ort.InferenceSession:
     """A layer's session in a compute format: a float32 shard's graph as it is, or a compact
     shard's graph with its matrices decoded from the layer's weights file (float32, or int8
-    codes and scales) put inside it. The session holds one copy of the weights: onnxruntime's
-    Python binding keeps the bytes it was built from (for a provider fallback this code never
-    uses), which for an int8 layer doubled its memory, so that reference is dropped."""
+    codes and scales) put inside it. Making that graph costs seconds for a large layer
+    (decoding its blocks, quantizing), so it is written once to `native_cache_dir` and later
+    sessions read it from there (tens of ms). onnxruntime's Python binding keeps the bytes a
+    session was built from, which would double an int8 layer's memory: sessions are built
+    from the file instead."""
+    path = native_graph_file(directory, manifest, index, kv_only, compute)
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def native_graph_file(directory: Path, manifest: Manifest, index: int, kv_only: bool = False,
+                      compute: str = "float32") -> Path:
+    """A self-contained graph file of the layer (made once into `native_cache_dir`)."""
     entry = manifest.layers[index]
-    path = Path(directory) / entry.graphs(compute)[1 if kv_only else 0]
-    options = session_options(threads)
+    graph = entry.graphs(compute)[1 if kv_only else 0]
     if not entry.weights:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    model = graph_with_weights(path, decode_weights((Path(directory) / entry.weights).read_bytes()))
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    session._model_bytes = None
-    return session
+        return Path(directory) / graph
+    cached = native_cache_dir(directory) / graph
+    if not cached.is_file():
+        model = graph_with_weights(Path(directory) / graph, LazyWeights((Path(directory) / entry.weights).read_bytes()))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_bytes(model)
+        partial.replace(cached)   # atomic: a reader never sees half a file
+    return cached
 
 
 class LayerStack:

@@ -21,6 +21,13 @@ TOKEN_TABLE = "token_table.weights"     # the GGUF's token table as its own bloc
 OUTPUT_TABLE = "output_table.weights"   # a separate output matrix as its own blocks (untied head)
 
 
+def native_cache_dir(directory: Path) -> Path:
+    """Where self-contained layer graphs made from a shard directory are kept for native runs
+    (next to it, never inside: the shard directory is the converter's, checked by its manifest)."""
+    directory = Path(directory).resolve()
+    return directory.parent / ".native" / directory.name
+
+
 def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

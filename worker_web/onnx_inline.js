@@ -73,7 +73,7 @@ function concat(parts) {
   return out;
 }
 
-/** name, dims, whether a TensorProto's data is external and its external location. */
+/** name, dims, data type, whether a TensorProto's data is external and its external location. */
 function describeTensor(bytes) {
   const tensor = { name: null, dims: [], dataType: FLOAT, external: false, location: null };
   for (const entry of fields(bytes)) {
@@ -81,7 +81,8 @@ function describeTensor(bytes) {
     else if (entry.field === 1 && entry.wire === 0) tensor.dims.push(readVarint(bytes, entry.start + 1)[0]);
     else if (entry.field === 1 && entry.body) {          // packed dims
       for (let at = entry.body[0]; at < entry.body[1];) { let dim; [dim, at] = readVarint(bytes, at); tensor.dims.push(dim); }
-    } else if (entry.field === 14 && entry.wire === 0) tensor.external = readVarint(bytes, entry.start + 1)[0] === EXTERNAL;
+    } else if (entry.field === 2 && entry.wire === 0) tensor.dataType = readVarint(bytes, entry.start + 1)[0];
+    else if (entry.field === 14 && entry.wire === 0) tensor.external = readVarint(bytes, entry.start + 1)[0] === EXTERNAL;
     else if (entry.field === 13 && entry.body) {        // external_data: StringStringEntryProto {key = 1, value = 2}
       const pair = bytes.subarray(...entry.body);
       const text = {};

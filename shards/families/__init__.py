@@ -31,7 +31,7 @@ class Family:
     layer_tensors: tuple[str, ...]     # names after "blk.N." (".weight" implied unless the name has a dot)
     prepare_layer: Callable[[dict[str, np.ndarray], ModelConfig], dict[str, np.ndarray]]
     stop_tokens: tuple[str, ...] = ()     # besides EOS: tokens that end an assistant turn
-    default_compute: str = "int8"         # the tabs' compute format unless a user picks one (measured quality)
+    default_compute: str = "float32"      # the tabs' compute format unless a user picks one (measured per family)
 
 
 def _registry() -> dict[str, Family]:

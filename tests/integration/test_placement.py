@@ -56,7 +56,8 @@ async def test_tabs_offering_too_little_memory_are_told_how_much_more_is_needed(
         status = await wait_ready(base, 3)
         assert all(len(range(*stage["layers"])) <= 2 for stage in status["plan"])
         code, body = await post(base, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": 8,
-                                                               "tabswarm": {"return_token_ids": True}})
+                                                               "tabswarm": {"codec": "lossless",
+                                                                                "return_token_ids": True}})
         assert code == 200 and body["choices"][0]["token_ids"] == reference_answer(tiny_qwen_reference, 8)
         for worker in (*small, big):
             await worker.stop()
@@ -79,7 +80,8 @@ async def test_a_tab_that_runs_out_of_memory_is_placed_again_with_fewer_layers(t
         sizes = {worker["name"]: worker["layers"] for worker in status["workers"]}
         assert sizes["short"][1] - sizes["short"][0] <= 2
         code, body = await post(base, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": 8,
-                                                               "tabswarm": {"return_token_ids": True}})
+                                                               "tabswarm": {"codec": "lossless",
+                                                                                "return_token_ids": True}})
         assert code == 200 and body["choices"][0]["token_ids"] == reference_answer(tiny_qwen_reference, 8)
         for worker in (short, helper):
             await worker.stop()
@@ -96,7 +98,8 @@ async def test_a_newcomer_on_probation_cannot_make_a_proven_tab_give_up_its_laye
         status = await wait_ready(base, 2)
         assert len(status["plan"]) == 2 and honest.retained == [] and honest.holds() == set(range(4))
         code, body = await post(base, "/v1/chat/completions", {"messages": PROMPT, "max_tokens": 8,
-                                                               "tabswarm": {"return_token_ids": True}})
+                                                               "tabswarm": {"codec": "lossless",
+                                                                                "return_token_ids": True}})
         evicted_by = time.monotonic()
         assert code == 200 and body["choices"][0]["token_ids"] == reference_answer(tiny_qwen_reference, 8)
         status = await status_of(base)
