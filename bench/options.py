@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=128, help="prefill prompt length (llama-bench -p)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="WASM threads per tab")
+    parser.add_argument("--tabs", default="1,2", help="tab counts to measure, e.g. 1,2 (a model no tab can hold "
+                                                       "alone: 2)")
+    parser.add_argument("--memory", type=int, default=None, metavar="MB", help="memory each tab offers (?memory=)")
     parser.add_argument("--skip-anchor", action="store_true", help="leave llama.cpp out")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--chromium", default="/usr/bin/chromium")

@@ -5,8 +5,9 @@ One run measures, in this order:
     into the bench-only `.venv-anchor` if missing): prefill and decode tok/s;
   - the in-process reference executor (native onnxruntime): the same prompt length and
     decode length;
-  - 1 headless Chromium tab holding every layer, then 2 tabs (WASM, 1 thread each): decode
-    tok/s of plain greedy requests (speculation off) and prefill tok/s of a P-token prompt;
+  - 1 headless Chromium tab holding every layer, then 2 tabs (WASM, 1 thread each; `--tabs`
+    picks the counts, `--memory` what each tab offers): decode tok/s of plain greedy requests
+    (speculation off) and prefill tok/s of a P-token prompt;
   - with 2 tabs: prompt-lookup speculation against plain decoding on input-grounded
     prompts (same prompts, alternated), per-hop overhead (echo frames), and the cost of
     metrics on the hot path (histogram observations per token plus a /metrics scrape per
@@ -46,7 +47,7 @@ from shards.sampling import SamplingParams
 ROOT = Path(__file__).resolve().parent.parent
 EVALUATION_TEXT = ROOT / "data" / "moby-dick.txt"
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
-LOAD_TIMEOUT = 300.0
+LOAD_TIMEOUT = 900.0
 
 
 def llama_cpp(gguf: Path, prompt_tokens: int, tokens: int, repeats: int) -> dict[str, Any]:
@@ -71,7 +72,8 @@ def prompt_text(executor: ReferenceExecutor, prompt_tokens: int) -> str:
 
 
 def reference(shard_dir: Path, prompt_tokens: int, tokens: int, repeats: int) -> tuple[dict[str, Any], str]:
-    """The in-process executor's decode and prefill tok/s, and the prefill prompt's text."""
+    """The in-process executor's decode and prefill tok/s (in the tabs' compute format), and
+    the prefill prompt's text."""
     executor = ReferenceExecutor(shard_dir, threads=2)
     prompt = prompt_text(executor, prompt_tokens)
     story, ids = executor.text.encode_chat(STORY), executor.text.encode(prompt)
@@ -82,7 +84,7 @@ def reference(shard_dir: Path, prompt_tokens: int, tokens: int, repeats: int) ->
         first = next(iter(executor.generate(ids, SamplingParams(max_tokens=1), stop_ids=frozenset())))
         prefill.append(len(ids) / first.seconds)
     return {"decode_tok_s": round(statistics.median(decode), 2), "prefill_tok_s": round(statistics.median(prefill), 2),
-            "prompt_tokens": len(ids)}, prompt
+            "prompt_tokens": len(ids), "compute": executor.compute}, prompt
 
 
 async def request(base: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -183,18 +185,24 @@ async def metrics_overhead(app, base: str, tokens: int, repeats: int) -> dict[st
 async def swarm(shard_dir: Path, args: argparse.Namespace, prompt: str) -> dict[str, Any]:
     config = AppConfig(server=ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=1.0, chromium=args.chromium))
     report: dict[str, Any] = {}
+    counts = [int(count) for count in str(args.tabs).split(",")]
+    memory = f"&memory={args.memory}" if args.memory else ""
     async with local_coordinator(config, shard_dir) as (app, base):
         headless = HeadlessWorkers(args.chromium)
         await headless.start()
         try:
-            for count in (1, 2):
+            opened = 0
+            for count in counts:
                 started = time.perf_counter()
-                await headless.open(worker_url(base, f"bench-tab-{count}", args.threads))
+                while opened < count:
+                    opened += 1
+                    await headless.open(worker_url(base, f"bench-tab-{opened}", args.threads) + memory)
                 status = await wait_ready(base, count, LOAD_TIMEOUT)
                 joined = time.perf_counter() - started
                 entry = await tab_speeds(base, prompt, args.tokens, args.repeats)
                 entry |= {"ready_seconds": round(joined, 1), "backends": sorted({w["backend"] for w in status["workers"]}),
-                          "stages": [stage["layers"] for stage in status["plan"]]}
+                          "stages": [stage["layers"] for stage in status["plan"]], "compute": status["compute"],
+                          "memory_per_tab_mb": args.memory}
                 report[f"tabs_{count}"] = entry
                 print(f"  {count} tab(s): decode {entry['decode_tok_s']} tok/s, prefill {entry['prefill_tok_s']} tok/s",
                       flush=True)
@@ -213,13 +221,17 @@ def ratio(value: float | None, anchor: float | None) -> float | None:
     return round(value / anchor, 3) if value and anchor else None
 
 
+def tab_label(count: int) -> str:
+    return "1 Chromium tab (WASM, all layers)" if count == 1 else f"{count} Chromium tabs (WASM)"
+
+
 def table(report: dict[str, Any]) -> str:
     anchor = report.get("llama_cpp") or {}
     rows = [("llama.cpp (llama-bench, 2 threads)", anchor.get("decode_tok_s"), anchor.get("prefill_tok_s")),
             ("reference executor (native onnxruntime, in-process)", report["reference"]["decode_tok_s"],
              report["reference"]["prefill_tok_s"]),
-            ("1 Chromium tab (WASM, all layers)", report["tabs_1"]["decode_tok_s"], report["tabs_1"]["prefill_tok_s"]),
-            ("2 Chromium tabs (WASM)", report["tabs_2"]["decode_tok_s"], report["tabs_2"]["prefill_tok_s"])]
+            *((tab_label(count), report[f"tabs_{count}"]["decode_tok_s"], report[f"tabs_{count}"]["prefill_tok_s"])
+              for count in (1, 2, 3, 4) if f"tabs_{count}" in report)]
     lines = ["| | decode tok/s | prefill tok/s | decode / llama.cpp | prefill / llama.cpp |", "|---|---|---|---|---|"]
     for name, decode, prefill in rows:
         lines.append(f"| {name} | {decode if decode is not None else 'n/a'} | {prefill if prefill is not None else 'n/a'} "
@@ -258,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     anchor = report.get("llama_cpp") or {}
     report["ratios_to_llama_cpp"] = {
         f"{name}_{kind}": ratio(report[name][f"{kind}_tok_s"], anchor.get(f"{kind}_tok_s"))
-        for name in ("reference", "tabs_1", "tabs_2") for kind in ("decode", "prefill")}
+        for name in ("reference", "tabs_1", "tabs_2", "tabs_3", "tabs_4") if name in report for kind in ("decode", "prefill")}
     report["table_markdown"] = table(report)
     return report
 

@@ -98,7 +98,7 @@ class SpotChecks:
         if blocking:
             frames, audit.pending = audit.pending, []
             verdict = await self._timed(key, stage, frames, result)
-            if not await self._judge(link, verdict):
+            if verdict is not None and not await self._judge(link, verdict):
                 raise WorkerLost(f"worker {link.id} ({link.info.name}) failed verification: {verdict.detail}",
                                  link.id)
             return
@@ -111,7 +111,9 @@ class SpotChecks:
         frames, audit.pending = audit.pending, []
 
         async def background() -> None:
-            await self._judge(link, await self._timed(key, stage, frames, result))
+            verdict = await self._timed(key, stage, frames, result)
+            if verdict is not None:   # None: the stream ended before its check ran
+                await self._judge(link, verdict)
 
         self._background = asyncio.get_running_loop().create_task(background())
 
@@ -137,9 +139,11 @@ class SpotChecks:
             self._recent.popleft()
         return sum(seconds for _, seconds in self._recent) / window
 
-    async def _timed(self, key: tuple[int, int], stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
+    async def _timed(self, key: tuple[int, int], stage: Stage, frames: list[bytes], result: bytes) -> Verdict | None:
         assert self.checker is not None
         verdict = await self._run(self.checker.check, key, stage, frames, result)
+        if verdict is None:
+            return None
         self.counters.seconds += verdict.cpu_seconds
         self._recent.append((time.monotonic(), verdict.cpu_seconds))
         self.counters.rows += verdict.rows

@@ -167,12 +167,18 @@ class StageChecker:
         with self._lock:
             self._shadows.pop(key, None)
 
-    def check(self, key: tuple, stage: Stage, frames: list[bytes], result: bytes) -> Verdict:
+    def check(self, key: tuple, stage: Stage, frames: list[bytes], result: bytes) -> Verdict | None:
         """Advance the shadow of `key` over `frames` (sent since its last check, the checked
-        step's last) and compare that step's output with the worker's `result`."""
+        step's last) and compare that step's output with the worker's `result`. None when
+        there is nothing to compare against: the stream ended (its shadow was released)
+        before this check ran, so its frames no longer start where a shadow stands."""
         started = time.thread_time()
         with self._lock:
-            shadow = self._shadows.setdefault(key, Shadow())
+            shadow = self._shadows.get(key)
+            if shadow is None:
+                if parse_frame(frames[0])[0].position != 0:
+                    return None
+                shadow = self._shadows[key] = Shadow()
             native = None
             rows = 0
             for values, position, skip_mask in _passes(frames):

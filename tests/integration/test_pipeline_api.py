@@ -93,7 +93,9 @@ async def test_models_health_status(two_worker_cluster):
         async with session.get(base + "/v1/status") as response:
             status = await response.json()
     assert models["data"][0]["id"] == "SmolLM2-135M-Instruct.Q4_1"
+    memory = health.pop("memory")
     assert health == {"status": "ok", "ready": True, "workers": 2, "reason": None}
+    assert memory["holdable_layers"] == memory["layers"] == 30 and memory["shortfall"] is None
     assert [s["layers"] for s in status["plan"]] == [[0, 15], [15, 30]]
     assert {w["state"] for w in status["workers"]} == {"ready"}
 

@@ -11,7 +11,6 @@ import time
 
 import aiohttp
 
-from coordinator.capacity import WorkerFacts, max_layers
 from shards.footprint import TabFootprint
 from shards.manifest import load_manifest
 from shards.sampling import SamplingParams
@@ -110,11 +109,3 @@ async def test_a_newcomer_on_probation_cannot_make_a_proven_tab_give_up_its_laye
         assert code == 200 and time.monotonic() - evicted_by < 5.0
         for worker in (honest, liar):
             await worker.stop()
-
-
-def test_a_worker_holding_layers_may_keep_them_whatever_it_offered():
-    plan = TabFootprint(layer_mb=50.0, overhead_mb=64.0)
-    assert max_layers(WorkerFacts("a", 1.0, None, 300.0), 30, plan) == 4
-    assert max_layers(WorkerFacts("a", 1.0, None, 300.0, held_layers=30), 30, plan) == 30
-    assert max_layers(WorkerFacts("a", 1.0, None, 9000.0, allocation_cap=3), 30, plan) == 3
-    assert max_layers(WorkerFacts("a", 1.0, None, None), 30, plan) == 30

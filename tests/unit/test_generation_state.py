@@ -34,6 +34,21 @@ def test_a_new_session_replays_prompt_and_generated_as_one_prefill():
     assert schedule(seq, cached=6, step_id=10).ids == (43,)
 
 
+def test_a_long_prefill_goes_in_partial_chunks_and_only_the_last_samples():
+    seq = Sequence.start(tuple(range(100, 110)), SamplingParams(max_tokens=4), frozenset({2}))
+    steps, cached = [], 0
+    while True:
+        step = schedule(seq, cached, step_id=len(steps) + 1, max_rows=4)
+        steps.append(step)
+        if not step.partial:
+            break
+        cached += step.rows
+    assert [(step.position, step.rows, step.partial) for step in steps] == [(0, 4, True), (4, 4, True), (8, 2, False)]
+    assert all(step.kind == StepKind.PREFILL for step in steps) and steps[-1].ids == (108, 109)
+    update(seq, 40)
+    assert not schedule(seq, cached=10, step_id=9, max_rows=4).partial   # a decode row is never cut
+
+
 def test_update_finishes_on_a_stop_id_or_max_tokens():
     seq = sequence(max_tokens=3)
     assert update(seq, 40) is None and update(seq, 2) == "stop"
