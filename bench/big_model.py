@@ -216,6 +216,8 @@ async def layout(model: str, count: int, memory: int, reference: dict[str, Any],
                     await asyncio.sleep(0.5)
         entry |= await answer_prompts(base, coordinator.pid, reference, tokens)
         entry["coordinator_serving"] = process_memory(coordinator.pid)
+        await asyncio.sleep(8)   # each tab measures its memory again once quiet after serving
+        entry["tabs_after_serving"] = tab_rows(await wait_memory_measured(base))
     finally:
         await headless.stop()
         coordinator.terminate()
@@ -256,19 +258,25 @@ async def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--chunks", type=int, default=2)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the reference and llama.cpp sections of the last results; measure the layouts again")
     args = parser.parse_args()
     gguf = resolve_model(args.model)
     shard_dir, manifest = convert(gguf)
+    out = ROOT / "bench" / "results" / f"big_model_{args.model}.json"
     report: dict[str, Any] = {"model": manifest.model.name, "gguf": gguf.name, "compute": manifest.default_compute}
-    report["reference"] = reference_side(shard_dir, gguf, args.tokens, args.context, args.chunks)
-    gc.collect()
-    report["llama_cpp_greedy"] = await llama_greedy(gguf, report["reference"]["answers"], args.tokens)
+    if args.reuse and out.exists():
+        previous = json.loads(out.read_text())
+        report["reference"], report["llama_cpp_greedy"] = previous["reference"], previous["llama_cpp_greedy"]
+    else:
+        report["reference"] = reference_side(shard_dir, gguf, args.tokens, args.context, args.chunks)
+        gc.collect()
+        report["llama_cpp_greedy"] = await llama_greedy(gguf, report["reference"]["answers"], args.tokens)
     report["layouts"] = []
     for spec in args.layouts.split(","):
         count, memory = (int(part) for part in spec.split("x"))
         report["layouts"].append(await layout(args.model, count, memory, report["reference"], args.tokens,
                                               args.chromium))
-    out = ROOT / "bench" / "results" / f"big_model_{args.model}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -17,8 +17,11 @@ from shards.int8 import int8_group
 from shards.model_config import ModelConfig
 
 MB = 2**20
-TAB_OVERHEAD_MB = 32            # onnxruntime-web's own heap besides weights (its code, arenas, the codec)
+TAB_OVERHEAD_MB = 32            # onnxruntime-web's own heap besides weights (measured ~12 MB; its code, the codec)
 KV_RESERVE_TOKENS = 2048        # cache positions a tab keeps room for, over all its streams
+# What the browser measured per Qwen2.5 int8 layer (bench/results/tab_memory_qwen2.5-coder-1.5b.json:
+# 52.8 MB) over what its sessions hold (49.4 MB): the WASM heap's own slack.
+ALLOCATION_SLACK = 1.07
 WORKSPACE_ELEMENTS = 8 << 20    # float32 elements of the largest intermediate a prefill pass may make
 MAX_PREFILL_ROWS = 256
 
@@ -85,7 +88,7 @@ class TabFootprint:
     def of(cls, config: ModelConfig, compute: str) -> TabFootprint:
         kv = kv_bytes_per_token(config) * KV_RESERVE_TOKENS
         workspace = WORKSPACE_ELEMENTS * 4
-        return cls((layer_bytes(config, compute) + kv) / MB, TAB_OVERHEAD_MB + workspace / MB)
+        return cls((layer_bytes(config, compute) * ALLOCATION_SLACK + kv) / MB, TAB_OVERHEAD_MB + workspace / MB)
 
     def layers_within(self, offered_mb: float) -> int:
         """How many layers fit in what a tab offered (0 when not even one does)."""

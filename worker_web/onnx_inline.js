@@ -1,11 +1,11 @@
-// Owns putting decoded weights inside a layer graph's bytes: the graph's external float32 or
-// int8 initializers (layer_NN.q_weight, layer_NN.q_weight#int8 …) become ordinary ones carrying their data, so a compact
-// shard's sessions are built from the same bytes a float32 shard's were. (Handing the weights
-// over as onnxruntime-web externalData instead measured 89 ms per 30-layer step against 58
-// for float32 shards in one run, but float32 itself measured 81 ms in a later one; the
-// in-page A/B is in bench/results/weight_formats.json.) Protobuf wire format only (ModelProto.graph = 7,
-// GraphProto.initializer = 5, TensorProto: dims = 1, data_type = 2, name = 8, raw_data = 9,
-// data_location = 14). Knows nothing of onnxruntime or the wire protocol.
+// Owns reading and rewriting a layer graph's external initializers in its protobuf bytes:
+// `externalLocations` lists the external data a graph names (what a tab hands onnxruntime-web
+// as externalData, the shipped path: ort_runtime.js), and `inlineWeights` makes them inline
+// ones carrying their data (the format weight benchmarks compare against: with Qwen2.5 layers
+// it made the WASM heap grow ~12 MB more per layer, bench/results/tab_memory.json). Protobuf
+// wire format only (ModelProto.graph = 7, GraphProto.initializer = 5, TensorProto: dims = 1,
+// data_type = 2, name = 8, raw_data = 9, external_data = 13, data_location = 14). Knows
+// nothing of onnxruntime or the wire protocol.
 
 const FLOAT = 1;
 const EXTERNAL = 1;
@@ -101,6 +101,21 @@ function inlineTensor(name, dims, dataType, data) {
   header.push(0x42, ...varint(nameBytes.length), ...nameBytes);
   header.push(0x4a, ...varint(data.length));
   return [Uint8Array.from(header), data];
+}
+
+/** The external-data locations a model's initializers name (e.g. 'layer_03.q_weight#int8'). */
+export function externalLocations(modelBytes) {
+  const locations = [];
+  for (const entry of fields(modelBytes)) {
+    if (entry.field !== 7 || !entry.body) continue;
+    const graph = modelBytes.subarray(...entry.body);
+    for (const item of fields(graph)) {
+      if (item.field !== 5 || !item.body) continue;
+      const tensor = describeTensor(graph.subarray(...item.body));
+      if (tensor.external && tensor.location) locations.push(tensor.location);
+    }
+  }
+  return locations;
 }
 
 /**

@@ -2,7 +2,7 @@
 // creating sessions from shard bytes and running them. Knows nothing of the wire
 // protocol or the coordinator.
 
-import { inlineWeights } from './onnx_inline.js';
+import { externalLocations } from './onnx_inline.js';
 
 const ORT_BASE = '/ort/';
 
@@ -141,19 +141,25 @@ export class LayerRunner {
 
   /**
    * Create a layer's two sessions; `weights` is its weights file's initializer data (compact
-   * shards: Map of 'layer_NN.<initializer>[#int8|#scales]' -> float32 or int8 bytes, put
-   * inside both graphs; int8_weights.js) or undefined (float32 shards). Returns the bytes the
-   * full graph holds. On failure (e.g. out of memory) nothing of the layer is kept.
+   * shards: Map of 'layer_NN.<initializer>[#int8|#scales]' -> float32 or int8 bytes;
+   * int8_weights.js) or undefined (float32 shards). Each graph is given, as onnxruntime-web
+   * externalData, the entries it names and no others. (Putting them inside the graph's bytes
+   * instead, onnx_inline.js, made the WASM heap grow ~12 MB more per Qwen2.5 layer: 513 MB for
+   * 7 layers against 431, bench/results/tab_memory.json.) Returns the weight bytes the full
+   * graph holds. On failure (e.g. out of memory) nothing of the layer is kept.
    */
   async loadLayer(index, fullBytes, kvOnlyBytes, weights = undefined) {
-    let full = weights ? inlineWeights(fullBytes, weights).bytes : fullBytes;
-    const size = full.length;
-    const fullSession = await createSession(this.ort, full, this.backend);
-    full = null;   // the session holds its own copy: let the graph's bytes go before the next one
+    const given = (bytes) => (weights ? externalLocations(bytes).map((path) => {
+      const data = weights.get(path);
+      if (!data) throw new Error(`the weights file has no data for ${path}`);
+      return { path, data };
+    }) : undefined);
+    const fullData = given(fullBytes);
+    const size = fullData ? fullData.reduce((sum, entry) => sum + entry.data.length, 0) : fullBytes.length;
+    const fullSession = await createSession(this.ort, fullBytes, this.backend, fullData);
     let kvOnlySession;
     try {
-      kvOnlySession = await createSession(this.ort, weights ? inlineWeights(kvOnlyBytes, weights).bytes : kvOnlyBytes,
-        this.backend);
+      kvOnlySession = await createSession(this.ort, kvOnlyBytes, this.backend, given(kvOnlyBytes));
     } catch (error) {
       await fullSession.release();
       throw error;

@@ -14,6 +14,7 @@ import { fetchShardFiles } from './shard_store.js';
 import { layerInitializers } from './int8_weights.js';
 
 const params = new URLSearchParams(location.search);
+const MEMORY_REPORT_QUIET_MS = 5000;   // re-measure memory this long after the last frame
 const ui = {
   set(id, text) { const node = document.getElementById(id); if (node) node.textContent = text; },
   log(text) {
@@ -34,7 +35,7 @@ const worker = {
   name: params.get('name') || sessionStorage.getItem('tabswarm-name') || `tab-${Math.random().toString(36).slice(2, 7)}`,
   backend: 'wasm', threads: 1, ort: null, runner: null, assignment: null,
   socket: null, retryMs: 1000, queue: Promise.resolve(), assignments: Promise.resolve(), leaving: false,
-  decoders: new Map(), encoders: new Map(), tokens: 0, computeMs: 0, lastStats: 0,
+  decoders: new Map(), encoders: new Map(), tokens: 0, computeMs: 0, lastStats: 0, memoryTimer: undefined,
   weightBytes: new Map(),   // layer -> float32 weight bytes its sessions were given
 };
 sessionStorage.setItem('tabswarm-name', worker.name);
@@ -232,6 +233,9 @@ async function onForward(bytes, parsed) {
   if (!echo) {
     worker.computeMs += performance.now() - started;
     worker.tokens += header.rows;
+    // Measured again once the tab has been quiet for a while after serving (its caches grew).
+    clearTimeout(worker.memoryTimer);
+    worker.memoryTimer = setTimeout(reportMemoryUsed, MEMORY_REPORT_QUIET_MS);
   }
   if (header.flags & Flag.NO_REPLY) return;
   if (report) {

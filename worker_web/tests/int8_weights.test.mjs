@@ -36,12 +36,14 @@ for (const compute of ['float32', 'int8']) {
 
 test('an int8 projection made in the tab runs in onnxruntime-web to native onnxruntime\'s output', async () => {
   const ort = await import('onnxruntime-web');
-  const { inlineWeights } = await import('../onnx_inline.js');
+  const { externalLocations } = await import('../onnx_inline.js');
   ort.env.wasm.numThreads = 1;
   const weights = layerInitializers(hex(vectors.file), vectors.stem, 'int8');
-  const { bytes, replaced } = inlineWeights(hex(vectors.graph.model), weights);
-  assert.equal(replaced, 2);   // the codes and the scales
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
+  const model = hex(vectors.graph.model);
+  const locations = externalLocations(model);
+  assert.deepEqual(locations.sort(), [`${vectors.stem}.q_weight#int8`, `${vectors.stem}.q_weight#scales`]);
+  const externalData = locations.map((path) => ({ path, data: weights.get(path) }));
+  const session = await ort.InferenceSession.create(model, { executionProviders: ['wasm'], externalData });
   const result = await session.run({ x: new ort.Tensor('float32', Float32Array.from(vectors.graph.x), [1, 3, 128]) });
   const want = vectors.graph.y;
   const scale = Math.max(...want.map(Math.abs));
