@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tabs", default="1,2", help="tab counts to measure, e.g. 1,2 (a model no tab can hold "
                                                        "alone: 2)")
     parser.add_argument("--memory", type=int, default=None, metavar="MB", help="memory each tab offers (?memory=)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="decode and prefill only (no speculation, hop or metrics side-by-sides)")
     parser.add_argument("--skip-anchor", action="store_true", help="leave llama.cpp out")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--chromium", default="/usr/bin/chromium")

@@ -206,6 +206,8 @@ async def swarm(shard_dir: Path, args: argparse.Namespace, prompt: str) -> dict[
                 report[f"tabs_{count}"] = entry
                 print(f"  {count} tab(s): decode {entry['decode_tok_s']} tok/s, prefill {entry['prefill_tok_s']} tok/s",
                       flush=True)
+            if args.speed_only:
+                return report
             report["hop_echo"] = await hop_overhead(app)
             print(f"  per-hop echo round trip: median {report['hop_echo']['median_ms']} ms", flush=True)
             report["speculation"] = await speculation_side_by_side(base, args.tokens)
@@ -236,6 +238,8 @@ def table(report: dict[str, Any]) -> str:
     for name, decode, prefill in rows:
         lines.append(f"| {name} | {decode if decode is not None else 'n/a'} | {prefill if prefill is not None else 'n/a'} "
                      f"| {ratio(decode, anchor.get('decode_tok_s')) or '–'} | {ratio(prefill, anchor.get('prefill_tok_s')) or '–'} |")
+    if "speculation" not in report:   # --speed-only
+        return "\n".join(lines)
     speculation = report["speculation"]
     lines.append(f"| 2 tabs, grounded prompts: plain → prompt lookup | {speculation['plain_tok_s']} → "
                  f"{speculation['lookup_tok_s']} ({speculation['speedup_median']}×) | | "
