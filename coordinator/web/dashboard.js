@@ -70,7 +70,8 @@ function tabCard(worker, colourOf) {
       : `loaded in ${(worker.load_ms / 1000).toFixed(1)} s${worker.cached ? ' (cached)' : ''}`
         + (worker.downloaded_bytes == null ? '' : ` · fetched ${bytes(worker.downloaded_bytes)}`) }),
     element('div', { className: 'row', text: `weights ${worker.weight_bytes == null ? '–' : bytes(worker.weight_bytes)}`
-      + ` · JS heap ${worker.memory_mb == null ? '–' : `${Math.round(worker.memory_mb)} MB`}` }),
+      + ` · memory ${worker.memory_used_mb == null ? '–' : `${Math.round(worker.memory_used_mb)} MB`} used`
+      + ` of ${worker.memory_mb == null ? '–' : `${Math.round(worker.memory_mb)} MB`} given` }),
   ]);
   if (worker.progress) {
     const [done, total] = worker.progress;
