@@ -52,6 +52,7 @@ from coordinator.session import HopStats, PipelineSession, TokenEvent
 from coordinator.spot_checks import SpotChecks
 from coordinator.stage_rebuild import drop_worker, replace_stage
 from coordinator.stage_replay import StageRecorder
+from coordinator.time_breakdown import TimeTotals
 from coordinator.verifier import StageChecker
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.activation_codec import (
@@ -98,6 +99,7 @@ class GenerationEngine:
         self.step_costs = StepCosts()   # what a decode step and a verified row cost (drafting decisions)
         self._streams = itertools.count(1)
         self._steps = itertools.count(1)
+        self.timing = TimeTotals()       # the coordinator's parts of every step (/metrics, /v1/status)
         self.tokens_generated = 0
         self.replays_total = 0
         self.moves_total = 0
@@ -105,6 +107,13 @@ class GenerationEngine:
         model = ends.manifest.model
         self.layer_statistics = LayerStatistics(model.layers)  # the router's running means
         self.head_statistics = HeadStatistics(model.layers, model.heads)
+
+    def _spend(self, stats: HopStats, rows: int, part: str, since: float) -> float:
+        """Add the seconds since `since` to `part` of a `rows`-row step; returns now."""
+        now = time.perf_counter()
+        self.timing.add(rows, part, now - since)
+        stats.timing.add(rows, part, now - since)
+        return now
 
     async def _run(self, function, *args):
         """Run a native onnxruntime call off the event loop (it releases the GIL)."""
@@ -180,7 +189,9 @@ class GenerationEngine:
             return ()
         if step.kind in (StepKind.DECODE, StepKind.VERIFY):
             self.step_costs.observe_step(step.rows, time.perf_counter() - started)
+        sampling = time.perf_counter()
         verdict = accept_drafts(logits, drafts, request.params, sequence.rng)
+        self._spend(stats, step.rows, "sample", sampling)
         tokens = verdict.tokens
         stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
         if stop is not None:   # nothing after an end-of-text token is emitted (or counted as accepted)
@@ -260,9 +271,15 @@ class GenerationEngine:
                        step: Step) -> np.ndarray:
         """Embed the step's ids, run every stage in order, return the logits of the last row
         and of each draft row: (1 + len(step.drafts), vocab)."""
+        rows = step.rows
+        self.timing.step(rows)
+        stats.timing.step(rows)
+        clock = time.perf_counter()
         hidden = await self._run(self.ends.embed, list(step.ids))           # (1, rows, hidden)
+        clock = self._spend(stats, rows, "embed", clock)
         route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
         frame = encode_activation(hidden[0], route, request.codec, session.encoder)
+        clock = self._spend(stats, rows, "encode", clock)
         start_token(session.routing)
         assert session.heads is not None and session.recorder is not None
         session.heads.update(request.router, self.head_statistics, step.position, step.rows)
@@ -272,21 +289,29 @@ class GenerationEngine:
         for index in range(len(session.pipeline)):
             stage, link = session.pipeline[index]
             try:
-                frame = await self._stage(request, stats, session, index, stage, link, frame, step)
+                clock = time.perf_counter()
+                frame, waited = await self._stage(request, stats, session, index, stage, link, frame, step)
+                # the coordinator's own work for this hop: everything but waiting on the stage
+                self._spend(stats, rows, "relay", clock + waited)
             except WorkerLost as error:
                 # Rebuild just this stage from its recorded frames if a worker holding exactly
                 # its layers is there; otherwise the caller replays the whole sequence.
                 frame = await replace_stage(self.cluster, self.config, stats, session, index, step, error)
                 self.replays_total += 1
+        clock = time.perf_counter()
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
+        clock = self._spend(stats, rows, "decode", clock)
         if step.partial:    # nothing is sampled from a prefill chunk: no head
             return np.zeros((0, self.ends.manifest.model.vocab), dtype=np.float32)
-        rows = 1 + len(step.drafts)
-        return (await self._run(self.ends.logits, values[None, -rows:]))[0]   # (rows, vocab)
+        sampled = 1 + len(step.drafts)
+        logits = (await self._run(self.ends.logits, values[None, -sampled:]))[0]   # (sampled, vocab)
+        self._spend(stats, rows, "head", clock)
+        return logits
 
     async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, index: int,
-                     stage: Stage, link: WorkerLink, frame: bytes, step: Step) -> bytes:
-        """One stage for one step: run it (with the router's skip mask) or bypass it."""
+                     stage: Stage, link: WorkerLink, frame: bytes, step: Step) -> tuple[bytes, float]:
+        """One stage for one step: run it (with the router's skip mask) or bypass it.
+        Returns the frame for the next stage and the seconds spent waiting for this one."""
         routing, heads, masks_sent = session.routing, session.heads, session.masks_sent
         stream, position = session.stream, step.position
         assert heads is not None
@@ -322,7 +347,7 @@ class GenerationEngine:
             stats.hops_saved += 1
             observe(request.router, self.layer_statistics, routing, position, stage.layer_start,
                     stage.layer_end, decision, [], [], None)
-            return frame   # the next stage gets the same payload
+            return frame, 0.0   # the next stage gets the same payload
         # layer_stats cost the worker a norm per layer and a message: only when read.
         wants_report = step.kind == StepKind.DECODE and (request.router.enabled or request.router.prune_heads > 0)
         forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
@@ -330,7 +355,9 @@ class GenerationEngine:
         if session.recorder:
             session.recorder.record(index, forward)
         stats.bytes_sent += len(forward)
+        sent = time.perf_counter()
         result = await link.call(forward, stream, step.step_id, step.rows)
+        waited = self._spend(stats, step.rows, "stage_wait", sent) - sent
         await self.spot_checks.after_result((stream, index), forward, stage, link, result)
         stats.bytes_received += len(result)
         stats.hops += 1
@@ -343,7 +370,7 @@ class GenerationEngine:
             if "head_ratios" in report:
                 observe_heads(request.router, self.head_statistics, position, stage.layer_start, ran,
                               [[float(r) for r in row] for row in report["head_ratios"]])
-        return result
+        return result, waited
 
     async def _close(self, session: PipelineSession) -> None:
         """The session is over: every worker still there frees its caches for the stream."""

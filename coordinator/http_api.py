@@ -198,6 +198,7 @@ class Api:
                              "speculation": {"method": stats.speculation, "drafted": stats.drafted,
                                              "accepted": stats.accepted, "verify_passes": stats.verify_passes,
                                              "draft_steps": stats.draft_steps},
+                             "timing": stats.timing.as_dict(),
                              "hops_per_token": round(stats.hops / completion, 3) if completion else None,
                              "prefill_tokens_per_second": round(len(prompt_ids) / stats.step_seconds[0], 1)
                              if stats.step_seconds and stats.step_seconds[0] > 0 else None,
@@ -340,6 +341,7 @@ class Api:
             "queue": {"active": load.active, "waiting": load.queued, "max_active": self.admissions.max_active,
                       "max_waiting": self.admissions.max_queue},
             "requests_total": self.requests_total, "tokens_generated": self.engine.tokens_generated,
+            "timing": self.engine.timing.as_dict(),   # the coordinator's parts; each worker's own under workers
             "verification": {"passed": self.engine.spot_checks.counters.passed, "failed": self.engine.spot_checks.counters.failed,
                              "skipped_busy": self.engine.spot_checks.counters.skipped_busy,
                              "skipped_budget": self.engine.spot_checks.counters.skipped_budget,

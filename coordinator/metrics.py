@@ -150,6 +150,9 @@ class SwarmCollector(Collector):
                                    labels=WORKER_LABELS)
         received = CounterMetricFamily("tabswarm_worker_received_bytes", "Result bytes the tab sent back",
                                        labels=WORKER_LABELS)
+        parts = CounterMetricFamily("tabswarm_worker_step_part_seconds", "Where the tab's step time went, as it "
+                                    "reports: decode (frame in), layers, encode (result out); kind decode = one-row "
+                                    "steps, prefill = more rows", labels=[*WORKER_LABELS, "kind", "part"])
         by_state: dict[str, int] = dict.fromkeys(("joining", "idle", "loading", "ready"), 0)
         for link in list(self.cluster.workers.values()):
             worker = link.info
@@ -163,9 +166,12 @@ class SwarmCollector(Collector):
             steps.add_metric(labels, link.step_times.cumulative(), link.step_times.total_seconds)
             sent.add_metric(labels, link.bytes_sent)
             received.add_metric(labels, link.bytes_received)
+            for kind, totals in (worker.timing.kinds.items() if worker.timing else ()):
+                for part, seconds in totals.seconds.items():
+                    parts.add_metric([*labels, kind, part], seconds)
         for state, count in by_state.items():
             states.add_metric([state], count)
-        yield from (states, info, layers, progress, steps, sent, received)
+        yield from (states, info, layers, progress, steps, sent, received, parts)
 
     def _engine(self) -> Iterator[Metric]:
         engine = self.engine
@@ -178,6 +184,17 @@ class SwarmCollector(Collector):
                                   value=engine.moves_total)
         yield CounterMetricFamily("tabswarm_failed_after_loss", "Requests that failed after losing tabs",
                                   value=engine.failures_total)
+        steps = CounterMetricFamily("tabswarm_steps", "Pipeline steps executed (kind decode = one row, "
+                                    "prefill = more)", labels=["kind"])
+        parts = CounterMetricFamily("tabswarm_step_part_seconds", "The coordinator's parts of its steps: embed, "
+                                    "encode, relay (its own work per hop), stage_wait (send to result, all stages), "
+                                    "decode, head, sample", labels=["kind", "part"])
+        for kind, totals in engine.timing.kinds.items():
+            steps.add_metric([kind], totals.steps)
+            for part, seconds in totals.seconds.items():
+                parts.add_metric([kind, part], seconds)
+        yield steps
+        yield parts
         spot = CounterMetricFamily("tabswarm_spot_checks", "Tab results re-run natively, by result",
                                    labels=["result"])
         for result, count in (("passed", checks.passed), ("failed", checks.failed),

@@ -11,6 +11,7 @@ from coordinator.cluster import Pipeline
 from coordinator.head_pruning import Masks, StreamHeadMasks
 from coordinator.router import TokenState
 from coordinator.stage_replay import StageRecorder
+from coordinator.time_breakdown import TimeTotals
 from protocol.activation_codec import StreamCodecState
 
 
@@ -36,6 +37,7 @@ class HopStats:
     accepted: int = 0              # drafted tokens the verify passes accepted
     verify_passes: int = 0
     draft_steps: int = 0           # self-speculative draft steps (pipeline passes with skips)
+    timing: TimeTotals = field(default_factory=TimeTotals)   # the coordinator's parts of its steps
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 from coordinator.access import AccessConfig, worker_decision
 from coordinator.cluster import Cluster
 from coordinator.step_timing import StallPolicy
+from coordinator.time_breakdown import parse_tab_timing
 from coordinator.worker_link import WorkerLink
 from protocol.control import decode_control
 from protocol.errors import FrameError
@@ -113,6 +114,9 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
         link.info.compute_ms = float(message["compute_ms"])
         if isinstance(message.get("memory_used_mb"), int | float):
             link.info.memory_used_mb = float(message["memory_used_mb"])
+            link.info.memory_used_at = time.monotonic()
+        if (timing := parse_tab_timing(message.get("timing"))) is not None:
+            link.info.timing = timing
     elif kind == "error" and message["code"] == "out-of-memory":
         holds = message.get("holds")
         await cluster.allocation_failed(link, [layer for layer in holds if isinstance(layer, int)]

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from coordinator.planner import Stage
 from coordinator.step_timing import StallPolicy, StepHistogram, StepTimer
+from coordinator.time_breakdown import TimeTotals
 from protocol.control import encode_control
 from protocol.frames import Header
 
@@ -45,6 +46,7 @@ class WorkerInfo:
     memory_mb: float | None = None       # what it offered to hold (hello; at most 4 GiB)
     heap_mb: float | None = None         # its JS heap after its last load (ready)
     memory_used_mb: float | None = None  # what the browser measured the page using (stats)
+    memory_used_at: float | None = None  # when that measurement arrived (monotonic)
     allocation_cap: int | None = None    # it ran out of memory holding this many layers
     agent: str = ""
     page: dict[str, bool] = field(default_factory=dict)   # secure_context, webgpu_api, cache_storage
@@ -59,6 +61,7 @@ class WorkerInfo:
     progress: tuple[int, int] | None = None
     tokens: int = 0
     compute_ms: float = 0.0
+    timing: TimeTotals | None = None     # where its step time went, as it reports (stats.timing)
     last_seen: float = field(default_factory=time.monotonic)
     joined: float = field(default_factory=time.time)
 
@@ -165,6 +168,7 @@ class WorkerLink:
             "id": self.id, "name": info.name, "remote": self.remote, "state": info.state,
             "backend": info.backend, "threads": info.threads, "benchmark_ms": info.benchmark_ms,
             "memory_mb": info.memory_mb, "memory_used_mb": round(info.memory_used_mb, 1) if info.memory_used_mb else None,
+            "memory_used_seconds_ago": round(time.monotonic() - info.memory_used_at, 1) if info.memory_used_at else None,
             "heap_mb": round(info.heap_mb, 1) if info.heap_mb else None, "allocation_cap": info.allocation_cap,
             "agent": info.agent, "role": info.role, "page": info.page,
             "layers": [info.stage.layer_start, info.stage.layer_end] if info.stage else None,
@@ -174,6 +178,7 @@ class WorkerLink:
             "downloaded_bytes": info.downloaded_bytes, "weight_bytes": info.weight_bytes,
             "progress": list(info.progress) if info.progress else None,
             "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
+            "timing": info.timing.as_dict() if info.timing else None,
             "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "steps": self.steps_served,
         }

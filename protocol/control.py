@@ -32,7 +32,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
               "downloaded_bytes": ((int,), False), "weight_bytes": ((int,), False), "memory_mb": (Number, False)},
     "heartbeat": {"time": (Number, True)},
     "stats": {"tokens": ((int,), True), "compute_ms": (Number, True), "streams": ((int,), False),
-              "memory_used_mb": (Number, False)},
+              "memory_used_mb": (Number, False), "timing": ((dict,), False)},
     "release": {"stream": ((int,), True)},
     "truncate": {"stream": ((int,), True), "length": ((int,), True)},
     "retain": {"layer_start": ((int,), True), "layer_end": ((int,), True)},

@@ -12,6 +12,7 @@ import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_me
 import { isOutOfMemory, layerOfFile, LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
 import { fetchShardFiles } from './shard_store.js';
 import { layerInitializers } from './int8_weights.js';
+import { StepTiming } from './step_timing.js';
 
 const params = new URLSearchParams(location.search);
 const MEMORY_REPORT_QUIET_MS = 5000;   // re-measure memory this long after the last frame
@@ -36,6 +37,7 @@ const worker = {
   backend: 'wasm', threads: 1, ort: null, runner: null, assignment: null,
   socket: null, retryMs: 1000, queue: Promise.resolve(), assignments: Promise.resolve(), leaving: false,
   decoders: new Map(), encoders: new Map(), tokens: 0, computeMs: 0, lastStats: 0, memoryTimer: undefined,
+  timing: new StepTiming(),   // ms per part of the steps served (stats.timing)
   weightBytes: new Map(),   // layer -> float32 weight bytes its sessions were given
 };
 sessionStorage.setItem('tabswarm-name', worker.name);
@@ -185,9 +187,15 @@ function reportMemoryUsed() {
   if (!performance.measureUserAgentSpecificMemory) return;
   performance.measureUserAgentSpecificMemory().then((measured) => {
     worker.memoryUsedMb = measured.bytes / 2 ** 20;
-    sendControl({ type: 'stats', tokens: worker.tokens, compute_ms: worker.computeMs,
-      streams: worker.runner ? worker.runner.streams.size : 0, memory_used_mb: worker.memoryUsedMb });
+    sendStats({ memory_used_mb: worker.memoryUsedMb });
   }).catch((error) => ui.log(`memory measurement failed: ${error.message}`));
+}
+
+/** What the tab has served so far: rows, compute ms, streams and where its step time went. */
+function sendStats(extra = {}) {
+  worker.lastStats = performance.now();
+  sendControl({ type: 'stats', tokens: worker.tokens, compute_ms: worker.computeMs,
+    streams: worker.runner ? worker.runner.streams.size : 0, timing: worker.timing.toMessage(), ...extra });
 }
 
 /** What a load cost and what the tab now holds: network bytes, float32 weight bytes, JS heap. */
@@ -208,6 +216,7 @@ function streamState(map, stream) {
 }
 
 async function onForward(bytes, parsed) {
+  const received = performance.now();
   const { header, values } = decodeActivation(bytes, streamState(worker.decoders, parsed.header.stream), parsed);
   const runner = worker.runner;
   const echo = header.layerStart === header.layerEnd; // no layers: a measured round trip
@@ -230,8 +239,9 @@ async function onForward(bytes, parsed) {
   const result = echo ? { output: values, ratios: [] }
     : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask,
       header.layerStart, header.layerEnd, report, sampleHeads);
+  const computed = performance.now();
   if (!echo) {
-    worker.computeMs += performance.now() - started;
+    worker.computeMs += computed - started;
     worker.tokens += header.rows;
     // Measured again once the tab has been quiet for a while after serving (its caches grew).
     clearTimeout(worker.memoryTimer);
@@ -247,15 +257,18 @@ async function onForward(bytes, parsed) {
   const output = result.output;
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
     runLength: header.encoding === Encoding.INT8_BLOCK, keyInterval: worker.assignment.codec.key_interval || 64 };
-  send(encodeActivation(output, header.rows, header.columns, { kind: Kind.RESULT, stream: header.stream,
+  const frame = encodeActivation(output, header.rows, header.columns, { kind: Kind.RESULT, stream: header.stream,
     position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd, skipMask: header.skipMask,
     step: header.step, stepKind: header.stepKind },
-  settings, streamState(worker.encoders, header.stream)));
-  ui.set('tokens', `${worker.tokens} rows, ${(worker.computeMs / Math.max(worker.tokens, 1)).toFixed(2)} ms/row`);
-  if (runner && performance.now() - worker.lastStats > 1000) {
-    worker.lastStats = performance.now();
-    sendControl({ type: 'stats', tokens: worker.tokens, compute_ms: worker.computeMs, streams: runner.streams.size });
+  settings, streamState(worker.encoders, header.stream));
+  // Steps the coordinator waits for (NO_REPLY backfills are off its critical path, echoes run no layers).
+  if (!echo) {
+    worker.timing.record(header.rows, { decode: started - received, layers: computed - started,
+      encode: performance.now() - computed });
   }
+  send(frame);
+  ui.set('tokens', `${worker.tokens} rows, ${(worker.computeMs / Math.max(worker.tokens, 1)).toFixed(2)} ms/row`);
+  if (runner && performance.now() - worker.lastStats > 1000) sendStats();
 }
 
 function onControl(message) {
@@ -284,6 +297,7 @@ function onControl(message) {
         worker.runner?.release(message.stream);
         worker.decoders.delete(message.stream);
         worker.encoders.delete(message.stream);
+        if (worker.runner) sendStats();   // a request ended: its steps' timing, current
       });
       break;
     case 'heartbeat':

@@ -161,3 +161,41 @@ async def test_dashboard_stream_shows_the_pipeline_in_layer_order_and_recent_req
             assert page.status == 200 and "dashboard.js" in await page.text()
         for worker in workers:
             await worker.stop()
+
+
+async def test_where_step_time_goes_is_reported_per_request_in_status_and_in_metrics(shard_dir):
+    async with running_app(shard_dir) as (_, base):
+        workers = [await FakeWorker(base, shard_dir, f"timing-{i}").start() for i in range(2)]
+        await wait_ready(base, 2)
+        status, body = await post(base, "/v1/chat/completions", {
+            "messages": FRANCE, "max_tokens": 6, "tabswarm": {"speculation": {"method": "off"}}})
+        assert status == 200
+        usage = body["usage"]["tabswarm"]
+        timing = usage["timing"]
+        assert timing["prefill"]["steps"] == 1 and timing["prefill"]["rows"] == body["usage"]["prompt_tokens"]
+        assert timing["decode"]["steps"] + timing["prefill"]["steps"] == usage["hops"] // usage["stages"]
+        for kind in ("decode", "prefill"):
+            parts = timing[kind]["ms"]
+            assert set(parts) == {"embed", "encode", "relay", "stage_wait", "decode", "head", "sample"}, parts
+            assert all(ms >= 0 for ms in parts.values()) and parts["stage_wait"] > 0
+
+        # a tab's own report shows under its worker in /v1/status and in /metrics; a malformed one is ignored
+        report = {"decode": {"steps": 5, "rows": 5, "ms": {"decode": 0.5, "layers": 20.0, "encode": 1.0}},
+                  "prefill": {"steps": 1, "rows": 9, "ms": {"decode": 0.3, "layers": 30.0, "encode": 0.4}}}
+        await workers[0].send_control({"type": "stats", "tokens": 14, "compute_ms": 50.0, "timing": report})
+        await workers[1].send_control({"type": "stats", "tokens": 14, "compute_ms": 50.0, "timing": {"decode": 3}})
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as session, session.get(base + "/v1/status") as response:
+            current = await response.json()
+        by_name = {worker["name"]: worker for worker in current["workers"]}
+        assert by_name["timing-0"]["timing"] == report
+        assert by_name["timing-1"]["timing"] is None and by_name["timing-1"]["tokens"] == 14
+        assert current["timing"]["decode"]["steps"] == timing["decode"]["steps"]
+        samples = await scrape(base)
+        worker_id = by_name["timing-0"]["id"]
+        assert value(samples, "tabswarm_worker_step_part_seconds_total", worker=worker_id, name="timing-0",
+                     kind="decode", part="layers") == 0.02
+        assert value(samples, "tabswarm_steps_total", kind="prefill") == 1
+        assert value(samples, "tabswarm_step_part_seconds_total", kind="decode", part="stage_wait") > 0
+        for worker in workers:
+            await worker.stop()
