@@ -387,7 +387,10 @@ function offeredMemoryMb() {
 async function main() {
   ui.set('name', worker.name);
   worker.backend = await chooseBackend();
-  const defaultThreads = crossOriginIsolated && navigator.hardwareConcurrency >= 4 ? 2 : 1;
+  // onnxruntime-web's own default, min(4, ceil(cores / 2)), when the page may use threads at all
+  // (cross-origin isolated). Measured on 2 cores (bench/results/time_breakdown_threads2.json):
+  // 2 threads per tab were slower than 1 (14.6 vs 15.7 tok/s through 2 tabs), which this gives there.
+  const defaultThreads = crossOriginIsolated ? Math.min(4, Math.ceil((navigator.hardwareConcurrency || 1) / 2)) : 1;
   worker.threads = Number(params.get('threads') || defaultThreads);
   worker.ort = await loadOrt({ webgpu: worker.backend === 'webgpu', threads: worker.threads });
   ui.set('backend', `${worker.backend}, ${worker.threads} thread(s)${crossOriginIsolated ? '' : ' (not cross-origin isolated)'}`
