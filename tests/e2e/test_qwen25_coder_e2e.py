@@ -64,6 +64,8 @@ async def test_qwen25_coder_across_tabs_that_each_hold_part_of_it(browser, qwen_
                        and worker["memory_used_seconds_ago"] < time.monotonic() - served for worker in workers):
                     break
                 await asyncio.sleep(1.0)
+            else:
+                raise AssertionError(f"not every tab measured its memory again within 120 s of serving: {workers}")
             used = {worker["name"]: (worker["layers"], worker["memory_used_mb"]) for worker in workers}
             assert all(0 < (worker["memory_used_mb"] or 0) <= memory for worker in workers), used
         finally:
