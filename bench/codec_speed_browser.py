@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from aiohttp import web
 
-from coordinator.headless import CHROMIUM_ARGS
+from coordinator.headless import launch_chromium
 from coordinator.static_files import add_static_routes, isolation_headers
 from protocol.activation_codec import (
     LOSSLESS,
@@ -81,9 +79,7 @@ async def main() -> None:
     settings_js = {name: {"encoding": int(s.encoding), "block": s.block, "delta": s.delta,
                           "runLength": s.run_length, "keyInterval": s.key_interval} for name, s in MODES.items()}
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                                   chromium_sandbox=False, args=list(CHROMIUM_ARGS),
-                                                   env={**os.environ, "TMPDIR": tempfile.mkdtemp()})
+        browser = await launch_chromium(playwright)
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{port}/blank.html")
         browser_us = await page.evaluate(TIMING_JS, {"rows": row.ravel().tolist(), "settings": settings_js,

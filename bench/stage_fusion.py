@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import onnx
 from aiohttp import web
 from onnx import helper
 
-from coordinator.headless import CHROMIUM_ARGS
+from coordinator.headless import launch_chromium
 from coordinator.static_files import add_static_routes, isolation_headers
 from shards.convert import convert
 from shards.executor import native_graph_file
@@ -212,9 +211,7 @@ async def measure(folder: Path, shard_dir: Path, count: int, model: dict, positi
     await site.start()
     try:
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                                       chromium_sandbox=False, args=list(CHROMIUM_ARGS),
-                                                       env={**os.environ, "TMPDIR": tempfile.mkdtemp()})
+            browser = await launch_chromium(playwright)
             page = await browser.new_page()
             await page.goto(f"http://127.0.0.1:{runner.addresses[0][1]}/blank.html")
             raw = await page.evaluate(TIMING_JS, {"count": count, "model": model, "positions": positions, "rounds": 3})

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from aiohttp import web
 
-from coordinator.headless import CHROMIUM_ARGS
+from coordinator.headless import launch_chromium
 from coordinator.static_files import add_static_routes, isolation_headers
 from shards.convert import convert
 from shards.footprint import TabFootprint
@@ -67,9 +65,7 @@ async def measure(shard_dir: Path, layers: list[dict], model: dict, compute: str
     port = runner.addresses[0][1]
     try:
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                                       chromium_sandbox=False, args=list(CHROMIUM_ARGS),
-                                                       env={**os.environ, "TMPDIR": tempfile.mkdtemp()})
+            browser = await launch_chromium(playwright)
             page = await browser.new_page()
             await page.goto(f"http://127.0.0.1:{port}/blank.html")
             result = await page.evaluate(MEASURE_JS, {"layers": layers, "model": model, "compute": compute,

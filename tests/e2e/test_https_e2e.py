@@ -5,14 +5,13 @@ and its shards land in Cache Storage (a reopened tab loads them from there)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import tempfile
 
 import pytest
 
 from coordinator.access import AccessConfig
-from coordinator.headless import CHROMIUM_ARGS
+from coordinator.headless import launch_chromium
 from coordinator.tls import self_signed
 from tests.e2e.conftest import CHROMIUM
 from tests.e2e.tabs import Tabs
@@ -41,9 +40,7 @@ async def test_tab_over_self_signed_https_is_a_secure_context_and_caches_its_sha
     async with running_app(shard_dir, access=access, ssl_context=certificate.context(),
                            join_settle_seconds=0.5) as (_, base), async_playwright() as playwright:
         assert base.startswith("https://")
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, chromium_sandbox=False,
-            args=[*CHROMIUM_ARGS, "--ignore-certificate-errors"], env={**os.environ, "TMPDIR": temporary})
+        browser = await launch_chromium(playwright, CHROMIUM, ("--ignore-certificate-errors",), temporary)
         try:
             tabs = await Tabs.open_for(browser, base)
             await tabs.open("secure-tab", extra="&token=tls-join")
