@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                        runtime=RuntimeConfig(threads=args.threads, head=args.head, compute=args.compute),
                        server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
-    handlers = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
+    handlers: dict[str, Callable[[AppConfig, argparse.Namespace], int]] = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
                 "workers": command_workers,
                 **{name: functools.partial(command_plugin, plugin) for name, plugin in plugins.items()}}
     try:

@@ -33,6 +33,8 @@ from coordinator.capacity import MAX_TAB_MEMORY_MB, WorkerFacts, capacities, sho
 from coordinator.config import ServerConfig
 from coordinator.planner import PlanError, Stage, WorkerCapacity
 from coordinator.swarm_plan import SwarmPlan, plan_swarm
+from coordinator.time_breakdown import parse_tab_timing
+from coordinator.worker_lifecycle import WorkerState, transition
 from coordinator.worker_link import WorkerLink, WorkerLost
 from protocol.frames import VERSION
 from shards.footprint import TabFootprint
@@ -96,6 +98,29 @@ class Cluster:
             listener(event)
 
     # -- lifecycle ---------------------------------------------------------------------
+    @staticmethod
+    def _move(link: WorkerLink, state: WorkerState, stage: Stage | None) -> None:
+        """The one place a worker's state (and its assigned stage) is written."""
+        link.info.state = transition(link.info.state, state)
+        link.info.stage = stage
+
+    def heard_from(self, link: WorkerLink) -> None:
+        """Any frame from the worker: it is alive (heartbeat_loop reads this)."""
+        link.info.last_seen = time.monotonic()
+
+    def loading_progress(self, link: WorkerLink, done: int, total: int) -> None:
+        link.info.progress = (done, total)
+
+    def worker_stats(self, link: WorkerLink, message: dict[str, Any]) -> None:
+        """What the tab has served and measured (its `stats` message)."""
+        link.info.tokens = message["tokens"]
+        link.info.compute_ms = float(message["compute_ms"])
+        if isinstance(message.get("memory_used_mb"), int | float):
+            link.info.memory_used_mb = float(message["memory_used_mb"])
+            link.info.memory_used_at = time.monotonic()
+        if (timing := parse_tab_timing(message.get("timing"))) is not None:
+            link.info.timing = timing
+
     async def join(self, link: WorkerLink, hello: dict[str, Any]) -> None:
         info = link.info
         info.name = str(hello.get("worker") or link.id)
@@ -106,7 +131,7 @@ class Cluster:
         info.agent = str(hello.get("agent", ""))[:200]
         info.page = {name: bool(hello[name]) for name in ("secure_context", "webgpu_api", "cache_storage")
                      if name in hello}
-        info.state = "idle"
+        self._move(link, WorkerState.IDLE, None)
         self.workers[link.id] = link
         log.info("worker %s (%s, %s, %d threads, benchmark %.1f ms) joined from %s",
                  link.id, info.name, info.backend, info.threads, info.benchmark_ms, link.remote)
@@ -161,7 +186,7 @@ class Cluster:
         link.info.progress = None
         stage = link.info.stage
         if stage is not None and link.holds(stage):
-            link.info.state = "ready"
+            self._move(link, WorkerState.READY, stage)
         log.info("worker %s holds layers [%d, %d) after %.0f ms%s", link.id, loaded.start, loaded.stop,
                  link.info.load_ms, " (cached)" if link.info.cached else "")
         self._event("ready", worker=link.id, name=link.info.name, layers=[loaded.start, loaded.stop],
@@ -185,7 +210,7 @@ class Cluster:
             return
         link.info.holds = frozenset(int(layer) for layer in holds)
         link.info.allocation_cap = len(link.info.holds)
-        link.info.stage, link.info.state = None, "idle"
+        self._move(link, WorkerState.IDLE, None)
         log.warning("worker %s (%s) ran out of memory loading layers (holds %d): %s; placing it again",
                     link.id, link.info.name, len(link.info.holds), reason)
         self._event("oom", worker=link.id, name=link.info.name, holds=len(link.info.holds), reason=reason[:200])
@@ -244,11 +269,11 @@ class Cluster:
             wanted = target.range_of(link.id)
             link.info.role = "stage" if link.id in stage_workers else "standby" if wanted else "idle"
             if wanted is None:
-                link.info.stage, link.info.state = None, "idle"
+                self._move(link, WorkerState.IDLE, None)
             elif link.holds(wanted):
-                link.info.stage, link.info.state = wanted, "ready"
-            elif link.info.stage != wanted or link.info.state != "loading":
-                link.info.stage, link.info.state = wanted, "loading"
+                self._move(link, WorkerState.READY, wanted)
+            elif link.info.stage != wanted or link.info.state != WorkerState.LOADING:
+                self._move(link, WorkerState.LOADING, wanted)
                 try:
                     await link.send_control(self.assign_message(link, wanted))
                 except WorkerLost:   # it is leaving; its reader's leave() replans without it
@@ -283,7 +308,7 @@ class Cluster:
         self._retain_due = False
         for link in list(self.workers.values()):
             stage = link.info.stage
-            if stage is None or link.closed or link.info.state != "ready":
+            if stage is None or link.closed or link.info.state != WorkerState.READY:
                 continue
             keep = frozenset(range(stage.layer_start, stage.layer_end))
             if link.info.holds - keep:
@@ -344,7 +369,7 @@ class Cluster:
             return "no worker tabs are connected: open the worker page (/worker/) in a browser"
         if self.plan_error:
             return f"no plan: {self.plan_error}"
-        loading = [link.id for link in self.workers.values() if link.info.state == "loading"]
+        loading = [link.id for link in self.workers.values() if link.info.state == WorkerState.LOADING]
         return f"workers still loading their layers: {', '.join(loading)}" if loading else "no ready pipeline"
 
     def session_opened(self, version: int) -> None:

@@ -40,6 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from coordinator.session import HopStats
+from coordinator.worker_lifecycle import WorkerState
 
 if TYPE_CHECKING:
     from coordinator.cluster import Cluster
@@ -153,15 +154,15 @@ class SwarmCollector(Collector):
         parts = CounterMetricFamily("tabswarm_worker_step_part_seconds", "Where the tab's step time went, as it "
                                     "reports: decode (frame in), layers, encode (result out); kind decode = one-row "
                                     "steps, prefill = more rows", labels=[*WORKER_LABELS, "kind", "part"])
-        by_state: dict[str, int] = dict.fromkeys(("joining", "idle", "loading", "ready"), 0)
+        by_state: dict[str, int] = dict.fromkeys((str(state) for state in WorkerState), 0)
         for link in list(self.cluster.workers.values()):
             worker = link.info
             labels = [link.id, worker.name[:MAX_NAME]]
-            by_state[worker.state] = by_state.get(worker.state, 0) + 1
-            info.add_metric([*labels, worker.backend[:16], worker.role, worker.state], 1)
+            by_state[str(worker.state)] += 1
+            info.add_metric([*labels, worker.backend[:16], worker.role, str(worker.state)], 1)
             layers.add_metric(labels, worker.stage.size if worker.stage else 0)
             done = (worker.progress[0] / worker.progress[1] if worker.progress and worker.progress[1]
-                    else 1.0 if worker.state == "ready" else 0.0)
+                    else 1.0 if worker.state == WorkerState.READY else 0.0)
             progress.add_metric(labels, done)
             steps.add_metric(labels, link.step_times.cumulative(), link.step_times.total_seconds)
             sent.add_metric(labels, link.bytes_sent)

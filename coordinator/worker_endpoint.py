@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from coordinator.access import AccessConfig, worker_decision
 from coordinator.cluster import Cluster
 from coordinator.step_timing import StallPolicy
-from coordinator.time_breakdown import parse_tab_timing
+from coordinator.worker_lifecycle import WorkerState
 from coordinator.worker_link import WorkerLink
 from protocol.control import decode_control
 from protocol.errors import FrameError
@@ -84,9 +84,9 @@ async def handle_worker(request: web.Request, cluster: Cluster, access: AccessCo
 
 async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
     header, _ = parse_frame(data)
-    link.info.last_seen = time.monotonic()
+    cluster.heard_from(link)
     if header.kind == FrameKind.RESULT:
-        if link.info.state == "joining":
+        if link.info.state == WorkerState.JOINING:
             raise ProtocolViolation("a RESULT before hello")
         link.deliver_result(data, header)
         return
@@ -94,7 +94,7 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
         raise ProtocolViolation("workers do not send FORWARD frames")
     message = decode_control(data)
     kind = message["type"]
-    if link.info.state == "joining" and kind != "hello":
+    if link.info.state == WorkerState.JOINING and kind != "hello":
         raise ProtocolViolation(f"expected hello, got {kind}")
     if kind == "hello":
         if message["protocol"] != VERSION:
@@ -106,17 +106,11 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
     elif kind == "ready":
         await cluster.ready(link, message)
     elif kind == "progress":
-        link.info.progress = (message["done"], message["total"])
+        cluster.loading_progress(link, message["done"], message["total"])
     elif kind == "layer_stats":
         link.keep_layer_stats(header.stream, message)
     elif kind == "stats":
-        link.info.tokens = message["tokens"]
-        link.info.compute_ms = float(message["compute_ms"])
-        if isinstance(message.get("memory_used_mb"), int | float):
-            link.info.memory_used_mb = float(message["memory_used_mb"])
-            link.info.memory_used_at = time.monotonic()
-        if (timing := parse_tab_timing(message.get("timing"))) is not None:
-            link.info.timing = timing
+        cluster.worker_stats(link, message)
     elif kind == "error" and message["code"] == "out-of-memory":
         holds = message.get("holds")
         await cluster.allocation_failed(link, [layer for layer in holds if isinstance(layer, int)]

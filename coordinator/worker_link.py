@@ -17,6 +17,7 @@ from aiohttp import web
 from coordinator.planner import Stage
 from coordinator.step_timing import StallPolicy, StepHistogram, StepTimer
 from coordinator.time_breakdown import TimeTotals
+from coordinator.worker_lifecycle import WorkerState
 from protocol.control import encode_control
 from protocol.frames import Header
 
@@ -50,7 +51,7 @@ class WorkerInfo:
     allocation_cap: int | None = None    # it ran out of memory holding this many layers
     agent: str = ""
     page: dict[str, bool] = field(default_factory=dict)   # secure_context, webgpu_api, cache_storage
-    state: str = "joining"         # joining -> loading -> ready
+    state: WorkerState = WorkerState.JOINING   # written by the cluster only (worker_lifecycle)
     role: str = "idle"             # stage | standby | idle
     stage: Stage | None = None     # the layers it was assigned (its stage or its replica)
     holds: frozenset[int] = frozenset()   # layers it reported loaded and still keeps
@@ -165,7 +166,7 @@ class WorkerLink:
     def status(self) -> dict[str, Any]:
         info = self.info
         return {
-            "id": self.id, "name": info.name, "remote": self.remote, "state": info.state,
+            "id": self.id, "name": info.name, "remote": self.remote, "state": str(info.state),
             "backend": info.backend, "threads": info.threads, "benchmark_ms": info.benchmark_ms,
             "memory_mb": info.memory_mb, "memory_used_mb": round(info.memory_used_mb, 1) if info.memory_used_mb else None,
             "memory_used_seconds_ago": round(time.monotonic() - info.memory_used_at, 1) if info.memory_used_at else None,
