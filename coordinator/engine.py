@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from coordinator.config import ServerConfig
 from coordinator.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.generation_state import Sequence, Step, schedule, update
 from coordinator.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
+from coordinator.hop_plan import HopPlan, account_outcome, account_plan, plan_hop
 from coordinator.planner import Stage
 from coordinator.router import (
     LayerStatistics,
@@ -62,7 +64,7 @@ from protocol.activation_codec import (
     encode_activation,
 )
 from protocol.control import HEAD_SAMPLE_INTERVAL
-from protocol.frames import FrameKind, StepKind, retarget
+from protocol.frames import FrameKind, StepKind
 from shards.footprint import prefill_rows
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams
@@ -310,67 +312,62 @@ class GenerationEngine:
 
     async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, index: int,
                      stage: Stage, link: WorkerLink, frame: bytes, step: Step) -> tuple[bytes, float]:
-        """One stage for one step: run it (with the router's skip mask) or bypass it.
+        """One stage for one step: plan it (pure), execute the plan, then account for it.
         Returns the frame for the next stage and the seconds spent waiting for this one."""
-        routing, heads, masks_sent = session.routing, session.heads, session.masks_sent
-        stream, position = session.stream, step.position
-        assert heads is not None
-        decision = (decide(request.router, self.layer_statistics, routing, position, stage.layer_start,
+        assert session.heads is not None
+        decision = (decide(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
                            stage.layer_end) if step.kind == StepKind.DECODE else NodeDecision(0, False))
-        stats.layer_executions += stage.size
-        stats.layers_skipped += bin(decision.skip_mask).count("1")
-        ran = [layer for offset, layer in enumerate(range(stage.layer_start, stage.layer_end))
-               if not decision.skip_mask >> offset & 1]
-        masks = heads.masks_for(stage.layer_start, stage.layer_end)
-        if masks is not None and session.recorder:   # masks are not part of the recorded frames
-            session.recorder.give_up()
-            self.spot_checks.stop_auditing(stream)
-        if masks != masks_sent.get(stage.worker):
-            # Control frames and FORWARD frames share the socket, so this lands first.
-            await link.send_control({"type": "head_mask", "stream": stream, "layer_start": stage.layer_start,
-                                     "masks": [list(row) for row in masks] if masks is not None else []}, stream)
-            masks_sent[stage.worker] = masks
-        if masks is not None:
-            stats.heads_pruned += sum(row.count(0) for layer, row in zip(
-                range(stage.layer_start, stage.layer_end), masks, strict=True) if layer in ran)
-        if decision.bypass:
-            # Off the critical path: the node gets the hidden state it would have seen and
-            # writes K/V for all its layers (K/V-only graphs); nobody waits for it.
-            backfill = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
-                                skip_mask=decision.skip_mask, no_reply=True)
-            if session.recorder:   # a lost bypassed stage is replayed whole, not from frames
+        masks = session.heads.masks_for(stage.layer_start, stage.layer_end)
+        plan = plan_hop(index, stage, frame, step.kind, decision, masks, session.masks_sent.get(stage.worker),
+                        request.router.enabled or request.router.prune_heads > 0)
+        account_plan(plan, stats)
+        if not plan.recordable:   # exact replay cannot rebuild this stage: it is replayed whole if lost
+            if session.recorder:
                 session.recorder.give_up()
-            self.spot_checks.stop_auditing(stream)
-            await link.send(backfill)
-            stats.bytes_sent += len(backfill)
-            stats.nodes_bypassed += 1
-            stats.hops_saved += 1
-            observe(request.router, self.layer_statistics, routing, position, stage.layer_start,
+            self.spot_checks.stop_auditing(session.stream)
+        result, waited = await self._execute_hop(plan, stats, session, link, step)
+        account_outcome(stats, result)
+        if result is None:   # bypassed: the next stage gets the same payload
+            observe(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
                     stage.layer_end, decision, [], [], None)
-            return frame, 0.0   # the next stage gets the same payload
-        # layer_stats cost the worker a norm per layer and a message: only when read.
-        wants_report = step.kind == StepKind.DECODE and (request.router.enabled or request.router.prune_heads > 0)
-        forward = retarget(frame, FrameKind.FORWARD, stage.layer_start, stage.layer_end,
-                           skip_mask=decision.skip_mask, report=wants_report)
-        if session.recorder:
-            session.recorder.record(index, forward)
-        stats.bytes_sent += len(forward)
-        sent = time.perf_counter()
-        result = await link.call(forward, stream, step.step_id, step.rows)
-        waited = self._spend(stats, step.rows, "stage_wait", sent) - sent
-        await self.spot_checks.after_result((stream, index), forward, stage, link, result)
-        stats.bytes_received += len(result)
-        stats.hops += 1
-        report = link.take_layer_stats(stream, position)
-        if report is not None:
-            observe(request.router, self.layer_statistics, routing, position, stage.layer_start, stage.layer_end,
-                    decision,
-                    [float(r) for r in report["ratios"]], [float(n) for n in report.get("norms", [])],
-                    float(report["node_ratio"]))
-            if "head_ratios" in report:
-                observe_heads(request.router, self.head_statistics, position, stage.layer_start, ran,
-                              [[float(r) for r in row] for row in report["head_ratios"]])
+            return frame, 0.0
+        self._learn(request, session, plan, step.position, link.take_layer_stats(session.stream, step.position))
         return result, waited
+
+    async def _execute_hop(self, plan: HopPlan, stats: HopStats, session: PipelineSession, link: WorkerLink,
+                           step: Step) -> tuple[bytes | None, float]:
+        """The plan's I/O: head masks first if they changed (control frames share the socket
+        with FORWARD frames, so they land first), then the backfill (nobody waits for it) or
+        the FORWARD call. Returns the RESULT (None when bypassed) and the seconds waited."""
+        stream = session.stream
+        if plan.send_masks:
+            await link.send_control({"type": "head_mask", "stream": stream, "layer_start": plan.stage.layer_start,
+                                     "masks": [list(row) for row in plan.masks] if plan.masks is not None else []},
+                                    stream)
+            session.masks_sent[plan.stage.worker] = plan.masks
+        if plan.bypass:
+            await link.send(plan.frame)
+            return None, 0.0
+        if session.recorder:
+            session.recorder.record(plan.index, plan.frame)
+        sent = time.perf_counter()
+        result = await link.call(plan.frame, stream, step.step_id, step.rows)
+        waited = self._spend(stats, step.rows, "stage_wait", sent) - sent
+        await self.spot_checks.after_result((stream, plan.index), plan.frame, plan.stage, link, result)
+        return result, waited
+
+    def _learn(self, request: GenerationRequest, session: PipelineSession, plan: HopPlan, position: int,
+               report: dict[str, Any] | None) -> None:
+        """The router's and head statistics' update from a stage's layer_stats, if it sent any."""
+        if report is None:
+            return
+        stage = plan.stage
+        observe(request.router, self.layer_statistics, session.routing, position, stage.layer_start, stage.layer_end,
+                plan.decision, [float(r) for r in report["ratios"]], [float(n) for n in report.get("norms", [])],
+                float(report["node_ratio"]))
+        if "head_ratios" in report:
+            observe_heads(request.router, self.head_statistics, position, stage.layer_start, list(plan.ran),
+                          [[float(r) for r in row] for row in report["head_ratios"]])
 
     async def _close(self, session: PipelineSession) -> None:
         """The session is over: every worker still there frees its caches for the stream."""
