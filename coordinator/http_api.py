@@ -20,6 +20,7 @@ from coordinator.activity import RequestRecord
 from coordinator.cluster import Cluster, NoWorkers
 from coordinator.config import AppConfig
 from coordinator.engine import GenerationEngine, GenerationFailed, GenerationRequest
+from coordinator.engine_snapshot import EngineSnapshot
 from coordinator.openai_schema import ApiError, ParsedRequest, parse_request
 from coordinator.request_watch import RequestWatch, outcome_of
 from coordinator.scheduler import Admission, Load, admit, next_from_queue
@@ -332,55 +333,43 @@ class Api:
         return web.json_response(self.status_report())
 
     def status_report(self) -> dict[str, Any]:
-        """What `/v1/status` answers (the dashboard's stream sends it too)."""
+        """What `/v1/status` answers (the dashboard's stream sends it too), from one snapshot
+        of the engine's counters."""
         load = self.admissions.load()
+        engine = EngineSnapshot.of(self.engine)
         return {
             "model": self.model_ids[0], "layers": self.ends.manifest.model.layers,
             "base_model": self.ends.manifest.base_model, "compute": self.cluster.compute,
             "uptime_seconds": round(time.time() - self.started, 1),
             "queue": {"active": load.active, "waiting": load.queued, "max_active": self.admissions.max_active,
                       "max_waiting": self.admissions.max_queue},
-            "requests_total": self.requests_total, "tokens_generated": self.engine.tokens_generated,
-            "timing": self.engine.timing.as_dict(),   # the coordinator's parts; each worker's own under workers
-            "verification": {"passed": self.engine.spot_checks.counters.passed, "failed": self.engine.spot_checks.counters.failed,
-                             "skipped_busy": self.engine.spot_checks.counters.skipped_busy,
-                             "skipped_budget": self.engine.spot_checks.counters.skipped_budget,
-                             "audits": self.engine.spot_checks.counters.audits,
-                             "rows_recomputed": self.engine.spot_checks.counters.rows,
-                             "cpu_seconds": round(self.engine.spot_checks.counters.seconds, 3),
-                             "worst_passed_ratio": round(self.engine.spot_checks.counters.worst_passed, 4),
-                             "evicted": self.engine.spot_checks.counters.evicted[-20:],
-                             "fraction": self.config.server.verify_fraction,
-                             "probation_steps": self.config.server.verify_probation_steps},
-            "speculation": self._speculation_status(),
-            "churn": {"replays": self.engine.replays_total, "moves": self.engine.moves_total,
-                      "failed_after_loss": self.engine.failures_total,
+            "requests_total": self.requests_total, "tokens_generated": engine.tokens_generated,
+            "timing": engine.timing.as_dict(),   # the coordinator's parts; each worker's own under workers
+            "verification": engine.verification() | {"fraction": self.config.server.verify_fraction,
+                                                     "probation_steps": self.config.server.verify_probation_steps},
+            "speculation": self._speculation_status(engine),
+            "churn": {"replays": engine.replays, "moves": engine.moves, "failed_after_loss": engine.failures,
                       "standby_workers": self.config.server.standby_workers,
                       "recovery_seconds": self.config.server.recovery_seconds},
             "codecs": self.config.codecs.names(), "default_codec": self.config.codecs.default,
-            "router": {"default_policy": self.config.router.policy, "skip_rate_per_layer": self._skip_rates(),
-                       "skipped_per_layer": list(self.engine.layer_statistics.skipped),
-                       "mean_ratio_per_layer": [round(r, 4) for r in self.engine.layer_statistics.mean_r],
+            "router": {"default_policy": self.config.router.policy, "skip_rate_per_layer": engine.skip_rates(),
+                       "skipped_per_layer": list(engine.skipped_per_layer),
+                       "mean_ratio_per_layer": [round(r, 4) for r in engine.mean_ratio_per_layer],
                        "default_prune_heads": self.config.router.prune_heads,
-                       "head_samples_per_layer": list(self.engine.head_statistics.count)},
+                       "head_samples_per_layer": list(engine.head_samples_per_layer)},
         } | self.cluster.status()
 
-    def _speculation_status(self) -> dict[str, Any]:
+    def _speculation_status(self, engine: EngineSnapshot) -> dict[str, Any]:
         """The server's default and the measured step costs its drafting decisions use."""
-        costs = self.engine.step_costs
         default = self.config.speculation
 
         def milliseconds(value: float | None) -> float | None:
             return None if value is None else round(value * 1000, 2)
 
         return {"default_method": default.method, "max_draft": default.max_draft,
-                "one_row_step_ms": milliseconds(costs.one_row), "extra_verified_row_ms": milliseconds(costs.extra_row),
-                "draft_step_ms": milliseconds(costs.draft_step)}
-
-    def _skip_rates(self) -> list[float | None]:
-        statistics = self.engine.layer_statistics
-        return [round(skipped / (skipped + executed), 4) if skipped + executed else None
-                for skipped, executed in zip(statistics.skipped, statistics.executed, strict=True)]
+                "one_row_step_ms": milliseconds(engine.one_row_step),
+                "extra_verified_row_ms": milliseconds(engine.extra_verified_row),
+                "draft_step_ms": milliseconds(engine.draft_step)}
 
 
 @web.middleware

@@ -39,6 +39,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from coordinator.engine_snapshot import EngineSnapshot
 from coordinator.session import HopStats
 from coordinator.worker_lifecycle import WorkerState
 
@@ -175,16 +176,16 @@ class SwarmCollector(Collector):
         yield from (states, info, layers, progress, steps, sent, received, parts)
 
     def _engine(self) -> Iterator[Metric]:
-        engine = self.engine
-        checks = engine.spot_checks.counters
+        engine = EngineSnapshot.of(self.engine)   # one view for the whole scrape
+        checks = engine.checks
         yield CounterMetricFamily("tabswarm_tokens_generated", "Tokens generated (all requests, so far)",
                                   value=engine.tokens_generated)
         yield CounterMetricFamily("tabswarm_replays", "Stage or pipeline replays after a lost tab",
-                                  value=engine.replays_total)
+                                  value=engine.replays)
         yield CounterMetricFamily("tabswarm_session_moves", "Running requests moved to a new plan",
-                                  value=engine.moves_total)
+                                  value=engine.moves)
         yield CounterMetricFamily("tabswarm_failed_after_loss", "Requests that failed after losing tabs",
-                                  value=engine.failures_total)
+                                  value=engine.failures)
         steps = CounterMetricFamily("tabswarm_steps", "Pipeline steps executed (kind decode = one row, "
                                     "prefill = more)", labels=["kind"])
         parts = CounterMetricFamily("tabswarm_step_part_seconds", "The coordinator's parts of its steps: embed, "
