@@ -8,6 +8,9 @@ each FORWARD's step id in its RESULT. Test knobs make it misbehave like real tab
 `freeze()` (a frozen background tab: socket open, nothing answered), `kill()` (a crash:
 the connection drops without a close handshake), `refuse` (a tab whose layers moved),
 `desync_next()` (its cache for a stream loses a position, as after a bug).
+
+Its WebSocket client is the `websockets` library, not aiohttp's: the coordinator's aiohttp
+server is tested against an independent implementation of the protocol's transport.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import asyncio
 import functools
 from pathlib import Path
 
-import aiohttp
 import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from protocol.activation_codec import (
     CodecSettings,
@@ -69,14 +73,15 @@ class FakeWorker:
         self._assignments: asyncio.Task | None = None
 
     async def start(self) -> FakeWorker:
-        self.session = aiohttp.ClientSession()
         query = f"?token={self.token}" if self.token else ""
-        self.socket = await self.session.ws_connect(self.base_url.replace("http", "ws") + "/ws/worker" + query)
+        # No compression (the coordinator's endpoint accepts none); frames up to 64 MiB.
+        self.socket: ClientConnection = await connect(self.base_url.replace("http", "ws") + "/ws/worker" + query,
+                                                      compression=None, max_size=64 * 2**20)
         hello = {"type": "hello", "protocol": VERSION, "backend": "native-test", "threads": 1,
                  "benchmark_ms": self.benchmark_ms, "worker": self.name}
         if self.memory_mb:
             hello["memory_mb"] = self.memory_mb
-        await self.socket.send_bytes(encode_control(hello))
+        await self.socket.send(encode_control(hello))
         self.task = asyncio.create_task(self._loop())
         return self
 
@@ -94,11 +99,13 @@ class FakeWorker:
     async def _loop(self) -> None:
         try:
             async for message in self.socket:
-                if message.type != aiohttp.WSMsgType.BINARY:
+                if not isinstance(message, bytes):
                     break
                 if self.frozen:
                     continue
-                await self._handle(message.data)
+                await self._handle(message)
+        except ConnectionClosed:   # closed without a clean close frame: the code is still recorded
+            pass
         finally:
             self.close_code = self.socket.close_code
             self.closed.set()
@@ -160,12 +167,12 @@ class FakeWorker:
                      "node_ratio": node_ratio}
             if header.position % HEAD_SAMPLE_INTERVAL == 0:
                 stats["head_ratios"] = report.head_ratios
-            await self.socket.send_bytes(encode_control(stats, stream))
+            await self.socket.send(encode_control(stats, stream))
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
                                  run_length=header.encoding == Encoding.INT8_BLOCK)
         route = Route(FrameKind.RESULT, stream, header.position, header.layer_start, header.layer_end,
                       header.skip_mask, step=header.step, step_kind=header.step_kind)
-        await self.socket.send_bytes(encode_activation(out[0], route, settings,
+        await self.socket.send(encode_activation(out[0], route, settings,
                                                        self.encoders.setdefault(stream, StreamCodecState())))
         self.steps_served += 1
 
@@ -247,27 +254,22 @@ class FakeWorker:
         if step is not None:
             message["step"] = step
         self.errors_sent.append(message)
-        await self.socket.send_bytes(encode_control(message, stream))
+        await self.socket.send(encode_control(message, stream))
 
     async def send_control(self, message: dict) -> None:
-        await self.socket.send_bytes(encode_control(message))
+        await self.socket.send(encode_control(message))
 
     async def send_raw(self, data: bytes) -> None:
-        await self.socket.send_bytes(data)
+        await self.socket.send(data)
 
     async def kill(self) -> None:
         """Drop the connection without a WebSocket close handshake (a crashed tab)."""
         self.frozen = True
-        connection = self.socket._conn   # aiohttp keeps the raw connection here; no public abort
-        transport = connection.transport if connection is not None else None
-        if transport is not None:
-            transport.abort()
+        self.socket.transport.abort()
         self.task.cancel()
-        await self.session.close()
         self.stack = None   # a gone tab's memory goes with it (tests start many workers)
 
     async def stop(self) -> None:
         await self.socket.close()
-        await self.session.close()
         self.task.cancel()
         self.stack = None
