@@ -80,7 +80,11 @@ function send(bytes) {
 }
 const sendControl = (message, stream = 0) => send(encodeControl(message, stream));
 
-/** Run `task` on the frame queue (after every frame already received); resolves with its result. */
+/**
+ * Run `task` on the frame queue (after every frame already received); resolves with its result.
+ * A task that throws is reported (`fail`) and the queue goes on: a bare `.then()` on the queue
+ * would leave it rejected, and every later frame would be skipped.
+ */
 function enqueue(task) {
   const run = worker.queue.then(task);
   worker.queue = run.catch(fail);
@@ -288,12 +292,10 @@ function onControl(message) {
       break;
     case 'head_mask':
       // Queued behind the frames already received, so it applies from the next FORWARD on.
-      worker.queue = worker.queue.then(() => {
-        worker.runner?.setHeadMasks(message.stream, message.layer_start, message.masks);
-      });
+      enqueue(() => worker.runner?.setHeadMasks(message.stream, message.layer_start, message.masks));
       break;
     case 'release':
-      worker.queue = worker.queue.then(() => {
+      enqueue(() => {
         worker.runner?.release(message.stream);
         worker.decoders.delete(message.stream);
         worker.encoders.delete(message.stream);
