@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from aiohttp import web
 
-from coordinator.headless import launch_chromium
-from coordinator.static_files import add_static_routes, isolation_headers
+from bench.browser_page import blank_page
 from protocol.activation_codec import (
     LOSSLESS,
     CodecSettings,
@@ -60,32 +58,13 @@ def python_micros(settings: CodecSettings, row: np.ndarray) -> float:
 
 
 async def main() -> None:
-    from playwright.async_api import async_playwright
-
     row = (np.random.default_rng(0).standard_normal((1, 576)) * 3).astype(np.float32)
     row[0, 17] = 2000.0
-    app = web.Application(middlewares=[isolation_headers])
-
-    async def blank(request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>codec</title>", content_type="text/html")
-
-    app.router.add_get("/blank.html", blank)
-    add_static_routes(app, None)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     settings_js = {name: {"encoding": int(s.encoding), "block": s.block, "delta": s.delta,
                           "runLength": s.run_length, "keyInterval": s.key_interval} for name, s in MODES.items()}
-    async with async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
-        page = await browser.new_page()
-        await page.goto(f"http://127.0.0.1:{port}/blank.html")
+    async with blank_page(None, "codec") as page:
         browser_us = await page.evaluate(TIMING_JS, {"rows": row.ravel().tolist(), "settings": settings_js,
                                                      "repeats": REPEATS})
-        await browser.close()
-    await runner.cleanup()
     report = {name: {"browser_encode_decode_us": browser_us[name], "python_encode_decode_us": python_micros(s, row)}
               for name, s in MODES.items()}
     for name, entry in report.items():

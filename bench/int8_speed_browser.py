@@ -19,10 +19,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from aiohttp import web
-
-from coordinator.headless import launch_chromium
-from coordinator.static_files import add_static_routes, isolation_headers
+from bench.browser_page import blank_page
 from shards.convert import convert
 from shards.footprint import layer_bytes, prefill_rows
 from shards.gguf_model import resolve_model
@@ -78,8 +75,6 @@ async ({layers, model, computes, rows, threads}) => {
 
 
 async def main() -> None:
-    from playwright.async_api import async_playwright
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layers", type=int, default=10)
@@ -96,26 +91,9 @@ async def main() -> None:
                           for compute in manifest.compute_formats}})
     model = {"hidden": config.hidden, "heads": config.heads, "kv_heads": config.kv_heads, "head_dim": config.head_dim}
     rows = prefill_rows(config, "int8")
-    app = web.Application(middlewares=[isolation_headers])
-
-    async def blank(request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>int8 speed</title>", content_type="text/html")
-
-    app.router.add_get("/blank.html", blank)
-    add_static_routes(app, shard_dir)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    async with async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
-        page = await browser.new_page()
-        await page.goto(f"http://127.0.0.1:{port}/blank.html")
+    async with blank_page(shard_dir, "int8 speed") as page:
         raw = await page.evaluate(TIMING_JS, {"layers": layers, "model": model, "rows": rows, "threads": args.threads,
                                               "computes": list(manifest.compute_formats)})
-        await browser.close()
-    await runner.cleanup()
     report = {"model": config.name, "layers": args.layers, "backend": f"wasm, {raw['threads']} thread(s)",
               "prefill_rows": rows, "formats": {}}
     for compute in manifest.compute_formats:

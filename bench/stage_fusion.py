@@ -28,11 +28,9 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from aiohttp import web
 from onnx import helper
 
-from coordinator.headless import launch_chromium
-from coordinator.static_files import add_static_routes, isolation_headers
+from bench.browser_page import blank_page
 from shards.convert import convert
 from shards.executor import native_graph_file
 from shards.gguf_model import resolve_model
@@ -195,30 +193,8 @@ async ({count, model, positions, rounds}) => {
 
 
 async def measure(folder: Path, shard_dir: Path, count: int, model: dict, positions: list[int]) -> dict:
-    from playwright.async_api import async_playwright
-
-    app = web.Application(middlewares=[isolation_headers])
-
-    async def blank(request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>stage fusion</title>", content_type="text/html")
-
-    app.router.add_get("/blank.html", blank)
-    app.router.add_static("/graphs/", folder)
-    add_static_routes(app, shard_dir)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        async with async_playwright() as playwright:
-            browser = await launch_chromium(playwright)
-            page = await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{runner.addresses[0][1]}/blank.html")
-            raw = await page.evaluate(TIMING_JS, {"count": count, "model": model, "positions": positions, "rounds": 3})
-            await browser.close()
-    finally:
-        await runner.cleanup()
-    return raw
+    async with blank_page(shard_dir, "stage fusion", {"/graphs/": folder}) as page:
+        return await page.evaluate(TIMING_JS, {"count": count, "model": model, "positions": positions, "rounds": 3})
 
 
 async def main() -> None:

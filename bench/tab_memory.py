@@ -19,10 +19,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from aiohttp import web
 
-from coordinator.headless import launch_chromium
-from coordinator.static_files import add_static_routes, isolation_headers
+from bench.browser_page import blank_page
 from shards.convert import convert
 from shards.footprint import TabFootprint
 from shards.gguf_model import resolve_model
@@ -49,31 +47,9 @@ async ({layers, model, compute, checkpoints}) => {
 
 
 async def measure(shard_dir: Path, layers: list[dict], model: dict, compute: str, checkpoints: list[int]) -> dict:
-    from playwright.async_api import async_playwright
-
-    app = web.Application(middlewares=[isolation_headers])
-
-    async def blank(request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>tab memory</title>", content_type="text/html")
-
-    app.router.add_get("/blank.html", blank)
-    add_static_routes(app, shard_dir)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with async_playwright() as playwright:
-            browser = await launch_chromium(playwright)
-            page = await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{port}/blank.html")
-            result = await page.evaluate(MEASURE_JS, {"layers": layers, "model": model, "compute": compute,
-                                                      "checkpoints": checkpoints})
-            await browser.close()
-    finally:
-        await runner.cleanup()
-    return result
+    async with blank_page(shard_dir, "tab memory") as page:
+        return await page.evaluate(MEASURE_JS, {"layers": layers, "model": model, "compute": compute,
+                                                "checkpoints": checkpoints})
 
 
 def main() -> None:

@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from aiohttp import web
 from onnx import helper, numpy_helper
 
-from coordinator.headless import launch_chromium
-from coordinator.static_files import add_static_routes, isolation_headers
+from bench.browser_page import blank_page
 from shards.convert import MATRIX_ROLES, convert
 from shards.gguf_model import GGUFModel, resolve_model
 from shards.graphs import build_layer
@@ -166,7 +164,6 @@ async ({formats, hidden, kvHeads, headDim, heads, weightsFile, stem}) => {
 
 
 async def main() -> None:
-    from playwright.async_api import async_playwright
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -180,29 +177,11 @@ async def main() -> None:
     for fmt in FORMATS:
         if fmt not in (SHIPPED, EXTERNAL):
             (folder / f"{fmt}.onnx").write_bytes(with_format(layer, fmt))
-    app = web.Application(middlewares=[isolation_headers])
-
-    async def blank(request: web.Request) -> web.Response:
-        return web.Response(text="<!doctype html><title>formats</title>", content_type="text/html")
-
-    app.router.add_get("/blank.html", blank)
-    add_static_routes(app, shard_dir)
-    app.router.add_static("/bench/", folder)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     stem = f"layer_{args.layer:02d}"
-    async with async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
-        page = await browser.new_page()
-        await page.goto(f"http://127.0.0.1:{port}/blank.html")
+    async with blank_page(shard_dir, "formats", {"/bench/": folder}) as page:
         raw = await page.evaluate(TIMING_JS, {"formats": FORMATS, "hidden": config.hidden, "kvHeads": config.kv_heads,
                                               "headDim": config.head_dim, "heads": config.heads,
                                               "weightsFile": f"{stem}.weights", "stem": stem})
-        await browser.close()
-    await runner.cleanup()
     reference = np.asarray(raw["float32"]["output"])
     report = {"model": args.model, "layer": args.layer, "backend": "wasm, 1 thread",
               "decode_weights_file_ms": round(raw["decode_weights_file_ms"], 1), "formats": {}}

@@ -354,7 +354,8 @@ def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--seed", type=int)
-    _add_serve_arguments(commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, worker endpoint)"))
+    _add_serve_arguments(commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, "
+                                                           "worker endpoint)"))
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True,
                          help="the coordinator, e.g. http://coordinator:8471 or the join URL it printed (…/worker/?token=…)")
@@ -408,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                        runtime=RuntimeConfig(threads=args.threads, head=args.head, compute=args.compute),
                        server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
-    handlers: dict[str, Callable[[AppConfig, argparse.Namespace], int]] = {"convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
-                "workers": command_workers,
-                **{name: functools.partial(command_plugin, plugin) for name, plugin in plugins.items()}}
+    handlers: dict[str, Callable[[AppConfig, argparse.Namespace], int]] = {
+        "convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
+        "workers": command_workers,
+        **{name: functools.partial(command_plugin, plugin) for name, plugin in plugins.items()}}
     try:
         return handlers[args.command](config, args)
     except ShardError as error:  # a bad model or shard file: one clear line, no traceback

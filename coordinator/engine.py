@@ -44,7 +44,6 @@ from coordinator.hop_plan import HopPlan, account_outcome, account_plan, plan_ho
 from coordinator.planner import Stage
 from coordinator.router import (
     LayerStatistics,
-    NodeDecision,
     RouterConfig,
     decide,
     observe,
@@ -315,8 +314,10 @@ class GenerationEngine:
         """One stage for one step: plan it (pure), execute the plan, then account for it.
         Returns the frame for the next stage and the seconds spent waiting for this one."""
         assert session.heads is not None
-        decision = (decide(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
-                           stage.layer_end) if step.kind == StepKind.DECODE else NodeDecision(0, False))
+        # The router is asked on every step (pure, under a microsecond); plan_hop runs every
+        # layer of a step that is not a one-row decode whatever it says.
+        decision = decide(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
+                          stage.layer_end)
         masks = session.heads.masks_for(stage.layer_start, stage.layer_end)
         plan = plan_hop(index, stage, frame, step.kind, decision, masks, session.masks_sent.get(stage.worker),
                         request.router.enabled or request.router.prune_heads > 0)
@@ -329,7 +330,7 @@ class GenerationEngine:
         account_outcome(stats, result)
         if result is None:   # bypassed: the next stage gets the same payload
             observe(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
-                    stage.layer_end, decision, [], [], None)
+                    stage.layer_end, plan.decision, [], [], None)
             return frame, 0.0
         self._learn(request, session, plan, step.position, link.take_layer_stats(session.stream, step.position))
         return result, waited
