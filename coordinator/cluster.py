@@ -36,6 +36,7 @@ from coordinator.swarm_plan import SwarmPlan, plan_swarm
 from coordinator.time_breakdown import parse_tab_timing
 from coordinator.worker_lifecycle import WorkerState, transition
 from coordinator.worker_link import WorkerLink, WorkerLost
+from protocol.control import Assign, Hello, Ready, Retain, Stats
 from protocol.frames import VERSION
 from shards.footprint import TabFootprint
 from shards.manifest import Manifest
@@ -111,26 +112,26 @@ class Cluster:
     def loading_progress(self, link: WorkerLink, done: int, total: int) -> None:
         link.info.progress = (done, total)
 
-    def worker_stats(self, link: WorkerLink, message: dict[str, Any]) -> None:
+    def worker_stats(self, link: WorkerLink, message: Stats) -> None:
         """What the tab has served and measured (its `stats` message)."""
-        link.info.tokens = message["tokens"]
-        link.info.compute_ms = float(message["compute_ms"])
-        if isinstance(message.get("memory_used_mb"), int | float):
-            link.info.memory_used_mb = float(message["memory_used_mb"])
+        link.info.tokens = message.tokens
+        link.info.compute_ms = float(message.compute_ms)
+        if message.memory_used_mb is not None:
+            link.info.memory_used_mb = float(message.memory_used_mb)
             link.info.memory_used_at = time.monotonic()
-        if (timing := parse_tab_timing(message.get("timing"))) is not None:
+        if (timing := parse_tab_timing(message.timing)) is not None:
             link.info.timing = timing
 
-    async def join(self, link: WorkerLink, hello: dict[str, Any]) -> None:
+    async def join(self, link: WorkerLink, hello: Hello) -> None:
         info = link.info
-        info.name = str(hello.get("worker") or link.id)
-        info.backend = hello["backend"]
-        info.threads = hello["threads"]
-        info.benchmark_ms = float(hello["benchmark_ms"])
-        info.memory_mb = min(float(hello["memory_mb"]), MAX_TAB_MEMORY_MB) if hello.get("memory_mb") else None
-        info.agent = str(hello.get("agent", ""))[:200]
-        info.page = {name: bool(hello[name]) for name in ("secure_context", "webgpu_api", "cache_storage")
-                     if name in hello}
+        info.name = hello.worker or link.id
+        info.backend = hello.backend
+        info.threads = hello.threads
+        info.benchmark_ms = float(hello.benchmark_ms)
+        info.memory_mb = min(float(hello.memory_mb), MAX_TAB_MEMORY_MB) if hello.memory_mb else None
+        info.agent = (hello.agent or "")[:200]
+        info.page = {name: value for name in ("secure_context", "webgpu_api", "cache_storage")
+                     if (value := getattr(hello, name)) is not None}
         self._move(link, WorkerState.IDLE, None)
         self.workers[link.id] = link
         log.info("worker %s (%s, %s, %d threads, benchmark %.1f ms) joined from %s",
@@ -175,14 +176,14 @@ class Cluster:
         await link.close(1008, reason)
         await self.leave(link, reason)
 
-    async def ready(self, link: WorkerLink, message: dict[str, Any]) -> None:
-        loaded = range(message["layer_start"], message["layer_end"])
+    async def ready(self, link: WorkerLink, message: Ready) -> None:
+        loaded = range(message.layer_start, message.layer_end)
         link.info.holds = link.info.holds | frozenset(loaded)
-        link.info.load_ms = float(message["load_ms"])
-        link.info.cached = message.get("cached")
-        link.info.downloaded_bytes = message.get("downloaded_bytes")
-        link.info.weight_bytes = message.get("weight_bytes")
-        link.info.heap_mb = message.get("memory_mb")
+        link.info.load_ms = float(message.load_ms)
+        link.info.cached = message.cached
+        link.info.downloaded_bytes = message.downloaded_bytes
+        link.info.weight_bytes = message.weight_bytes
+        link.info.heap_mb = message.memory_mb
         link.info.progress = None
         stage = link.info.stage
         if stage is not None and link.holds(stage):
@@ -314,12 +315,11 @@ class Cluster:
             if link.info.holds - keep:
                 link.info.holds = link.info.holds & keep
                 try:
-                    await link.send_control({"type": "retain", "layer_start": stage.layer_start,
-                                             "layer_end": stage.layer_end})
+                    await link.send_control(Retain(layer_start=stage.layer_start, layer_end=stage.layer_end))
                 except WorkerLost:   # gone already: nothing to drop
                     log.debug("retain to %s not sent: it is gone", link.id)
 
-    def assign_message(self, link: WorkerLink, stage: Stage) -> dict[str, Any]:
+    def assign_message(self, link: WorkerLink, stage: Stage) -> Assign:
         files, layers = [], []
         for index in range(stage.layer_start, stage.layer_end):
             for name in self.manifest.layer_files(index, self.compute):
@@ -329,14 +329,13 @@ class Cluster:
             graph, kv_graph = layer.graphs(self.compute)
             layers.append({"index": index, "graph": graph, "kv_graph": kv_graph, "weights": layer.weights})
         model = self.manifest.model
-        return {"type": "assign", "worker": link.id, "layer_start": stage.layer_start,
-                "layer_end": stage.layer_end, "files": files, "layers": layers, "compute": self.compute,
-                "protocol": VERSION, "role": link.info.role,
-                "model": {"name": model.name, "hidden": model.hidden, "heads": model.heads,
-                          "kv_heads": model.kv_heads, "head_dim": model.head_dim, "layers": model.layers,
-                          "shard_sha256": self.manifest.source["sha256"],
-                          "converter": self.manifest.source.get("converter", "")},
-                "codec": {"key_interval": 64}}
+        return Assign(worker=link.id, layer_start=stage.layer_start, layer_end=stage.layer_end, files=files,
+                      layers=layers, compute=self.compute, protocol=VERSION, role=link.info.role,
+                      model={"name": model.name, "hidden": model.hidden, "heads": model.heads,
+                             "kv_heads": model.kv_heads, "head_dim": model.head_dim, "layers": model.layers,
+                             "shard_sha256": self.manifest.source["sha256"],
+                             "converter": self.manifest.source.get("converter", "")},
+                      codec={"key_interval": 64})
 
     # -- requests ----------------------------------------------------------------------
     def pipeline(self) -> Pipeline | None:

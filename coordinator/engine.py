@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
@@ -62,7 +61,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
-from protocol.control import HEAD_SAMPLE_INTERVAL
+from protocol.control import HEAD_SAMPLE_INTERVAL, HeadMask, LayerStats, Release, Truncate
 from protocol.frames import FrameKind, StepKind
 from shards.footprint import prefill_rows
 from shards.model_ends import ModelEnds
@@ -234,8 +233,7 @@ class GenerationEngine:
         """Cut every stage's caches for the stream to `length` positions (control frames
         share each socket with FORWARD frames, so the cut lands before the next step)."""
         for _, link in session.pipeline:
-            await link.send_control({"type": "truncate", "stream": session.stream, "length": length},
-                                    session.stream)
+            await link.send_control(Truncate(stream=session.stream, length=length), session.stream)
         session.cached = length
         session.cut_to = None
         if session.recorder is not None:
@@ -342,9 +340,8 @@ class GenerationEngine:
         the FORWARD call. Returns the RESULT (None when bypassed) and the seconds waited."""
         stream = session.stream
         if plan.send_masks:
-            await link.send_control({"type": "head_mask", "stream": stream, "layer_start": plan.stage.layer_start,
-                                     "masks": [list(row) for row in plan.masks] if plan.masks is not None else []},
-                                    stream)
+            masks = [list(row) for row in plan.masks] if plan.masks is not None else []
+            await link.send_control(HeadMask(stream=stream, layer_start=plan.stage.layer_start, masks=masks), stream)
             session.masks_sent[plan.stage.worker] = plan.masks
         if plan.bypass:
             await link.send(plan.frame)
@@ -358,17 +355,17 @@ class GenerationEngine:
         return result, waited
 
     def _learn(self, request: GenerationRequest, session: PipelineSession, plan: HopPlan, position: int,
-               report: dict[str, Any] | None) -> None:
+               report: LayerStats | None) -> None:
         """The router's and head statistics' update from a stage's layer_stats, if it sent any."""
         if report is None:
             return
         stage = plan.stage
         observe(request.router, self.layer_statistics, session.routing, position, stage.layer_start, stage.layer_end,
-                plan.decision, [float(r) for r in report["ratios"]], [float(n) for n in report.get("norms", [])],
-                float(report["node_ratio"]))
-        if "head_ratios" in report:
+                plan.decision, [float(r) for r in report.ratios], [float(n) for n in report.norms or []],
+                float(report.node_ratio))
+        if report.head_ratios is not None:
             observe_heads(request.router, self.head_statistics, position, stage.layer_start, list(plan.ran),
-                          [[float(r) for r in row] for row in report["head_ratios"]])
+                          [[float(r) for r in row] for row in report.head_ratios])
 
     async def _close(self, session: PipelineSession) -> None:
         """The session is over: every worker still there frees its caches for the stream."""
@@ -376,6 +373,6 @@ class GenerationEngine:
         await self.cluster.session_closed(session.plan_version)
         for stage, link in session.pipeline:
             try:
-                await link.send_control({"type": "release", "stream": session.stream}, session.stream)
+                await link.send_control(Release(stream=session.stream), session.stream)
             except WorkerLost:  # that worker is gone; its caches went with it
                 log.debug("release of stream %d skipped on gone worker %s", session.stream, stage.worker)

@@ -19,6 +19,7 @@ from coordinator.generation_state import Step
 from coordinator.session import HopStats, PipelineSession
 from coordinator.stage_replay import frame_rows, replaced_stage, replay_messages
 from coordinator.worker_link import WorkerLost
+from protocol.control import Truncate
 from protocol.frames import with_no_reply
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,7 @@ async def replace_stage(cluster: Cluster, config: ServerConfig, stats: HopStats,
         messages = replay_messages(frames)
         for message in messages[:-1]:
             if isinstance(message, int):   # a cut the lost worker's caches had (rejected drafts)
-                await link.send_control({"type": "truncate", "stream": session.stream, "length": message},
-                                        session.stream)
+                await link.send_control(Truncate(stream=session.stream, length=message), session.stream)
             else:
                 await link.send(with_no_reply(message))
         # The answer comes after the worker has run every frame: bound it by all their rows.

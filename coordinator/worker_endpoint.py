@@ -18,7 +18,17 @@ from coordinator.cluster import Cluster
 from coordinator.step_timing import StallPolicy
 from coordinator.worker_lifecycle import WorkerState
 from coordinator.worker_link import WorkerLink
-from protocol.control import decode_control
+from protocol.control import (
+    ErrorReport,
+    Heartbeat,
+    Hello,
+    LayerStats,
+    Leave,
+    Progress,
+    Ready,
+    Stats,
+    decode_control,
+)
 from protocol.errors import FrameError
 from protocol.frames import HEADER_SIZE, MAX_PAYLOAD, VERSION, FrameKind, parse_frame
 
@@ -93,35 +103,41 @@ async def _dispatch(cluster: Cluster, link: WorkerLink, data: bytes) -> None:
     if header.kind == FrameKind.FORWARD:
         raise ProtocolViolation("workers do not send FORWARD frames")
     message = decode_control(data)
-    kind = message["type"]
-    if link.info.state == WorkerState.JOINING and kind != "hello":
-        raise ProtocolViolation(f"expected hello, got {kind}")
-    if kind == "hello":
-        if message["protocol"] != VERSION:
-            raise ProtocolViolation(f"worker speaks protocol {message['protocol']}, coordinator {VERSION}")
-        banned = cluster.banned_reason(link.remote, str(message.get("worker") or ""))
-        if banned is not None:
-            raise ProtocolViolation(f"refused until the coordinator restarts: {banned}"[:120])
-        await cluster.join(link, message)
-    elif kind == "ready":
-        await cluster.ready(link, message)
-    elif kind == "progress":
-        cluster.loading_progress(link, message["done"], message["total"])
-    elif kind == "layer_stats":
-        link.keep_layer_stats(header.stream, message)
-    elif kind == "stats":
-        cluster.worker_stats(link, message)
-    elif kind == "error" and message["code"] == "out-of-memory":
-        holds = message.get("holds")
-        await cluster.allocation_failed(link, [layer for layer in holds if isinstance(layer, int)]
-                                        if isinstance(holds, list) else [], message["message"])
-    elif kind == "error":
-        log.warning("worker %s reports %s: %s", link.id, message["code"], message["message"])
-        if "stream" in message:  # that stream's step will get no RESULT: fail it now, not at the timeout
-            link.fail_stream(message["stream"], f"{message['code']}: {message['message']}")
-    elif kind == "leave":
-        raise WorkerLeaving(message["reason"])
-    # heartbeat: last_seen was updated above
+    if link.info.state == WorkerState.JOINING and not isinstance(message, Hello):
+        raise ProtocolViolation(f"expected hello, got {message.TYPE}")
+    match message:
+        case Hello():
+            await _hello(cluster, link, message)
+        case Ready():
+            await cluster.ready(link, message)
+        case Progress(done=done, total=total):
+            cluster.loading_progress(link, done, total)
+        case LayerStats():
+            link.keep_layer_stats(header.stream, message)
+        case Stats():
+            cluster.worker_stats(link, message)
+        case ErrorReport(code="out-of-memory", holds=holds):
+            await cluster.allocation_failed(link, [layer for layer in holds or [] if isinstance(layer, int)],
+                                            message.message)
+        case ErrorReport(stream=stream):
+            log.warning("worker %s reports %s: %s", link.id, message.code, message.message)
+            if stream is not None:  # that stream's step will get no RESULT: fail it now, not at the timeout
+                link.fail_stream(stream, f"{message.code}: {message.message}")
+        case Leave(reason=reason):
+            raise WorkerLeaving(reason)
+        case Heartbeat():
+            pass   # last_seen was updated above
+        case _:   # coordinator -> tab messages (assign, retain, ...) have no business here
+            raise ProtocolViolation(f"workers do not send {message.TYPE}")
+
+
+async def _hello(cluster: Cluster, link: WorkerLink, hello: Hello) -> None:
+    if hello.protocol != VERSION:
+        raise ProtocolViolation(f"worker speaks protocol {hello.protocol}, coordinator {VERSION}")
+    banned = cluster.banned_reason(link.remote, hello.worker or "")
+    if banned is not None:
+        raise ProtocolViolation(f"refused until the coordinator restarts: {banned}"[:120])
+    await cluster.join(link, hello)
 
 
 async def heartbeat_loop(cluster: Cluster, interval: float) -> None:
@@ -137,6 +153,6 @@ async def heartbeat_loop(cluster: Cluster, interval: float) -> None:
                 await cluster.leave(link, "heartbeat timeout")
                 continue
             try:
-                await link.send_control({"type": "heartbeat", "time": time.time()})
+                await link.send_control(Heartbeat(time=time.time()))
             except Exception as error:  # a send racing a close; the reader loop will clean up
                 log.debug("heartbeat to %s failed: %s", link.id, error)

@@ -18,7 +18,7 @@ from coordinator.planner import Stage
 from coordinator.step_timing import StallPolicy, StepHistogram, StepTimer
 from coordinator.time_breakdown import TimeTotals
 from coordinator.worker_lifecycle import WorkerState
-from protocol.control import encode_control
+from protocol.control import ControlMessage, LayerStats, encode_control
 from protocol.frames import Header
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class WorkerLink:
         self.timer = StepTimer(stall or StallPolicy())
         self.step_times = StepHistogram()   # every step it served (/metrics)
         self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
-        self._layer_stats: dict[tuple[int, int], dict[str, Any]] = {}
+        self._layer_stats: dict[tuple[int, int], LayerStats] = {}
         self._send_lock = asyncio.Lock()
         self.closed = False
         self.frames_sent = 0
@@ -101,7 +101,7 @@ class WorkerLink:
         self.frames_sent += 1
         self.bytes_sent += len(frame)
 
-    async def send_control(self, message: dict[str, Any], stream: int = 0) -> None:
+    async def send_control(self, message: ControlMessage, stream: int = 0) -> None:
         await self.send(encode_control(message, stream))
 
     async def call(self, frame: bytes, stream: int, step: int, rows: int) -> bytes:
@@ -134,13 +134,13 @@ class WorkerLink:
         if future is not None and not future.done():
             future.set_result(frame)
 
-    def keep_layer_stats(self, stream: int, message: dict[str, Any]) -> None:
+    def keep_layer_stats(self, stream: int, message: LayerStats) -> None:
         """A layer_stats report; it precedes its RESULT on the socket."""
         if len(self._layer_stats) > 4096:  # reports nobody took (e.g. abandoned requests)
             self._layer_stats.clear()
-        self._layer_stats[(stream, message["position"])] = message
+        self._layer_stats[(stream, message.position)] = message
 
-    def take_layer_stats(self, stream: int, position: int) -> dict[str, Any] | None:
+    def take_layer_stats(self, stream: int, position: int) -> LayerStats | None:
         return self._layer_stats.pop((stream, position), None)
 
     def fail_stream(self, stream: int, reason: str) -> None:

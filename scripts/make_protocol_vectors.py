@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgpack
 import numpy as np
 
 from protocol.activation_codec import (
@@ -18,8 +19,8 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
-from protocol.control import SCHEMAS, encode_control
-from protocol.frames import CHECKSUM_OFFSET, HEADER_SIZE, Encoding, FrameKind, StepKind
+from protocol.control import SCHEMAS, encode_control, from_map
+from protocol.frames import CHECKSUM_OFFSET, HEADER_SIZE, Encoding, FrameKind, StepKind, pack_frame
 
 OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
@@ -138,7 +139,26 @@ def control_vectors() -> list[dict]:
          "stream": 3, "step": 19},
         {"type": "leave", "reason": "page closed"},
     ]
-    return [{"message": message, "frame": encode_control(message, stream=9).hex()} for message in messages]
+    return [{"message": message, "frame": encode_control(from_map(message), stream=9).hex()} for message in messages]
+
+
+def malformed_control_vectors() -> list[dict]:
+    """Control frames whose map breaks the schema: both codecs refuse them naming the field."""
+    cases = [
+        ("missing_required_field", {"type": "truncate", "stream": 4}, "length"),
+        ("string_where_int", {"type": "hello", "protocol": 3, "backend": "wasm", "threads": "2",
+                              "benchmark_ms": 9.5}, "threads"),
+        ("bool_where_int", {"type": "release", "stream": True}, "stream"),
+        ("float_where_int", {"type": "retain", "layer_start": 1.5, "layer_end": 4}, "layer_start"),
+        ("map_where_list", {"type": "head_mask", "stream": 1, "layer_start": 0, "masks": {"a": 1}}, "masks"),
+        ("optional_of_wrong_type", {"type": "ready", "layer_start": 0, "layer_end": 2, "load_ms": 5,
+                                    "cached": "yes"}, "cached"),
+        ("unknown_type", {"type": "helo", "protocol": 3}, "type"),
+    ]
+    return [{"name": name, "field": field, "reason": "bad-control",
+             "frame": pack_frame(FrameKind.CONTROL, 0, 9, 0, 0, 0, 0, 0, 0, 0,
+                                 msgpack.packb(message, use_bin_type=True)).hex()}
+            for name, message, field in cases]
 
 
 def main() -> None:
@@ -150,7 +170,7 @@ def main() -> None:
     schemas = {kind: {name: [[t.__name__ for t in types], required]
                       for name, (types, required) in fields.items()} for kind, fields in SCHEMAS.items()}
     (OUT / "control.json").write_text(json.dumps(
-        {"messages": control_vectors(), "schemas": schemas}, indent=1) + "\n")
+        {"messages": control_vectors(), "malformed": malformed_control_vectors(), "schemas": schemas}, indent=1) + "\n")
     print(f"wrote {OUT}/activation.json and control.json")
 
 

@@ -1,6 +1,7 @@
 // Control messages in JavaScript: msgpack maps in CONTROL frames, validated against the
-// same schema table as protocol/control.py (the golden vectors carry Python's table and
-// a test checks they agree). Pure: no I/O.
+// same schema table as protocol/control.py (derived there from one dataclass per message
+// type; the golden vectors carry that table, and a test checks this one equals it and that
+// both codecs refuse the malformed vectors naming the same field). Pure: no I/O.
 import { decode, encode } from '@msgpack/msgpack';
 import { FrameError, Kind, packFrame, parseFrame } from './codec.js';
 
@@ -17,7 +18,7 @@ export const SCHEMAS = Object.freeze({
     cache_storage: [[T.bool], false] },
   assign: { worker: [[T.string], true], layer_start: [[T.int], true], layer_end: [[T.int], true],
     files: [[T.list], true], model: [[T.map], true], codec: [[T.map], true], layers: [[T.list], false],
-    compute: [[T.string], false] },
+    compute: [[T.string], false], protocol: [[T.int], false], role: [[T.string], false] },
   ready: { layer_start: [[T.int], true], layer_end: [[T.int], true], load_ms: [[T.int, T.number], true],
     cached: [[T.bool], false], backend: [[T.string], false], downloaded_bytes: [[T.int], false],
     weight_bytes: [[T.int], false], memory_mb: [[T.int, T.number], false] },

@@ -30,7 +30,22 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
-from protocol.control import HEAD_SAMPLE_INTERVAL, decode_control, encode_control
+from protocol.control import (
+    HEAD_SAMPLE_INTERVAL,
+    Assign,
+    ControlMessage,
+    ErrorReport,
+    HeadMask,
+    Heartbeat,
+    Hello,
+    LayerStats,
+    Ready,
+    Release,
+    Retain,
+    Truncate,
+    decode_control,
+    encode_control,
+)
 from protocol.frames import VERSION, Encoding, Flag, FrameKind, parse_frame
 from shards.executor import CacheMismatch, LayerStack
 from shards.manifest import load_manifest
@@ -64,9 +79,9 @@ class FakeWorker:
         self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
         self.released: list[int] = []
         self.retained: list[tuple[int, int]] = []
-        self.errors_sent: list[dict] = []
+        self.errors_sent: list[ErrorReport] = []
         self.head_masks: dict[int, dict[int, np.ndarray]] = {}   # stream -> layer -> (heads,) mask
-        self.head_mask_messages: list[dict] = []
+        self.head_mask_messages: list[HeadMask] = []
         self.close_code: int | None = None
         self.closed = asyncio.Event()
         self._desync = False
@@ -77,10 +92,8 @@ class FakeWorker:
         # No compression (the coordinator's endpoint accepts none); frames up to 64 MiB.
         self.socket: ClientConnection = await connect(self.base_url.replace("http", "ws") + "/ws/worker" + query,
                                                       compression=None, max_size=64 * 2**20)
-        hello = {"type": "hello", "protocol": VERSION, "backend": "native-test", "threads": 1,
-                 "benchmark_ms": self.benchmark_ms, "worker": self.name}
-        if self.memory_mb:
-            hello["memory_mb"] = self.memory_mb
+        hello = Hello(protocol=VERSION, backend="native-test", threads=1, benchmark_ms=self.benchmark_ms,
+                      worker=self.name, memory_mb=self.memory_mb or None)
         await self.socket.send(encode_control(hello))
         self.task = asyncio.create_task(self._loop())
         return self
@@ -163,10 +176,9 @@ class FakeWorker:
             return
         if wants_report and layers:
             node_ratio = float(np.linalg.norm(out[0] - values) / np.linalg.norm(values))
-            stats = {"type": "layer_stats", "position": header.position, "ratios": ratios, "norms": norms,
-                     "node_ratio": node_ratio}
-            if header.position % HEAD_SAMPLE_INTERVAL == 0:
-                stats["head_ratios"] = report.head_ratios
+            stats = LayerStats(position=header.position, ratios=ratios, norms=norms, node_ratio=node_ratio,
+                               head_ratios=report.head_ratios if header.position % HEAD_SAMPLE_INTERVAL == 0
+                               else None)
             await self.socket.send(encode_control(stats, stream))
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
                                  run_length=header.encoding == Encoding.INT8_BLOCK)
@@ -191,49 +203,48 @@ class FakeWorker:
         self._previous_out[stream] = honest
         return out
 
-    async def _control(self, message: dict) -> None:
-        kind = message["type"]
-        if kind == "assign":
-            # Like the tab: assignments load one after another outside the message loop,
-            # so heartbeats and frames for held layers are answered while layers load.
-            previous = self._assignments
+    async def _control(self, message: ControlMessage) -> None:
+        match message:
+            case Assign():
+                # Like the tab: assignments load one after another outside the message loop,
+                # so heartbeats and frames for held layers are answered while layers load.
+                previous = self._assignments
 
-            async def assign_after_previous() -> None:
-                if previous is not None:
-                    await asyncio.shield(previous)
-                await self._assign(message)
+                async def assign_after_previous() -> None:
+                    if previous is not None:
+                        await asyncio.shield(previous)
+                    await self._assign(message)
 
-            self._assignments = asyncio.create_task(assign_after_previous())
-        elif kind == "retain":
-            self.retained.append((message["layer_start"], message["layer_end"]))
-            if self.stack:
-                self.stack.retain(range(message["layer_start"], message["layer_end"]))
-        elif kind == "truncate":
-            if self.stack:
-                try:
-                    self.stack.truncate(message["stream"], message["length"])
-                except CacheMismatch as error:
-                    await self._error("bad-truncate", str(error), message["stream"])
-        elif kind == "head_mask":
-            self.head_mask_messages.append(message)
-            self.head_masks[message["stream"]] = {
-                message["layer_start"] + offset: np.array(mask, dtype=np.float32)
-                for offset, mask in enumerate(message["masks"])}
-        elif kind == "release":
-            self.released.append(message["stream"])
-            self.head_masks.pop(message["stream"], None)
-            self.decoders.pop(message["stream"], None)
-            self.encoders.pop(message["stream"], None)
-            if self.stack:
-                self.stack.release(message["stream"])
-        elif kind == "heartbeat":
-            await self.send_control({"type": "heartbeat", "time": 0.0})
+                self._assignments = asyncio.create_task(assign_after_previous())
+            case Retain(layer_start=start, layer_end=end):
+                self.retained.append((start, end))
+                if self.stack:
+                    self.stack.retain(range(start, end))
+            case Truncate(stream=stream, length=length):
+                if self.stack:
+                    try:
+                        self.stack.truncate(stream, length)
+                    except CacheMismatch as error:
+                        await self._error("bad-truncate", str(error), stream)
+            case HeadMask(stream=stream, layer_start=start, masks=masks):
+                self.head_mask_messages.append(message)
+                self.head_masks[stream] = {start + offset: np.array(mask, dtype=np.float32)
+                                           for offset, mask in enumerate(masks)}
+            case Release(stream=stream):
+                self.released.append(stream)
+                self.head_masks.pop(stream, None)
+                self.decoders.pop(stream, None)
+                self.encoders.pop(stream, None)
+                if self.stack:
+                    self.stack.release(stream)
+            case Heartbeat():
+                await self.send_control(Heartbeat(time=0.0))
 
-    async def _assign(self, message: dict) -> None:
-        start, end = message["layer_start"], message["layer_end"]
+    async def _assign(self, message: Assign) -> None:
+        start, end = message.layer_start, message.layer_end
         self.assignments.append((start, end))
         loop = asyncio.get_running_loop()
-        compute = message.get("compute", "float32")
+        compute = message.compute or "float32"
         if self.stack is None or self.stack.compute != compute:
             self.stack = await loop.run_in_executor(None, LayerStack, self.shard_dir, self.manifest, start, end, 1,
                                                     compute)
@@ -243,20 +254,18 @@ class FakeWorker:
             # out of memory part way: the tab keeps what it managed and says so
             kept = sorted(self.stack.layers)[:self.allocation_cap]
             self.stack.retain(range(kept[0], kept[-1] + 1) if kept else range(0))
-            await self.send_control({"type": "error", "code": "out-of-memory", "message": "could not allocate",
-                                     "holds": sorted(self.stack.layers)})
+            await self.send_control(ErrorReport(code="out-of-memory", message="could not allocate",
+                                                holds=sorted(self.stack.layers)))
             return
         self.assigned = (start, end)
-        await self.send_control({"type": "ready", "layer_start": start, "layer_end": end, "load_ms": 1.0})
+        await self.send_control(Ready(layer_start=start, layer_end=end, load_ms=1.0))
 
     async def _error(self, code: str, text: str, stream: int, step: int | None = None) -> None:
-        message = {"type": "error", "code": code, "message": text, "stream": stream}
-        if step is not None:
-            message["step"] = step
+        message = ErrorReport(code=code, message=text, stream=stream, step=step)
         self.errors_sent.append(message)
         await self.socket.send(encode_control(message, stream))
 
-    async def send_control(self, message: dict) -> None:
+    async def send_control(self, message: ControlMessage) -> None:
         await self.socket.send(encode_control(message))
 
     async def send_raw(self, data: bytes) -> None:

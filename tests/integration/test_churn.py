@@ -231,8 +231,8 @@ async def test_wrong_position_frame_is_refused_and_the_stream_recovers(shard_dir
 
         streamed = await stream_tokens(base, body, desync)
         assert not streamed.errors and streamed.ids == solo
-        assert [error["code"] for error in workers[1].errors_sent] == ["bad-position"]
-        assert "is not stream" in workers[1].errors_sent[0]["message"]
+        assert [error.code for error in workers[1].errors_sent] == ["bad-position"]
+        assert "is not stream" in workers[1].errors_sent[0].message
         assert app[ENGINE].replays_total == 1
         for worker in workers:
             await worker.stop()

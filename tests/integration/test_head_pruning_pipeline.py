@@ -33,10 +33,10 @@ async def test_forced_head_masks_equal_reference_with_the_same_masks(two_worker_
     assert body["usage"]["tabswarm"]["heads_pruned"] == len(HEAD_SCRIPT) * decode_steps
     for worker in workers:
         start, end = worker.assigned
-        sent = [m for m in worker.head_mask_messages if m["stream"] == worker.released[-1]]
+        sent = [m for m in worker.head_mask_messages if m.stream == worker.released[-1]]
         wanted = [(layer, head) for layer, head in HEAD_SCRIPT if start <= layer < end]
-        assert len(sent) == 1 and sent[0]["layer_start"] == start
-        masked = {(start + offset, head) for offset, row in enumerate(sent[0]["masks"])
+        assert len(sent) == 1 and sent[0].layer_start == start
+        masked = {(start + offset, head) for offset, row in enumerate(sent[0].masks)
                   for head, keep in enumerate(row) if keep == 0}
         assert masked == set(wanted)
 
@@ -74,7 +74,7 @@ async def test_learned_pruning_masks_the_lowest_ranked_heads(two_worker_cluster)
     for worker in workers:
         start, _ = worker.assigned
         for message in worker.head_mask_messages:
-            masked |= {(start + offset, head) for offset, row in enumerate(message["masks"])
+            masked |= {(start + offset, head) for offset, row in enumerate(message.masks)
                        for head, keep in enumerate(row) if keep == 0}
     assert masked == set(want)
 

@@ -11,7 +11,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.access import AccessConfig
-from protocol.control import encode_control
+from protocol.control import Hello, Stats, encode_control
 from protocol.frames import VERSION
 from tests.integration.fake_worker import FakeWorker
 from tests.support import FRANCE, post, running_app, wait_ready
@@ -112,8 +112,7 @@ async def bare_join_and_leave(base: str, name: str) -> None:
     """A tab that says hello and closes at once (never loads a layer)."""
     async with aiohttp.ClientSession() as session, \
             session.ws_connect(base.replace("http", "ws") + "/ws/worker") as socket:
-        hello = {"type": "hello", "protocol": VERSION, "backend": "native-test", "threads": 1,
-                 "benchmark_ms": 10.0, "worker": name}
+        hello = Hello(protocol=VERSION, backend="native-test", threads=1, benchmark_ms=10.0, worker=name)
         await socket.send_bytes(encode_control(hello))
         await asyncio.sleep(0.01)
 
@@ -182,8 +181,8 @@ async def test_where_step_time_goes_is_reported_per_request_in_status_and_in_met
         # a tab's own report shows under its worker in /v1/status and in /metrics; a malformed one is ignored
         report = {"decode": {"steps": 5, "rows": 5, "ms": {"decode": 0.5, "layers": 20.0, "encode": 1.0}},
                   "prefill": {"steps": 1, "rows": 9, "ms": {"decode": 0.3, "layers": 30.0, "encode": 0.4}}}
-        await workers[0].send_control({"type": "stats", "tokens": 14, "compute_ms": 50.0, "timing": report})
-        await workers[1].send_control({"type": "stats", "tokens": 14, "compute_ms": 50.0, "timing": {"decode": 3}})
+        await workers[0].send_control(Stats(tokens=14, compute_ms=50.0, timing=report))
+        await workers[1].send_control(Stats(tokens=14, compute_ms=50.0, timing={"decode": 3}))
         await asyncio.sleep(0.2)
         async with aiohttp.ClientSession() as session, session.get(base + "/v1/status") as response:
             current = await response.json()

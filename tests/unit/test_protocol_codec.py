@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,7 +21,15 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
-from protocol.control import decode_control, encode_control
+from protocol.control import (
+    ErrorReport,
+    Release,
+    Truncate,
+    decode_control,
+    encode_control,
+    from_map,
+    to_map,
+)
 from protocol.errors import FrameError
 from protocol.frames import (
     CHECKSUM_OFFSET,
@@ -148,7 +157,28 @@ def test_nonfinite_and_float16_overflow_are_refused_at_encode():
 ])
 def test_control_schema_violations(message, problem):
     with pytest.raises(FrameError, match=problem):
-        encode_control(message)  # type: ignore[arg-type]
+        from_map(message)
+
+
+def test_a_typed_message_with_a_wrong_field_type_is_refused_before_sending():
+    """Dataclasses do not check types: the encoder does, naming the field."""
+    with pytest.raises(FrameError, match="truncate: field 'length' has type str"):
+        encode_control(Truncate(stream=1, length="9"))  # type: ignore[arg-type]
+    with pytest.raises(FrameError, match="not a control message"):
+        encode_control({"type": "release", "stream": 3})  # type: ignore[arg-type]
+
+
+def test_control_round_trip_is_typed_and_drops_unset_fields():
+    frame = encode_control(ErrorReport(code="bad-frame", message="crc", stream=4), stream=4)
+    decoded = decode_control(frame)
+    assert decoded == ErrorReport(code="bad-frame", message="crc", stream=4)
+    assert to_map(decoded) == {"type": "error", "code": "bad-frame", "message": "crc", "stream": 4}
+
+
+def test_unknown_extra_fields_are_ignored():
+    frame = pack_frame(FrameKind.CONTROL, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                       msgpack.packb({"type": "release", "stream": 3, "newer_field": [1]}))
+    assert decode_control(frame) == Release(stream=3)
 
 
 def test_control_payload_that_is_not_msgpack():
@@ -175,7 +205,7 @@ def test_fuzz_ten_thousand_frames_raise_only_frame_errors():
                           CodecSettings(encoding=Encoding.FLOAT16, block=0, run_length=False)):
         values = (numbers.standard_normal((3, 40)) * (numbers.random((3, 40)) < 0.4)).astype(np.float32)
         seeds.append(encode_activation(values, ROUTE, settings_case, StreamCodecState()))
-    seeds.append(encode_control({"type": "release", "stream": 3}))
+    seeds.append(encode_control(Release(stream=3)))
     outcomes = {"decoded": 0, "rejected": 0}
     for trial in range(10_000):
         frame = bytearray(rng.choice(seeds))

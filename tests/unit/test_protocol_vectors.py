@@ -15,7 +15,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
-from protocol.control import decode_control, encode_control
+from protocol.control import SCHEMAS, decode_control, encode_control, to_map
 from protocol.errors import FrameError
 from protocol.frames import Encoding, FrameKind, StepKind
 
@@ -57,13 +57,34 @@ def test_invalid_vector_is_rejected_with_its_reason(vector):
 
 def test_control_vectors_both_ways():
     for entry in CONTROL["messages"]:
-        assert encode_control(entry["message"], stream=9).hex() == entry["frame"]
-        assert decode_control(bytes.fromhex(entry["frame"])) == entry["message"]
+        message = decode_control(bytes.fromhex(entry["frame"]))
+        assert entry["message"]["type"] == type(message).TYPE
+        assert to_map(message) == entry["message"]
+        assert encode_control(message, stream=9).hex() == entry["frame"]
+
+
+@pytest.mark.parametrize("vector", CONTROL["malformed"], ids=lambda v: v["name"])
+def test_malformed_control_vector_is_refused_naming_its_field(vector):
+    with pytest.raises(FrameError) as caught:
+        decode_control(bytes.fromhex(vector["frame"]))
+    assert caught.value.reason == vector["reason"]
+    assert vector["field"] in caught.value.detail
+
+
+def test_control_schema_table_is_the_one_in_the_vectors():
+    """The table the JS codec is checked against is the dataclasses' table today."""
+    assert {kind: {name: [[t.__name__ for t in types], required] for name, (types, required) in fields.items()}
+            for kind, fields in SCHEMAS.items()} == CONTROL["schemas"]
 
 
 def test_vectors_are_what_the_generator_makes_today():
     """The committed vectors equal a fresh run of the generator: the codec has not drifted."""
-    from scripts.make_protocol_vectors import activation_vectors, control_vectors
+    from scripts.make_protocol_vectors import (
+        activation_vectors,
+        control_vectors,
+        malformed_control_vectors,
+    )
 
     assert activation_vectors() == ACTIVATION["activation"]
     assert control_vectors() == CONTROL["messages"]
+    assert malformed_control_vectors() == CONTROL["malformed"]

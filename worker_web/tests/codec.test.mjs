@@ -64,6 +64,13 @@ test('control schemas agree with Python', () => {
   assert.deepEqual(JSON.parse(JSON.stringify(SCHEMAS)), fromPython);
 });
 
+test('malformed control vectors are refused naming their field', () => {
+  assert.ok(control.malformed.length >= 5);
+  for (const { name, frame, reason, field } of control.malformed) {
+    assert.throws(() => decodeControl(hex(frame)), (error) => error.reason === reason && error.message.includes(field), name);
+  }
+});
+
 test('control message with a missing field is rejected', () => {
   assert.throws(() => encodeControl({ type: 'release' }), (error) => error.reason === 'bad-control');
 });
