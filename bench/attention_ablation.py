@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.caches import shard_cache
 from coordinator.cli import DEFAULT_TEXT
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--budget", type=float, default=0.5, help="percent perplexity a candidate may cost")
     args = parser.parse_args()
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     executor = ReferenceExecutor(directory, threads=2)
     ids = executor.text.encode(DEFAULT_TEXT.read_text())[CALIBRATION_START:CALIBRATION_START + args.tokens]
     layers = executor.manifest.model.layers

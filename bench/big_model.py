@@ -34,8 +34,9 @@ from typing import Any
 
 import aiohttp
 
+from bench.caches import model_cache, shard_cache
 from bench.llama_anchor import binaries, run_program
-from coordinator.headless import HeadlessWorkers, worker_url
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import resolve_model
@@ -261,8 +262,8 @@ async def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the reference and llama.cpp sections of the last results; measure the layouts again")
     args = parser.parse_args()
-    gguf = resolve_model(args.model)
-    shard_dir, manifest = convert(gguf)
+    gguf = resolve_model(args.model, model_cache())
+    shard_dir, manifest = convert(gguf, cache_root=shard_cache())
     out = ROOT / "bench" / "results" / f"big_model_{args.model}.json"
     report: dict[str, Any] = {"model": manifest.model.name, "gguf": gguf.name, "compute": manifest.default_compute}
     if args.reuse and out.exists():

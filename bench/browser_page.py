@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.headless import launch_chromium
-from coordinator.static_files import add_static_routes, isolation_headers
+from coordinator.api.static_files import add_static_routes, isolation_headers
+from coordinator.swarm.headless import launch_chromium
 
 
 @contextlib.asynccontextmanager

@@ -28,9 +28,10 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.caches import shard_cache
 from coordinator.app import CLUSTER
-from coordinator.generation_state import Sequence, schedule, update
-from coordinator.headless import HeadlessWorkers, worker_url
+from coordinator.engine.generation_state import Sequence, schedule, update
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.gguf_model import default_model_path
 from shards.sampling import SamplingParams
@@ -193,7 +194,7 @@ def summarize(trials: list[dict]) -> dict:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     report: dict = {"machine": {"cores": os.cpu_count()}, "tokens_per_request": args.tokens,
                     "kill_points": args.kill_at, "runs": args.runs}
     report["bookkeeping"] = bookkeeping_cost()

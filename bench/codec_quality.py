@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.caches import shard_cache
 from coordinator.cli import DEFAULT_TEXT
-from coordinator.planner import even_stages
+from coordinator.swarm.planner import even_stages
 from protocol.activation_codec import (
     LOSSLESS,
     CodecSettings,
@@ -153,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     tokens = 256 if args.quick else args.tokens
     modes = {name: MODES[name] for name in ('float32', 'int8-b32+rle (default)')} if args.quick else MODES
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     executor = ReferenceExecutor(directory, threads=2)
     ids = executor.text.encode(DEFAULT_TEXT.read_text())[:tokens]
     node_counts = [int(n) for n in args.nodes.split(",")]

@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.caches import model_cache, shard_cache
 from bench.suite import decode_rate
 from coordinator.config import AppConfig, RuntimeConfig, ServerConfig
-from coordinator.headless import HeadlessWorkers, worker_url
 from coordinator.local_swarm import local_coordinator, status_of, wait_ready
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.gguf_model import resolve_model
 
@@ -51,7 +52,7 @@ async def join(base: str, headless: HeadlessWorkers, name: str) -> tuple[str, di
 
 
 async def measure(weights: str, model: str, tokens: int, head: str = "compact") -> dict[str, Any]:
-    shard_dir, manifest = convert(resolve_model(model), progress=False, weights=weights)
+    shard_dir, manifest = convert(resolve_model(model, model_cache()), progress=False, cache_root=shard_cache(), weights=weights)
     config = AppConfig(server=ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=0.5, chromium=CHROMIUM),
                        runtime=RuntimeConfig(head=head))
     report: dict[str, Any] = {"format": manifest.weight_format["stored"], "layers": manifest.model.layers,

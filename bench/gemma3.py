@@ -21,6 +21,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from bench.caches import shard_cache
 from bench.llama_anchor import binaries, run_program
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=4)
     args = parser.parse_args()
     gguf = gemma3_270m_path()
-    directory, manifest = convert(gguf, progress=False)
+    directory, manifest = convert(gguf, progress=False, cache_root=shard_cache())
     executor = ReferenceExecutor(directory, threads=2, verify=False)
     report: dict = {"model": manifest.model.name, "gguf": gguf.name,
                     "layer_kinds": [spec.attention for spec in manifest.model.layer_specs],

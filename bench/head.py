@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.caches import model_cache, shard_cache
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import KNOWN_MODELS
@@ -48,7 +49,7 @@ def perplexity_of(logits: np.ndarray, ids: list[int]) -> float:
 
 
 def measure(name: str, positions: int) -> dict:
-    directory, manifest = convert(KNOWN_MODELS[name](), progress=False)
+    directory, manifest = convert(KNOWN_MODELS[name](model_cache()), progress=False, cache_root=shard_cache())
     executor = ReferenceExecutor(directory, threads=2, verify=False, head="float32")
     ids = executor.text.encode(TEXT.read_text()[:20000])[:positions]
     stream = executor._new_stream()

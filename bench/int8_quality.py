@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from bench.caches import model_cache, shard_cache
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import resolve_model
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=2048, help="perplexity window in tokens")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
     args = parser.parse_args()
-    directory, manifest = convert(resolve_model(args.model), progress=False)
+    directory, manifest = convert(resolve_model(args.model, model_cache()), progress=False, cache_root=shard_cache())
     runs = {compute: ReferenceExecutor(directory, threads=2, verify=False, compute=compute)
             for compute in ("float32", "int8")}
     report: dict = {"model": manifest.model.name, "family": manifest.model.architecture,

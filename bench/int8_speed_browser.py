@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from bench.browser_page import blank_page
+from bench.caches import model_cache, shard_cache
 from shards.convert import convert
 from shards.footprint import layer_bytes, prefill_rows
 from shards.gguf_model import resolve_model
@@ -81,7 +82,7 @@ async def main() -> None:
     parser.add_argument("--first", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    shard_dir, manifest = convert(resolve_model(args.model), progress=False)
+    shard_dir, manifest = convert(resolve_model(args.model, model_cache()), progress=False, cache_root=shard_cache())
     config = manifest.model
     layers = []
     for index in range(args.first, args.first + args.layers):

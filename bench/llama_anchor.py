@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.caches import shard_cache
+
 ROOT = Path(__file__).resolve().parent.parent
 ANCHOR_VENV = ROOT / ".venv-anchor"
 DECODED = re.compile(r"decoded\s+(\d+)\s+tokens in\s+([\d.]+)\s*s(?:econds)?, speed:\s*([\d.]+) t/s")
@@ -118,6 +120,6 @@ def chat_formatter():
     from shards.gguf_model import default_model_path
     from shards.model_ends import ModelEnds
 
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     text = ModelEnds(directory, 1, verify=False).text
     return lambda messages: text.render_chat(messages)

@@ -20,8 +20,9 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.caches import shard_cache
 from bench.suite import STORY, decode_rate, hop_overhead, reference
-from coordinator.headless import HeadlessWorkers, worker_url
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.gguf_model import default_model_path
 from tests.support import post, running_app, wait_ready
@@ -44,7 +45,7 @@ async def aggregate_rate(base: str, streams: int, tokens: int) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     report: dict = {"machine": {"cores": os.cpu_count()}, "tokens_per_request": args.tokens}
     report["reference_in_process_tok_s"] = reference(directory, 128, args.tokens, 3)[0]["decode_tok_s"]
     print(f"reference executor (native onnxruntime, in-process): {report['reference_in_process_tok_s']:.1f} tok/s",

@@ -13,7 +13,8 @@ import json
 import statistics
 from pathlib import Path
 
-from coordinator.headless import HeadlessWorkers, worker_url
+from bench.caches import shard_cache
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.gguf_model import default_model_path
 from tests.support import post, running_app, wait_ready
@@ -31,7 +32,7 @@ SETTINGS = {
 
 
 async def run(tokens: int, runs: int) -> dict:
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     report: dict = {"tokens": tokens, "tabs": 2, "settings": {}}
     async with running_app(directory, join_settle_seconds=1.0) as (_, base):
         headless = HeadlessWorkers("/usr/bin/chromium")

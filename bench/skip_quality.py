@@ -4,7 +4,7 @@ For each policy and knob value: skip % of (token, layer) executions after the pr
 first tokens, node-bypass % of (token, node) pairs for 2, 3, 5 and 10 equal nodes,
 perplexity on the Moby-Dick window (teacher-forced, one token at a time, skipped layers
 still write K/V), and greedy agreement with full depth on chat prompts. Also an ablation:
-skipped layers that do NOT write K/V. Runs the same coordinator.router code as the
+skipped layers that do NOT write K/V. Runs the same coordinator.engine.router code as the
 pipeline. Writes bench/results/skip_quality.json and docs/skip_quality.png.
 
 Usage: .venv/bin/python -m bench.skip_quality [--tokens 1024] [--quick] [--only PREFIX] [--table]
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.caches import shard_cache
 from coordinator.cli import DEFAULT_TEXT
-from coordinator.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
-from coordinator.planner import even_stages
-from coordinator.router import (
+from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
+from coordinator.engine.router import (
     LayerStatistics,
     NodeDecision,
     RouterConfig,
@@ -34,6 +34,7 @@ from coordinator.router import (
     observe,
     start_token,
 )
+from coordinator.swarm.planner import even_stages
 from protocol.control import HEAD_SAMPLE_INTERVAL
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
@@ -247,7 +248,7 @@ def main() -> None:
     if args.table:
         print(markdown_table(json.loads((ROOT / "bench" / "results" / "skip_quality.json").read_text())))
         return
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     executor = ReferenceExecutor(directory, threads=2)
     ids = executor.text.encode(DEFAULT_TEXT.read_text())[: 256 if args.quick else args.tokens]
     layers = executor.manifest.model.layers

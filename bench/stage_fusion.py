@@ -31,6 +31,7 @@ import onnx
 from onnx import helper
 
 from bench.browser_page import blank_page
+from bench.caches import model_cache, shard_cache
 from shards.convert import convert
 from shards.executor import native_graph_file
 from shards.gguf_model import resolve_model
@@ -204,7 +205,7 @@ async def main() -> None:
     parser.add_argument("--compute", default=None, help="float32 or int8 (default: the model's)")
     parser.add_argument("--positions", default="16,256,1024")
     args = parser.parse_args()
-    shard_dir, manifest = convert(resolve_model(args.model), progress=False)
+    shard_dir, manifest = convert(resolve_model(args.model, model_cache()), progress=False, cache_root=shard_cache())
     compute = args.compute or manifest.default_compute
     config = manifest.model
     positions = [int(value) for value in args.positions.split(",")]

@@ -32,11 +32,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from bench.caches import model_cache, shard_cache
 from bench.options import add_arguments
 from coordinator.app import API, CLUSTER
 from coordinator.config import AppConfig, CodecPresets, ServerConfig
-from coordinator.headless import HeadlessWorkers, worker_url
 from coordinator.local_swarm import local_coordinator, post_json, wait_ready
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from protocol.activation_codec import Route, StreamCodecState, decode_activation, encode_activation
 from protocol.frames import FrameKind, StepKind
 from shards.convert import convert
@@ -253,8 +254,8 @@ def table(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    gguf = resolve_model(args.model)
-    shard_dir, manifest = convert(gguf, progress=False)
+    gguf = resolve_model(args.model, model_cache())
+    shard_dir, manifest = convert(gguf, progress=False, cache_root=shard_cache())
     report: dict[str, Any] = {"model": manifest.model.name, "gguf": gguf.name, "machine": {
         "cores": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "decode_tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "repeats": args.repeats,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.browser_page import blank_page
+from bench.caches import model_cache, shard_cache
 from shards.convert import convert
 from shards.footprint import TabFootprint
 from shards.gguf_model import resolve_model
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--compute", default=None)
     parser.add_argument("--checkpoints", default="1,4,7,14")
     args = parser.parse_args()
-    shard_dir, manifest = convert(resolve_model(args.model), progress=False)
+    shard_dir, manifest = convert(resolve_model(args.model, model_cache()), progress=False, cache_root=shard_cache())
     config, compute = manifest.model, args.compute or manifest.default_compute
     checkpoints = [int(point) for point in args.checkpoints.split(",")]
     layers = [{"index": index, "weights": manifest.layers[index].weights,

@@ -23,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.caches import model_cache, shard_cache
 from bench.suite import EVALUATION_TEXT, LOAD_TIMEOUT, request
 from coordinator.app import API
 from coordinator.config import AppConfig, ServerConfig
-from coordinator.headless import HeadlessWorkers, worker_url
 from coordinator.local_swarm import local_coordinator, status_of, wait_ready
-from coordinator.time_breakdown import COORDINATOR_PARTS, TAB_PARTS, hop_ms, per_step_ms
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
+from coordinator.swarm.time_breakdown import COORDINATOR_PARTS, TAB_PARTS, hop_ms, per_step_ms
 from shards.convert import convert
 from shards.gguf_model import resolve_model
 
@@ -124,7 +125,7 @@ async def swarm(shard_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    shard_dir, manifest = convert(resolve_model(args.model), progress=False)
+    shard_dir, manifest = convert(resolve_model(args.model, model_cache()), progress=False, cache_root=shard_cache())
     report = {"model": manifest.model.name, "tabs": args.tabs, "tab_threads_asked": args.threads,
               "memory_per_tab_mb": args.memory, "decode_tokens": args.tokens, "cores": os.cpu_count(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

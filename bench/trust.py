@@ -24,9 +24,10 @@ from pathlib import Path
 
 import aiohttp
 
-from coordinator.access import AccessConfig
+from bench.caches import shard_cache
 from coordinator.app import ENGINE
-from coordinator.headless import HeadlessWorkers, worker_url
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
+from coordinator.trust.access import AccessConfig
 from shards.convert import convert
 from shards.executor import ReferenceExecutor
 from shards.gguf_model import default_model_path
@@ -135,7 +136,7 @@ async def checking_cost(directory: Path, rounds: int, tokens: int) -> dict:
 
 
 async def run() -> dict:
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     reference = ReferenceExecutor(directory, threads=1)
     report: dict = {"machine": {"cores": os.cpu_count()}}
     rows = await edge_attacks(directory)

@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from bench.browser_page import blank_page
+from bench.caches import model_cache, shard_cache
 from shards.convert import MATRIX_ROLES, convert
 from shards.gguf_model import GGUFModel, resolve_model
 from shards.graphs import build_layer
@@ -169,8 +170,8 @@ async def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--layer", type=int, default=3)
     args = parser.parse_args()
-    gguf = resolve_model(args.model)
-    shard_dir, manifest = convert(gguf, progress=False)
+    gguf = resolve_model(args.model, model_cache())
+    shard_dir, manifest = convert(gguf, progress=False, cache_root=shard_cache())
     config = manifest.model
     layer = build_layer(config, GGUFModel(gguf).layer_weights(args.layer), args.layer)
     folder = Path(tempfile.mkdtemp(prefix="weight-formats-"))

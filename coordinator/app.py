@@ -16,18 +16,19 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from coordinator.access import AccessConfig, access_middleware, new_secret
-from coordinator.activity import ActivityLog
-from coordinator.cluster import Cluster
+from coordinator.api.access_middleware import access_middleware
+from coordinator.api.activity import ActivityLog
+from coordinator.api.dashboard import dashboard_page, sample_loop, stream_handler
+from coordinator.api.http_api import Api, json_errors
+from coordinator.api.metrics import RequestMetrics, SwarmCollector, metrics_handler
+from coordinator.api.request_watch import RequestWatch
+from coordinator.api.static_files import WEB_DIR, add_static_routes, isolation_headers
+from coordinator.api.worker_endpoint import handle_worker, heartbeat_loop
 from coordinator.config import AppConfig
-from coordinator.dashboard import dashboard_page, sample_loop, stream_handler
-from coordinator.engine import GenerationEngine
-from coordinator.http_api import Api, json_errors
-from coordinator.metrics import RequestMetrics, SwarmCollector, metrics_handler
-from coordinator.request_watch import RequestWatch
-from coordinator.static_files import WEB_DIR, add_static_routes, isolation_headers
-from coordinator.verifier import StageChecker, VerifyConfig
-from coordinator.worker_endpoint import handle_worker, heartbeat_loop
+from coordinator.engine.generation import GenerationEngine
+from coordinator.swarm.cluster import Cluster
+from coordinator.trust.access import AccessConfig, new_secret
+from coordinator.trust.verifier import StageChecker, VerifyConfig
 from shards.model_ends import ModelEnds
 
 log = logging.getLogger(__name__)

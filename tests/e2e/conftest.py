@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from coordinator.headless import launch_chromium
+from coordinator.swarm.headless import launch_chromium
 
 CHROMIUM = os.environ.get("TABSWARM_CHROMIUM", "/usr/bin/chromium")
 
@@ -39,7 +39,7 @@ async def browser() -> AsyncIterator:
 @pytest.fixture(scope="session")
 async def static_server(shard_dir: Path) -> AsyncIterator[str]:
     """The coordinator's static routes alone (worker page, onnxruntime-web, shards)."""
-    from coordinator.static_files import add_static_routes, isolation_headers
+    from coordinator.api.static_files import add_static_routes, isolation_headers
 
     app = web.Application(middlewares=[isolation_headers])
 

@@ -3,7 +3,7 @@ Playwright does not copy their WebSocket traffic (see ../shared/notes/browser.md
 
 from __future__ import annotations
 
-from coordinator.headless import worker_url
+from coordinator.swarm.headless import worker_url
 
 
 class Tabs:

@@ -10,9 +10,9 @@ import tempfile
 
 import pytest
 
-from coordinator.access import AccessConfig
-from coordinator.headless import launch_chromium
-from coordinator.tls import self_signed
+from coordinator.swarm.headless import launch_chromium
+from coordinator.trust.access import AccessConfig
+from coordinator.trust.tls import self_signed
 from tests.e2e.conftest import CHROMIUM
 from tests.e2e.tabs import Tabs
 from tests.support import running_app, status_of

@@ -16,7 +16,7 @@ import pytest
 from bench.big_model import PROMPTS
 from shards.sampling import SamplingParams
 from tests.e2e.tabs import Tabs
-from tests.support import post, running_app, status_of, wait_ready
+from tests.support import model_cache, post, running_app, shard_cache, status_of, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.environ.get("TABSWARM_BIG_MODELS") != "1",
                                                   reason="a 1.1 GB model: set TABSWARM_BIG_MODELS=1 to run it")]
@@ -29,7 +29,7 @@ def qwen_coder():
     from shards.executor import ReferenceExecutor
     from shards.gguf_model import resolve_model
 
-    directory, _ = convert(resolve_model("qwen2.5-coder-1.5b"), progress=False)
+    directory, _ = convert(resolve_model("qwen2.5-coder-1.5b", model_cache()), progress=False, cache_root=shard_cache())
     reference = ReferenceExecutor(directory, threads=2, verify=False)
     answers = []
     for prompt in PROMPTS:

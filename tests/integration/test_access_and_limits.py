@@ -9,7 +9,7 @@ import random
 import aiohttp
 import pytest
 
-from coordinator.access import AccessConfig
+from coordinator.trust.access import AccessConfig
 from tests.integration.fake_worker import FakeWorker
 from tests.support import FRANCE, running_app
 

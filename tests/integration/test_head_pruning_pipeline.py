@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from coordinator.app import ENGINE
-from coordinator.head_pruning import pruned_heads
-from coordinator.router import RouterConfig
+from coordinator.engine.head_pruning import pruned_heads
+from coordinator.engine.router import RouterConfig
 from tests.support import COLOURS, cuts_of, post, reference_tokens, status_of, wait_ready
 
 # Every head of layers 2-5 and three heads of layer 20: enough to change the answer.

@@ -10,7 +10,7 @@ import json
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.access import AccessConfig
+from coordinator.trust.access import AccessConfig
 from protocol.control import Hello, Stats, encode_control
 from protocol.frames import VERSION
 from tests.integration.fake_worker import FakeWorker

@@ -169,11 +169,17 @@ async def test_worker_refusing_every_step_fails_the_request_fast(shard_dir):
         await refusing.stop()
 
 
+async def post_for_headers(base: str, body: dict) -> tuple[int, dict, dict]:
+    async with aiohttp.ClientSession() as session, session.post(base + "/v1/chat/completions", json=body) as response:
+        return response.status, dict(response.headers), await response.json(content_type=None)
+
+
 async def test_no_workers_gives_503_not_a_hang(shard_dir):
     async with running_app(shard_dir, worker_wait_seconds=0.5) as (_, base):
-        status, body = await post(base, "/v1/chat/completions", {"messages": FRANCE})
+        status, headers, body = await post_for_headers(base, {"messages": FRANCE})
         assert status == 503 and body["error"]["code"] == "no_workers"
         assert "open the worker page" in body["error"]["message"]
+        assert int(headers["Retry-After"]) > 0   # a client knows when to try again
 
 
 async def test_full_queue_gets_429(shard_dir):
@@ -182,7 +188,8 @@ async def test_full_queue_gets_429(shard_dir):
         await wait_ready(base, 1)
         first = asyncio.create_task(post(base, "/v1/chat/completions", {"messages": COLOURS, "max_tokens": 40}))
         await asyncio.sleep(0.3)
-        status, body = await post(base, "/v1/chat/completions", {"messages": FRANCE, "max_tokens": 4})
+        status, headers, body = await post_for_headers(base, {"messages": FRANCE, "max_tokens": 4})
         assert status == 429 and body["error"]["type"] == "rate_limit_error"
+        assert int(headers["Retry-After"]) > 0
         assert (await first)[0] == 200
         await worker.stop()

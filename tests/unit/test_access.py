@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.access import (
+from coordinator.trust.access import (
     AccessConfig,
     api_keys_from,
     client_decision,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from coordinator.activity import ActivityLog
-from coordinator.session import HopStats
-from coordinator.step_timing import StepHistogram
+from coordinator.api.activity import ActivityLog
+from coordinator.engine.session import HopStats
+from coordinator.swarm.step_timing import StepHistogram
 
 
 def test_step_histogram_buckets_are_cumulative_and_inclusive():

@@ -1,9 +1,9 @@
-"""Placement input from facts (coordinator/capacity.py) and the tab memory model
+"""Placement input from facts (coordinator/swarm/capacity.py) and the tab memory model
 (shards/footprint.py): pure, on numbers a user can check by hand."""
 
 from __future__ import annotations
 
-from coordinator.capacity import WorkerFacts, capacities, max_layers, shortfall
+from coordinator.swarm.capacity import WorkerFacts, capacities, max_layers, shortfall
 from shards.footprint import TabFootprint, layer_bytes, prefill_rows
 from shards.model_config import ModelConfig
 

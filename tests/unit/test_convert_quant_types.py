@@ -76,7 +76,7 @@ def write_tiny_model(path: Path, matrix_type: str) -> None:
 def test_quant_type_converts_and_computes_with_dequantized_weights(tmp_path, matrix_type):
     gguf_path = tmp_path / f"tiny-{matrix_type}.gguf"
     write_tiny_model(gguf_path, matrix_type)
-    directory, manifest = convert(gguf_path, tmp_path / "shards", progress=False)
+    directory, manifest = convert(gguf_path, tmp_path / "shards", progress=False, cache_root=tmp_path / "cache")
     assert manifest.weight_format["gguf_tensor_types"][matrix_type] == 7
     # compact shards keep the GGUF's blocks as they are: 7 matrices of this type, none widened to F32
     assert manifest.weight_format["layer_matrix_types"] == {matrix_type: 7}

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from coordinator.drafting import StepCosts
-from coordinator.engine_snapshot import EngineSnapshot
-from coordinator.head_pruning import HeadStatistics
-from coordinator.router import LayerStatistics
-from coordinator.spot_checks import CheckCounters
-from coordinator.time_breakdown import TimeTotals
+from coordinator.engine.drafting import StepCosts
+from coordinator.engine.engine_snapshot import EngineSnapshot
+from coordinator.engine.head_pruning import HeadStatistics
+from coordinator.engine.router import LayerStatistics
+from coordinator.swarm.time_breakdown import TimeTotals
+from coordinator.trust.spot_checks import CheckCounters
 
 
 def engine():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.generation_state import Sequence, schedule, update
+from coordinator.engine.generation_state import Sequence, schedule, update
 from protocol.frames import StepKind
 from shards.sampling import SamplingParams, sample_token
 

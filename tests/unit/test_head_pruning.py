@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from coordinator.head_pruning import (
+from coordinator.engine.head_pruning import (
     HeadStatistics,
     StreamHeadMasks,
     applies,
@@ -14,7 +14,7 @@ from coordinator.head_pruning import (
     observe_heads,
     pruned_heads,
 )
-from coordinator.router import RouterConfig
+from coordinator.engine.router import RouterConfig
 
 
 def warmed(config: RouterConfig, layers: int = 4, heads: int = 3) -> HeadStatistics:

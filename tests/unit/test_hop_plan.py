@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from coordinator.hop_plan import account_outcome, account_plan, plan_hop
-from coordinator.planner import Stage
-from coordinator.router import NodeDecision
-from coordinator.session import HopStats
+from coordinator.engine.hop_plan import account_outcome, account_plan, plan_hop
+from coordinator.engine.router import NodeDecision
+from coordinator.engine.session import HopStats
+from coordinator.swarm.planner import Stage
 from protocol.activation_codec import CodecSettings, Route, encode_activation
 from protocol.frames import Flag, FrameKind, StepKind, parse_frame
 

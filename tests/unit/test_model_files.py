@@ -74,7 +74,7 @@ def test_unsupported_architecture_is_refused_from_the_header_before_hashing(tmp_
     monkeypatch.setattr(convert_module, "source_digest", no_hashing)
     monkeypatch.setattr(convert_module, "GGUFModel", no_hashing)
     with pytest.raises(UnsupportedModelError, match=r"'mamba' is not supported \(supported: gemma3, llama, qwen2\)"):
-        convert_module.convert(path, tmp_path / "out", progress=False)
+        convert_module.convert(path, tmp_path / "out", progress=False, cache_root=tmp_path / "cache")
 
 
 def test_llama_file_without_layer_tensors_is_rejected(tmp_path):
@@ -125,3 +125,12 @@ def test_missing_manifest_and_wrong_version(tmp_path):
     (tmp_path / "manifest.json").write_text(text)
     with pytest.raises(ShardIntegrityError, match="format version 99"):
         load_manifest(tmp_path)
+
+
+def test_the_cache_folder_follows_the_environment_given():
+    from shards.cache_location import cache_root_from, models_dir, shards_dir
+
+    assert cache_root_from({"TABSWARM_CACHE": "/data/tw", "XDG_CACHE_HOME": "/x"}) == Path("/data/tw")
+    assert cache_root_from({"XDG_CACHE_HOME": "/x", "HOME": "/home/u"}) == Path("/x/tabswarm")
+    assert cache_root_from({"HOME": "/home/u"}) == Path("/home/u/.cache/tabswarm")
+    assert shards_dir(Path("/c")) == Path("/c/shards") and models_dir(Path("/c")) == Path("/c/models")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.planner import PlanError, WorkerCapacity, even_stages, plan_layers
+from coordinator.swarm.planner import PlanError, WorkerCapacity, even_stages, plan_layers
 
 
 def test_equal_workers_split_evenly():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.router import (
+from coordinator.engine.router import (
     LayerStatistics,
     NodeDecision,
     RouterConfig,

@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.acceptance import accept_drafts
-from coordinator.drafting import (
+from coordinator.engine.acceptance import accept_drafts
+from coordinator.engine.drafting import (
     DraftLength,
     SpeculationConfig,
     StepCosts,
     expected_tokens,
     lookup_draft,
 )
-from coordinator.generation_state import Sequence, schedule
-from coordinator.stage_replay import StageRecorder, replay_messages
+from coordinator.engine.generation_state import Sequence, schedule
+from coordinator.engine.stage_replay import StageRecorder, replay_messages
 from protocol.activation_codec import LOSSLESS, Route, encode_activation
 from protocol.frames import FrameKind, StepKind
 from shards.sampling import SamplingParams, token_distribution

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.step_timing import StallPolicy, StepTimer
+from coordinator.swarm.step_timing import StallPolicy, StepTimer
 
 
 def test_before_enough_samples_the_initial_bound_applies():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from coordinator.planner import Stage, WorkerCapacity
-from coordinator.swarm_plan import plan_swarm
+from coordinator.swarm.planner import Stage, WorkerCapacity
+from coordinator.swarm.swarm_plan import plan_swarm
 
 
 def workers(*names: str, max_layers: int = 30) -> list[WorkerCapacity]:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from coordinator.scheduler import Admission, Load, admit, next_from_queue
-from coordinator.text_stream import TextStream
+from coordinator.api.text_stream import TextStream
+from coordinator.engine.scheduler import Admission, Load, admit, next_from_queue
 
 VOCAB = {1: "Hel", 2: "lo", 3: " wor", 4: "ld", 5: "\n", 6: "END", 7: "E", 8: "ND", 9: "\xe2", 10: "\x82\xac"}
 

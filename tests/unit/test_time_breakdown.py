@@ -3,7 +3,13 @@ defensively, and per-step figures from two snapshots (what bench/time_breakdown.
 
 from __future__ import annotations
 
-from coordinator.time_breakdown import TimeTotals, hop_ms, kind_of, parse_tab_timing, per_step_ms
+from coordinator.swarm.time_breakdown import (
+    TimeTotals,
+    hop_ms,
+    kind_of,
+    parse_tab_timing,
+    per_step_ms,
+)
 
 
 def tab_report(decode_steps: int, layers_ms: float) -> dict:

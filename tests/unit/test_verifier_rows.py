@@ -1,11 +1,11 @@
-"""The int8 check's tolerance on data (coordinator/verifier.py): an honest result that drifted
+"""The int8 check's tolerance on data (coordinator/trust/verifier.py): an honest result that drifted
 as WASM and native int8 do passes; noise, flipped signs, a stale row and a large scaling fail."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from coordinator.verifier import StageChecker, VerifyConfig
+from coordinator.trust.verifier import StageChecker, VerifyConfig
 from protocol.activation_codec import LOSSLESS, Route, encode_activation
 from protocol.frames import FrameKind
 

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.worker_lifecycle import TRANSITIONS, IllegalTransition, WorkerState, transition
+from coordinator.swarm.worker_lifecycle import (
+    TRANSITIONS,
+    IllegalTransition,
+    WorkerState,
+    transition,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 // The tab's step timing (stats.timing): one-row steps count as decode, more rows as
 // prefill; the message carries cumulative ms per part in the shape the coordinator parses
-// (coordinator/time_breakdown.py, tests/unit/test_time_breakdown.py).
+// (coordinator/swarm/time_breakdown.py, tests/unit/test_time_breakdown.py).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { StepTiming } from '../step_timing.js';

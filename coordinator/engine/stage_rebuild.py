@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 
-from coordinator.cluster import Cluster
 from coordinator.config import ServerConfig
-from coordinator.generation_state import Step
-from coordinator.session import HopStats, PipelineSession
-from coordinator.stage_replay import frame_rows, replaced_stage, replay_messages
-from coordinator.worker_link import WorkerLost
+from coordinator.engine.generation_state import Step
+from coordinator.engine.session import HopStats, PipelineSession
+from coordinator.engine.stage_replay import frame_rows, replaced_stage, replay_messages
+from coordinator.swarm.cluster import Cluster
+from coordinator.swarm.worker_link import WorkerLost
 from protocol.control import Truncate
 from protocol.frames import with_no_reply
 

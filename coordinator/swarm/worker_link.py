@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.planner import Stage
-from coordinator.step_timing import StallPolicy, StepHistogram, StepTimer
-from coordinator.time_breakdown import TimeTotals
-from coordinator.worker_lifecycle import WorkerState
+from coordinator.swarm.planner import Stage
+from coordinator.swarm.step_timing import StallPolicy, StepHistogram, StepTimer
+from coordinator.swarm.time_breakdown import TimeTotals
+from coordinator.swarm.worker_lifecycle import WorkerState
 from protocol.control import ControlMessage, LayerStats, encode_control
 from protocol.frames import Header
 

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from coordinator.session import HopStats
+from coordinator.engine.session import HopStats
 
 
 @dataclass

@@ -9,23 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.drafting import METHODS
-from coordinator.router import POLICIES, RouterConfig
+from coordinator.engine.drafting import METHODS
+from coordinator.engine.router import POLICIES, RouterConfig
+from coordinator.types import ApiError
 from shards.sampling import SamplingParams
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
-
-
-class ApiError(Exception):
-    """A request the API refuses: becomes {"error": {...}} with this HTTP status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)

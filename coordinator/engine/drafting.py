@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from coordinator.router import RouterConfig
+from coordinator.engine.router import RouterConfig
 
 METHODS = ("off", "lookup", "self")
 

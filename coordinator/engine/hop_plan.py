@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coordinator.head_pruning import Masks
-from coordinator.planner import Stage
-from coordinator.router import NodeDecision
-from coordinator.session import HopStats
+from coordinator.engine.head_pruning import Masks
+from coordinator.engine.router import NodeDecision
+from coordinator.engine.session import HopStats
+from coordinator.swarm.planner import Stage
 from protocol.frames import FrameKind, StepKind, retarget
 
 

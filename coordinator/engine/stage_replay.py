@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coordinator.planner import Stage
+from coordinator.swarm.planner import Stage
 
 
 @dataclass

@@ -13,11 +13,11 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from coordinator.access import AccessConfig, worker_decision
-from coordinator.cluster import Cluster
-from coordinator.step_timing import StallPolicy
-from coordinator.worker_lifecycle import WorkerState
-from coordinator.worker_link import WorkerLink
+from coordinator.swarm.cluster import Cluster
+from coordinator.swarm.step_timing import StallPolicy
+from coordinator.swarm.worker_lifecycle import WorkerState
+from coordinator.swarm.worker_link import WorkerLink
+from coordinator.trust.access import AccessConfig, worker_decision
 from protocol.control import (
     ErrorReport,
     Heartbeat,

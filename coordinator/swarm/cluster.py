@@ -29,13 +29,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.capacity import MAX_TAB_MEMORY_MB, WorkerFacts, capacities, shortfall
 from coordinator.config import ServerConfig
-from coordinator.planner import PlanError, Stage, WorkerCapacity
-from coordinator.swarm_plan import SwarmPlan, plan_swarm
-from coordinator.time_breakdown import parse_tab_timing
-from coordinator.worker_lifecycle import WorkerState, transition
-from coordinator.worker_link import WorkerLink, WorkerLost
+from coordinator.swarm.capacity import MAX_TAB_MEMORY_MB, WorkerFacts, capacities, shortfall
+from coordinator.swarm.pipeline import Pipeline
+from coordinator.swarm.planner import PlanError, Stage, WorkerCapacity
+from coordinator.swarm.swarm_plan import SwarmPlan, plan_swarm
+from coordinator.swarm.time_breakdown import parse_tab_timing
+from coordinator.swarm.worker_lifecycle import WorkerState, transition
+from coordinator.swarm.worker_link import WorkerLink, WorkerLost
 from protocol.control import Assign, Hello, Ready, Retain, Stats
 from protocol.frames import VERSION
 from shards.footprint import TabFootprint
@@ -59,7 +60,6 @@ class NoWorkers(RuntimeError):
     """No ready pipeline within the wait limit."""
 
 
-Pipeline = list[tuple[Stage, WorkerLink]]
 
 
 class Cluster:

@@ -1,7 +1,8 @@
 """Who may use the coordinator: API keys for clients, a join secret for workers.
 
-Owns the decisions (pure: `client_decision`, `worker_decision`, `api_keys_from`) and the
-aiohttp middleware that applies the client decision. Without an API key configured the
+Owns the configuration (`AccessConfig`) and the decisions (pure: `client_decision`,
+`worker_decision`, `api_keys_from`); the aiohttp middleware that applies the client
+decision is `coordinator/api/access_middleware.py`. Without an API key configured the
 API answers loopback clients only, so `make run` on one machine needs no configuration
 while other devices can still join as workers (with the join token). `/health`, the
 worker page, onnxruntime-web and the shards stay open: a tab needs them before it can
@@ -16,9 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
-
-from coordinator.openai_schema import ApiError
+from coordinator.types import ApiError
 
 # Paths that need a client credential; everything else (chat page shell, worker page,
 # static files, /health) is open. The chat page asks for a key when its API calls get 401.
@@ -98,19 +97,3 @@ def worker_decision(config: AccessConfig, token: str | None) -> str | None:
 
 def new_secret() -> str:
     return os.urandom(16).hex()
-
-
-def access_middleware(config_of):
-    """Middleware checking client credentials; `config_of(app)` gives the AccessConfig in
-    force (it can change: the join secret rotates)."""
-
-    @web.middleware
-    async def check(request: web.Request, handler):
-        error = client_decision(config_of(request.app), request.path, request.remote,
-                                request.headers.get("Authorization"), request.query.get("api_key"))
-        if error is not None:
-            return web.json_response(error.body(), status=error.status,
-                                     headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
-        return await handler(request)
-
-    return check

@@ -16,21 +16,24 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.activity import RequestRecord
-from coordinator.cluster import Cluster, NoWorkers
+from coordinator.api.activity import RequestRecord
+from coordinator.api.openai_schema import ParsedRequest, parse_request
+from coordinator.api.request_watch import RequestWatch, outcome_of
+from coordinator.api.text_stream import TextStream
 from coordinator.config import AppConfig
-from coordinator.engine import GenerationEngine, GenerationFailed, GenerationRequest
-from coordinator.engine_snapshot import EngineSnapshot
-from coordinator.openai_schema import ApiError, ParsedRequest, parse_request
-from coordinator.request_watch import RequestWatch, outcome_of
-from coordinator.scheduler import Admission, Load, admit, next_from_queue
-from coordinator.session import HopStats
-from coordinator.text_stream import TextStream
+from coordinator.engine.engine_snapshot import EngineSnapshot
+from coordinator.engine.generation import GenerationEngine, GenerationFailed, GenerationRequest
+from coordinator.engine.scheduler import Admission, Load, admit, next_from_queue
+from coordinator.engine.session import HopStats
+from coordinator.swarm.cluster import Cluster, NoWorkers
+from coordinator.types import ApiError
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams
 from shards.tokenizer import ChatTemplateError
 
 log = logging.getLogger(__name__)
+BUSY_RETRY_SECONDS = 2          # a full queue drains in seconds at decode speed
+NO_WORKERS_RETRY_SECONDS = 10   # tabs joining need ~10-30 s to load their layers
 MAX_BODY = 4 << 20
 MAX_JSON_DEPTH = 32
 
@@ -63,7 +66,8 @@ class Admissions:
         decision = admit(self.load(), self.max_active, self.max_queue)
         if decision is Admission.REFUSE:
             raise ApiError(429, f"the server is busy: {self.active} requests running and {len(self.waiters)} "
-                                "waiting; retry later", code="rate_limit_exceeded", kind="rate_limit_error")
+                                "waiting; retry later", code="rate_limit_exceeded", kind="rate_limit_error",
+                           retry_after=BUSY_RETRY_SECONDS)
         if decision is Admission.QUEUE:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
@@ -223,7 +227,8 @@ class Api:
                     finish = "stop"
                     break
         except NoWorkers as error:
-            raise ApiError(503, str(error), code="no_workers", kind="server_error") from error
+            raise ApiError(503, str(error), code="no_workers", kind="server_error",
+                           retry_after=NO_WORKERS_RETRY_SECONDS) from error
         except GenerationFailed as error:
             raise ApiError(503, f"generation failed: {error}", code="worker_lost", kind="server_error") from error
         content = self._stopped_text(text) if text.stopped else text.text()
@@ -378,7 +383,7 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as error:
-        return web.json_response(error.body(), status=error.status)
+        return web.json_response(error.body(), status=error.status, headers=error.headers())
     except web.HTTPException as error:
         if error.status < 400 or not request.path.startswith("/v1"):
             raise

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKER_DIR = ROOT / "worker_web"
 WEB_DIR = ROOT / "coordinator" / "web"
 ORT_DIST = ROOT / "node_modules" / "onnxruntime-web" / "dist"

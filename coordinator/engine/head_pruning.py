@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from coordinator.router import RouterConfig
+from coordinator.engine.router import RouterConfig
 
 Masks = tuple[tuple[int, ...], ...]   # one tuple of 0/1 per layer of a node, from its layer_start
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.activity import ActivityLog
-from coordinator.static_files import WEB_DIR
+from coordinator.api.activity import ActivityLog
+from coordinator.api.static_files import WEB_DIR
 
 log = logging.getLogger(__name__)
 

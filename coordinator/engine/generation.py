@@ -33,28 +33,29 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from coordinator.acceptance import accept_drafts
-from coordinator.cluster import Cluster, NoWorkers, Pipeline
 from coordinator.config import ServerConfig
-from coordinator.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
-from coordinator.generation_state import Sequence, Step, schedule, update
-from coordinator.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
-from coordinator.hop_plan import HopPlan, account_outcome, account_plan, plan_hop
-from coordinator.planner import Stage
-from coordinator.router import (
+from coordinator.engine.acceptance import accept_drafts
+from coordinator.engine.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
+from coordinator.engine.generation_state import Sequence, Step, schedule, update
+from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
+from coordinator.engine.hop_plan import HopPlan, account_outcome, account_plan, plan_hop
+from coordinator.engine.router import (
     LayerStatistics,
     RouterConfig,
     decide,
     observe,
     start_token,
 )
-from coordinator.session import HopStats, PipelineSession, TokenEvent
-from coordinator.spot_checks import SpotChecks
-from coordinator.stage_rebuild import drop_worker, replace_stage
-from coordinator.stage_replay import StageRecorder
-from coordinator.time_breakdown import TimeTotals
-from coordinator.verifier import StageChecker
-from coordinator.worker_link import WorkerLink, WorkerLost
+from coordinator.engine.session import HopStats, PipelineSession, TokenEvent
+from coordinator.engine.stage_rebuild import drop_worker, replace_stage
+from coordinator.engine.stage_replay import StageRecorder
+from coordinator.swarm.cluster import Cluster, NoWorkers
+from coordinator.swarm.pipeline import Pipeline
+from coordinator.swarm.planner import Stage
+from coordinator.swarm.time_breakdown import TimeTotals
+from coordinator.swarm.worker_link import WorkerLink, WorkerLost
+from coordinator.trust.spot_checks import SpotChecks
+from coordinator.trust.verifier import StageChecker
 from protocol.activation_codec import (
     CodecSettings,
     Route,

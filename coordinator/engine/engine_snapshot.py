@@ -13,10 +13,10 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator.time_breakdown import TimeTotals
+from coordinator.swarm.time_breakdown import TimeTotals
 
 if TYPE_CHECKING:
-    from coordinator.engine import GenerationEngine
+    from coordinator.engine.generation import GenerationEngine
 
 
 @dataclass(frozen=True)

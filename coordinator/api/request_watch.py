@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from coordinator.activity import ActivityLog, RequestRecord
-from coordinator.metrics import RequestMetrics
-from coordinator.openai_schema import ApiError
-from coordinator.session import HopStats
+from coordinator.api.activity import ActivityLog, RequestRecord
+from coordinator.api.metrics import RequestMetrics
+from coordinator.engine.session import HopStats
+from coordinator.types import ApiError
 
 
 def outcome_of(error: BaseException) -> tuple[str, int]:

@@ -39,14 +39,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from coordinator.engine_snapshot import EngineSnapshot
-from coordinator.session import HopStats
-from coordinator.worker_lifecycle import WorkerState
+from coordinator.engine.engine_snapshot import EngineSnapshot
+from coordinator.engine.session import HopStats
+from coordinator.swarm.worker_lifecycle import WorkerState
 
 if TYPE_CHECKING:
-    from coordinator.cluster import Cluster
-    from coordinator.engine import GenerationEngine
-    from coordinator.scheduler import Load
+    from coordinator.engine.generation import GenerationEngine
+    from coordinator.engine.scheduler import Load
+    from coordinator.swarm.cluster import Cluster
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 120.0)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from coordinator.cluster import Pipeline
-from coordinator.head_pruning import Masks, StreamHeadMasks
-from coordinator.router import TokenState
-from coordinator.stage_replay import StageRecorder
-from coordinator.time_breakdown import TimeTotals
+from coordinator.engine.head_pruning import Masks, StreamHeadMasks
+from coordinator.engine.router import TokenState
+from coordinator.engine.stage_replay import StageRecorder
+from coordinator.swarm.pipeline import Pipeline
+from coordinator.swarm.time_breakdown import TimeTotals
 from protocol.activation_codec import StreamCodecState
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from coordinator.planner import WorkerCapacity
+from coordinator.swarm.planner import WorkerCapacity
 from shards.footprint import TabFootprint
 
 MAX_TAB_MEMORY_MB = 4096       # wasm32 addresses 4 GiB: a larger claim is not believed

@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.cluster import Cluster
-from coordinator.planner import Stage
-from coordinator.verifier import StageChecker, Verdict, should_audit, should_check
-from coordinator.worker_link import WorkerLink, WorkerLost
+from coordinator.swarm.cluster import Cluster
+from coordinator.swarm.planner import Stage
+from coordinator.swarm.worker_link import WorkerLink, WorkerLost
+from coordinator.trust.verifier import StageChecker, Verdict, should_audit, should_check
 from protocol.frames import parse_frame
 
 log = logging.getLogger(__name__)

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from coordinator.allocator import trim
-from coordinator.planner import Stage
+from coordinator.swarm.allocator import trim
+from coordinator.swarm.planner import Stage
 from protocol.activation_codec import decode_activation
 from protocol.frames import Encoding, parse_frame
 from protocol.quantization import expand, scales_for

@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coordinator.planner import PlanError, Stage, WorkerCapacity, plan_layers
+from coordinator.swarm.planner import PlanError, Stage, WorkerCapacity, plan_layers
 
 # Above this many workers the layout search (ordered choices of stage workers) is skipped
 # and workers take stages in join order.
