@@ -6,7 +6,8 @@ in-process reference executor through the codec exactly as the pipeline does
 (`shards.coded_reference.coded_generate`) and measures, on the default model:
 
 - greedy agreement between layouts a replan moves between (cuts at 15 vs 14 vs 16, 3 nodes),
-  over the speculation benchmark's 20 chat prompts: how often the answer changes;
+  over the speculation benchmark's 20 chat prompts: how often the answer changes, with the
+  codec rounding only at the cuts (protocol v3) and at every layer boundary (v4, the rule now);
 - perplexity with the codec at the cuts of 1, 2 and 3 even stages, and with a round trip
   after every layer (the one layout-independent rule that needs no restriction on cuts:
   each layer's output is rounded once wherever the cuts fall): what independence would cost.
@@ -42,12 +43,13 @@ def first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def greedy_by_layout(executor: ReferenceExecutor, tokens: int) -> dict:
+def greedy_by_layout(executor: ReferenceExecutor, tokens: int, inner_rounding: bool) -> dict:
     settings = CodecPresets().get(None)
     params = SamplingParams(temperature=0.0, max_tokens=tokens)
     prompts = [messages for group in prompt_sets().values() for messages in group]
     answers = {name: [coded_generate(executor, executor.text.encode_chat(messages), params, cuts, settings,
-                                     executor.manifest.stop_set) for messages in prompts]
+                                     executor.manifest.stop_set, inner_rounding=inner_rounding)
+                      for messages in prompts]
                for name, cuts in LAYOUTS.items()}
     reference = answers["2 stages, cut 15"]
     report = {}
@@ -88,7 +90,8 @@ def main() -> None:
     directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
     executor = ReferenceExecutor(directory, threads=2)
     report = {"model": executor.manifest.model.name, "codec": "int8 (block 32, the default)",
-              "greedy": greedy_by_layout(executor, args.tokens),
+              "greedy_rounding_at_cuts_only": greedy_by_layout(executor, args.tokens, inner_rounding=False),
+              "greedy_rounding_every_layer": greedy_by_layout(executor, args.tokens, inner_rounding=True),
               "perplexity": perplexity_by_rule(executor, args.ppl_tokens)}
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "layout_rounding.json"

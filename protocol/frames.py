@@ -14,7 +14,7 @@ from enum import IntEnum, IntFlag
 from protocol.errors import FrameError
 
 MAGIC = b"TSWF"
-VERSION = 3
+VERSION = 4
 HEADER = struct.Struct("<4sBBHIIIHHHHQIB3sII")
 HEADER_SIZE = HEADER.size  # 52
 CHECKSUM_OFFSET = HEADER_SIZE - 4

@@ -19,6 +19,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
+from protocol.boundary_rounding import BoundaryRounding
 from protocol.control import SCHEMAS, encode_control, from_map
 from protocol.frames import CHECKSUM_OFFSET, HEADER_SIZE, Encoding, FrameKind, StepKind, pack_frame
 
@@ -96,6 +97,27 @@ def activation_vectors() -> list[dict]:
     return vectors
 
 
+def round_trip_vectors() -> list[dict]:
+    """The rounding every layer boundary inside a stage applies (protocol/boundary_rounding.py)."""
+    rng = np.random.default_rng(2026)
+    massive = rng.standard_normal((2, 96)).astype(np.float32)
+    massive[1, 5] = -3000.0
+    cases = [("int8_block32_short_last_block", Encoding.INT8_BLOCK, 32, rng.standard_normal((3, 70)) * 4),
+             ("int8_massive_activation", Encoding.INT8_BLOCK, 32, massive),
+             ("int8_block64_with_zero_block", Encoding.INT8_BLOCK, 64,
+              np.concatenate([np.zeros((1, 64)), rng.standard_normal((1, 64))], axis=1)),
+             ("float16", Encoding.FLOAT16, 0, rng.standard_normal((2, 40)) * 300),
+             ("float32_unchanged", Encoding.FLOAT32, 0, rng.standard_normal((1, 9)))]
+    vectors = []
+    for name, encoding, block, values in cases:
+        values = np.asarray(values, dtype=np.float32)
+        rounded = BoundaryRounding(encoding, block).apply(values)
+        vectors.append({"name": name, "encoding": int(encoding), "block": block, "rows": values.shape[0],
+                        "columns": values.shape[1], "input": values.astype("<f4").tobytes().hex(),
+                        "rounded": np.asarray(rounded, dtype="<f4").tobytes().hex()})
+    return vectors
+
+
 def invalid_vectors(good: bytes) -> list[dict]:
     def mutate(offset: int, value: int) -> bytes:
         data = bytearray(good)
@@ -166,7 +188,8 @@ def main() -> None:
     activations = activation_vectors()
     good = bytes.fromhex(activations[2]["frames"][0]["frame"])
     (OUT / "activation.json").write_text(json.dumps(
-        {"activation": activations, "invalid": invalid_vectors(good)}, indent=1) + "\n")
+        {"activation": activations, "invalid": invalid_vectors(good), "round_trip": round_trip_vectors()},
+        indent=1) + "\n")
     schemas = {kind: {name: [[t.__name__ for t in types], required]
                       for name, (types, required) in fields.items()} for kind, fields in SCHEMAS.items()}
     (OUT / "control.json").write_text(json.dumps(

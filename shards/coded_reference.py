@@ -1,8 +1,10 @@
 """The reference executor run through the wire codec exactly as the pipeline runs it.
 
 Owns the simulation the distributed pipeline is compared with when its codec is lossy:
-the coordinator codes the embedding output for stage 0; each stage codes its output once
-(relayed untouched to the next stage, decoded there); the last is decoded for the head.
+the coordinator codes the embedding output for stage 0; each stage rounds the hidden state
+at every layer boundary inside it as a frame would (protocol/boundary_rounding.py) and codes
+its output once (relayed untouched to the next stage, decoded there); the last is decoded
+for the head. So the tokens do not depend on `cuts` (bypassed stages aside).
 Same per-stream codec state, same frames (a prompt frame, then one row per frame).
 """
 
@@ -19,6 +21,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
+from protocol.boundary_rounding import BoundaryRounding
 from protocol.frames import FrameKind
 from shards.executor import ReferenceExecutor
 from shards.sampling import SamplingParams, make_rng, sample_token
@@ -42,16 +45,21 @@ class CodedBoundary:
 def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: SamplingParams,
                    cuts: list[int], settings: CodecSettings, stop_ids: frozenset[int],
                    skips: frozenset[tuple[int, int]] = frozenset(),
-                   pruned_heads: frozenset[tuple[int, int]] = frozenset(), heads_from: int = 0) -> list[int]:
+                   pruned_heads: frozenset[tuple[int, int]] = frozenset(), heads_from: int = 0,
+                   inner_rounding: bool = True) -> list[int]:
     """Greedy/sampled token ids with the codec at every stage boundary (cuts = stage starts after 0).
 
     skips: (position, layer) pairs that run K/V-only (one-token steps only, as the router).
     A stage whose layers are all skipped is bypassed: its output frame is its input frame,
     so no codec step is added at its output (the pipeline relays the frame untouched).
     pruned_heads: (layer, head) pairs masked on one-token steps at positions >= heads_from.
+    inner_rounding=False leaves out the rounding at layer boundaries inside a stage (protocol
+    version 3, before the rule; bench/layout_rounding.py compares the two).
     """
     layers = executor.manifest.model.layers
     bounds = [0, *cuts, layers]
+    # inside each stage, as the tabs do
+    rounding = BoundaryRounding(settings.encoding, settings.block) if inner_rounding else None
     links = [CodedBoundary(settings) for _ in bounds]
     stream = 50_000 + len(cuts)
     rng = make_rng(params)
@@ -73,7 +81,7 @@ def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: S
                     masks = {layer: np.array([0.0 if (layer, head) in pruned_heads else 1.0 for head in range(heads)],
                                              dtype=np.float32) for layer in range(first, last)}
                 hidden = executor.stack.forward(stream, hidden, positions, skip=skipped, layers=range(first, last),
-                                                head_masks=masks)
+                                                head_masks=masks, rounding=rounding)
                 passthrough = len(skipped) == last - first
             if not passthrough:
                 hidden = links[-1](hidden[0], position)[None]

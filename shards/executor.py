@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from protocol.boundary_rounding import BoundaryRounding
 from shards.compact_weights import LazyWeights, decode_weights, graph_with_weights
 from shards.footprint import prefill_rows
 from shards.manifest import Manifest, load_manifest, native_cache_dir, verify_files
@@ -175,13 +176,15 @@ class LayerStack:
 
     def forward(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
                 skip: frozenset[int] = frozenset(), layers: range | None = None,
-                head_masks: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
-        return self.forward_reporting(stream, hidden, positions, skip, layers, head_masks, measure=False).hidden
+                head_masks: Mapping[int, np.ndarray] | None = None,
+                rounding: BoundaryRounding | None = None) -> np.ndarray:
+        return self.forward_reporting(stream, hidden, positions, skip, layers, head_masks, measure=False,
+                                      rounding=rounding).hidden
 
     def forward_reporting(self, stream: int, hidden: np.ndarray, positions: np.ndarray,
                           skip: frozenset[int] = frozenset(), layers: range | None = None,
                           head_masks: Mapping[int, np.ndarray] | None = None, measure: bool = True,
-                          measure_heads: bool = False) -> LayerReport:
+                          measure_heads: bool = False, rounding: BoundaryRounding | None = None) -> LayerReport:
         """Run this stack's layers (or the sub-range `layers`) on hidden (1, seq, hidden) at positions (1, seq).
 
         A layer in `skip` passes the hidden state through unchanged but still writes
@@ -189,10 +192,15 @@ class LayerStack:
         head_masks[layer] (heads,) scales each attention head's contribution (0 prunes it);
         layers not in it keep every head. One-row calls report r and norms when `measure`,
         and head contribution ratios too when `measure_heads` (what a worker samples).
+        `rounding`: the hidden state is rounded by it at every layer boundary inside the range
+        (protocol/boundary_rounding.py: what a stage cut there would do), not after the last.
         """
         state = self.streams.setdefault(stream, StreamState())
         report = LayerReport(hidden)
-        for index in layers if layers is not None else sorted(self.layers):
+        order = list(layers) if layers is not None else sorted(self.layers)
+        for count, index in enumerate(order):
+            if count and rounding is not None:
+                hidden = rounding.apply_batch(hidden)
             cache = state.caches.get(index) or self._empty_cache()
             feeds = {"hidden": hidden, "positions": positions,
                      "past_key": cache.key, "past_value": cache.value}

@@ -3,7 +3,7 @@
 // (checked against protocol/vectors/ by `node --test`). Pure: no I/O, no DOM.
 
 export const MAGIC = [0x54, 0x53, 0x57, 0x46]; // "TSWF"
-export const VERSION = 3;
+export const VERSION = 4;
 export const HEADER_SIZE = 52;
 export const Kind = Object.freeze({ FORWARD: 1, RESULT: 2, CONTROL: 3 });
 export const StepKind = Object.freeze({ NONE: 0, PREFILL: 1, DECODE: 2, VERIFY: 3 });
@@ -98,6 +98,41 @@ function rowScales(targets, columns, block, out, offset) {
 }
 
 function roundHalfAway(x) { return Math.sign(x) * Math.floor(Math.abs(x) + 0.5); }
+
+/**
+ * The rounding a stage boundary applies (protocol/boundary_rounding.py): what a receiver
+ * decodes from a frame of these rows in this encoding, without delta. The tab applies it at
+ * every layer boundary inside its stage, so an answer does not depend on where stages are cut.
+ * values: Float32Array (rows * columns); returns a new Float32Array (float32: the input itself).
+ */
+export function roundTrip(values, rows, columns, encoding, block) {
+  if (encoding === Encoding.FLOAT32) return values;
+  const out = new Float32Array(values.length);
+  if (encoding === Encoding.FLOAT16) {
+    for (let i = 0; i < values.length; i += 1) {
+      if (Math.abs(values[i]) > FLOAT16_MAX) throw new RangeError('activation values overflow float16');
+      out[i] = float16Value(float16Bits(values[i]));
+    }
+    return out;
+  }
+  const blocks = blocksPerRow(columns, block);
+  const scales = new Uint16Array(blocks);
+  for (let r = 0; r < rows; r += 1) {
+    const base = r * columns;
+    const row = values.subarray(base, base + columns);
+    rowScales(row, columns, block, scales, 0);
+    for (let b = 0; b < blocks; b += 1) {
+      const scale = float16Value(scales[b]);   // once per block: the hot loop only divides and rounds
+      const end = Math.min(columns, (b + 1) * block);
+      for (let i = b * block; i < end; i += 1) {
+        const x = row[i] / scale;   // |x| <= 127 by the choice of scale: no clamp is ever needed
+        const code = x >= 0 ? Math.floor(x + 0.5) : -Math.floor(0.5 - x);   // half away from zero
+        out[base + i] = (code | 0) * scale;   // an int8: never -0
+      }
+    }
+  }
+  return out;
+}
 
 // ---- zero run-length coding ----------------------------------------------------------------
 export function runLengthEncode(data) {

@@ -244,9 +244,11 @@ export class LayerRunner {
    * positions position..position+rows-1. Returns {output, ratios, norms, nodeRatio,
    * headRatios}; when `measure` (one-row frames only) ratios holds r = |update| / |input| of
    * each layer that ran (the router's input), and, when sampleHeads, headRatios each head's
-   * contribution norm / |input| per layer that ran.
+   * contribution norm / |input| per layer that ran. roundBoundary(values, rows), when given,
+   * rounds the hidden state at each layer boundary inside the range (not after the last).
    */
-  async forward(stream, hidden, rows, position, skipMask, layerStart, layerEnd, measure = false, sampleHeads = false) {
+  async forward(stream, hidden, rows, position, skipMask, layerStart, layerEnd, measure = false, sampleHeads = false,
+    roundBoundary = null) {
     if (!this.streams.has(stream)) this.streams.set(stream, new Map());
     const caches = this.streams.get(stream);
     let state = floatTensor(this.ort, hidden, [1, rows, this.model.hidden]);
@@ -256,6 +258,10 @@ export class LayerRunner {
     const headRatios = [];
     const masks = this.headMasks.get(stream);
     for (let layer = layerStart; layer < layerEnd; layer += 1) {
+      if (roundBoundary && layer > layerStart) {
+        // every layer boundary inside the stage is rounded as a cut there would be (the caller's rule)
+        state = floatTensor(this.ort, roundBoundary(state.data, rows), [1, rows, this.model.hidden]);
+      }
       const cache = caches.get(layer) || this.emptyCache();
       const feeds = { hidden: state, positions, past_key: cache.key, past_value: cache.value };
       const skipped = (skipMask >> BigInt(layer - layerStart)) & 1n;

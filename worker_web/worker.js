@@ -7,7 +7,7 @@
 // An assignment downloads outside it (so the tab keeps serving its current layers while
 // it loads new ones) and creates each new layer's sessions as one queued task; the layers
 // it held before stay until the coordinator says `retain`.
-import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, VERSION } from './codec.js';
+import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, roundTrip, VERSION } from './codec.js';
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
 import { isOutOfMemory, layerOfFile, LayerRunner, loadOrt, realGpuAdapter } from './ort_runtime.js';
 import { fetchShardFiles } from './shard_store.js';
@@ -214,6 +214,12 @@ function refuse(header, code, message) {
   sendControl({ type: 'error', code, message, stream: header.stream, step: header.step }, header.stream);
 }
 
+/** The rounding of the frame's encoding at every layer boundary inside the stage (null for float32). */
+function boundaryRounding(header, columns) {
+  if (header.encoding === Encoding.FLOAT32) return null;
+  return (values, rows) => roundTrip(values, rows, columns, header.encoding, header.block);
+}
+
 function streamState(map, stream) {
   if (!map.has(stream)) map.set(stream, newStreamState());
   return map.get(stream);
@@ -242,7 +248,7 @@ async function onForward(bytes, parsed) {
   const sampleHeads = report && header.position % HEAD_SAMPLE_INTERVAL === 0;
   const result = echo ? { output: values, ratios: [] }
     : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask,
-      header.layerStart, header.layerEnd, report, sampleHeads);
+      header.layerStart, header.layerEnd, report, sampleHeads, boundaryRounding(header, runner.model.hidden));
   const computed = performance.now();
   if (!echo) {
     worker.computeMs += computed - started;

@@ -30,6 +30,7 @@ from protocol.activation_codec import (
     decode_activation,
     encode_activation,
 )
+from protocol.boundary_rounding import BoundaryRounding
 from protocol.control import (
     HEAD_SAMPLE_INTERVAL,
     Assign,
@@ -165,7 +166,8 @@ class FakeWorker:
             report = await loop.run_in_executor(None, functools.partial(
                 self.stack.forward_reporting, stream, values[None], positions, skipped, layers=layers,
                 head_masks=self.head_masks.get(stream), measure=wants_report,
-                measure_heads=wants_report and header.position % HEAD_SAMPLE_INTERVAL == 0))
+                measure_heads=wants_report and header.position % HEAD_SAMPLE_INTERVAL == 0,
+                rounding=BoundaryRounding.of(header)))
             out, ratios, norms = report.hidden, report.ratios, report.norms
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from protocol.activation_codec import (
+    LOSSLESS,
     CodecSettings,
     Route,
     StreamCodecState,
     decode_activation,
     encode_activation,
 )
+from protocol.boundary_rounding import BoundaryRounding
 from protocol.control import SCHEMAS, decode_control, encode_control, to_map
 from protocol.errors import FrameError
 from protocol.frames import Encoding, FrameKind, StepKind
@@ -83,8 +85,28 @@ def test_vectors_are_what_the_generator_makes_today():
         activation_vectors,
         control_vectors,
         malformed_control_vectors,
+        round_trip_vectors,
     )
 
     assert activation_vectors() == ACTIVATION["activation"]
+    assert round_trip_vectors() == ACTIVATION["round_trip"]
     assert control_vectors() == CONTROL["messages"]
     assert malformed_control_vectors() == CONTROL["malformed"]
+
+
+@pytest.mark.parametrize("vector", ACTIVATION["round_trip"], ids=lambda v: v["name"])
+def test_boundary_rounding_vector(vector):
+    values = floats(vector["input"]).reshape(vector["rows"], vector["columns"])
+    rounded = BoundaryRounding(Encoding(vector["encoding"]), vector["block"]).apply(values)
+    assert np.asarray(rounded, dtype="<f4").tobytes().hex() == vector["rounded"]
+
+
+@pytest.mark.parametrize("vector", ACTIVATION["round_trip"], ids=lambda v: v["name"])
+def test_boundary_rounding_is_what_a_frame_carries(vector):
+    """The rounding inside a stage equals encoding a (non-delta) frame and decoding it."""
+    values = floats(vector["input"]).reshape(vector["rows"], vector["columns"])
+    settings = (LOSSLESS if vector["encoding"] == Encoding.FLOAT32 else
+                CodecSettings(encoding=Encoding(vector["encoding"]), block=vector["block"], run_length=True))
+    _, decoded = decode_activation(encode_activation(values, Route(FrameKind.FORWARD, 1, 0), settings))
+    rounded = BoundaryRounding(Encoding(vector["encoding"]), vector["block"]).apply(values)
+    assert np.array_equal(np.asarray(rounded).view(np.uint32), decoded.view(np.uint32))

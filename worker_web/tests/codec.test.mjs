@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import {
-  decodeActivation, encodeActivation, float16Bits, float16Value, FrameError, newStreamState,
+  roundTrip, decodeActivation, encodeActivation, float16Bits, float16Value, FrameError, newStreamState,
   runLengthDecode, runLengthEncode,
 } from '../codec.js';
 import { decodeControl, encodeControl, SCHEMAS } from '../control_messages.js';
@@ -13,7 +13,7 @@ const vectors = (name) => JSON.parse(readFileSync(new URL(`../../protocol/vector
 const hex = (text) => Uint8Array.from(text.match(/../g) || [], (pair) => parseInt(pair, 16));
 const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 const floats = (text) => new Float32Array(hex(text).buffer);
-const { activation, invalid } = vectors('activation.json');
+const { activation, invalid, round_trip: roundTrips } = vectors('activation.json');
 const control = vectors('control.json');
 
 const settingsOf = (s) => ({ encoding: s.encoding, block: s.block, delta: s.delta, runLength: s.run_length, keyInterval: s.key_interval });
@@ -49,6 +49,15 @@ for (const vector of invalid) {
     assert.throws(() => decodeActivation(hex(vector.frame)), (error) => error instanceof FrameError && error.reason === vector.reason);
   });
 }
+
+test('boundary rounding: the same bits as Python', () => {
+  assert.ok(roundTrips.length >= 4);
+  for (const { name, encoding, block, rows, columns, input, rounded } of roundTrips) {
+    const values = new Float32Array(hex(input).buffer.slice(0));
+    const out = roundTrip(values, rows, columns, encoding, block);
+    assert.equal(toHex(new Uint8Array(out.buffer, out.byteOffset, out.byteLength)), rounded, name);
+  }
+});
 
 test('control messages: same bytes both ways', () => {
   for (const { message, frame } of control.messages) {
