@@ -48,6 +48,9 @@ class CodecPresets:
         # nodes; block 64 saves 18 bytes/hop but reaches +0.59% at 5 nodes.
         ("int8", CodecSettings(block=32, run_length=True)),
         ("int8-b64", CodecSettings(block=64, run_length=True)),
+        # int8 rounded at every layer boundary: the answer does not depend on where the stages
+        # are cut (+0.8% perplexity; docs/layout_independence.md)
+        ("int8-stable", CodecSettings(block=32, run_length=True, round_layers=True)),
         ("float16", CodecSettings(encoding=Encoding.FLOAT16, block=0, run_length=False)),
         ("lossless", LOSSLESS),
     )

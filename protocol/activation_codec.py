@@ -26,6 +26,7 @@ class CodecSettings:
     delta: bool = False
     run_length: bool = True
     key_interval: int = 64    # with delta: a key frame at least every this many rows
+    round_layers: bool = False   # ROUND_LAYERS: stages round at every layer boundary (layout-independent)
 
     def __post_init__(self) -> None:
         if self.encoding == Encoding.INT8_BLOCK and not 1 <= self.block <= 4096:
@@ -34,6 +35,8 @@ class CodecSettings:
             raise ValueError("delta coding needs the int8 encoding")
         if self.key_interval < 1:
             raise ValueError("key_interval must be >= 1")
+        if self.round_layers and (self.delta or self.encoding == Encoding.FLOAT32):
+            raise ValueError("round_layers needs a lossy encoding without delta")
 
 
 LOSSLESS = CodecSettings(encoding=Encoding.FLOAT32, block=0, delta=False, run_length=False)
@@ -103,6 +106,8 @@ def encode_activation(values: np.ndarray, route: Route, settings: CodecSettings,
         payload = scales.astype("<f2").tobytes() + code_bytes
     if route.no_reply:
         flags |= Flag.NO_REPLY
+    if settings.round_layers:
+        flags |= Flag.ROUND_LAYERS
     return pack_frame(route.kind, flags, route.stream, route.position, rows, columns, block,
                       route.layer_start, route.layer_end, route.skip_mask, payload,
                       step=route.step, step_kind=route.step_kind)

@@ -2,13 +2,14 @@
 
 Owns the rule that makes an answer independent of where the stages are cut: a frame of
 int8 (or float16) rows rounds the hidden state where it crosses from one stage to the
-next, so plans that cut at different layers would compute different numbers. Every runner
-of a stage (the tab, the fake worker, the reference executor, the verifier) therefore
-rounds the hidden state after each layer boundary *inside* its stage exactly as a frame
-would (the FORWARD frame's encoding and block, without delta); the wire rounds at the
-stage's own boundaries. Each layer's output is then rounded once, wherever the cuts fall.
-Measured cost on SmolLM2-135M with int8 blocks of 32: +0.79% perplexity against +0.15% for
-one stage (bench/layout_rounding.py). float32 frames round nothing. Pure numpy; the
+next, so plans that cut at different layers would compute different numbers. For a frame
+with the ROUND_LAYERS flag (the `int8-stable` codec), every runner of a stage (the tab, the
+fake worker, the reference executor, the verifier) rounds the hidden state after each layer
+boundary *inside* its stage exactly as a frame would (the FORWARD's encoding and block,
+without delta); the wire rounds at the stage's own boundaries. Each layer's output is then
+rounded once, wherever the cuts fall. Measured cost on SmolLM2-135M with int8 blocks of 32:
++0.79% perplexity against +0.15% for one stage (bench/layout_rounding.py); why it is not the
+default: docs/layout_independence.md. float32 frames round nothing. Pure numpy; the
 arithmetic is the codec's (`quantization.py`), which JavaScript reproduces bit for bit
 (`worker_web/codec.js` `roundTrip`, pinned by the golden vectors).
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol import quantization
-from protocol.frames import Encoding, Header
+from protocol.frames import Encoding, Flag, Header
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,11 @@ class BoundaryRounding:
     block: int = 0            # int8 block size (0 for float encodings)
 
     @classmethod
-    def of(cls, header: Header) -> BoundaryRounding:
-        """The rounding the frame's own encoding applies (what its stage rounds inside)."""
+    def of(cls, header: Header) -> BoundaryRounding | None:
+        """What the frame's stage rounds inside: its own encoding's rounding when the frame
+        has ROUND_LAYERS, else nothing (None)."""
+        if not header.has(Flag.ROUND_LAYERS):
+            return None
         return cls(Encoding(header.encoding), header.block)
 
     @property

@@ -54,10 +54,12 @@ class Flag(IntFlag):
     KEY = 1 << 4        # row 0's prediction is zero, not the stream's previous row
     NO_REPLY = 1 << 5   # FORWARD: do not send a RESULT (K/V backfill of a bypassed node)
     REPORT = 1 << 6     # FORWARD (one row): send a layer_stats report before the RESULT (a router reads it)
+    ROUND_LAYERS = 1 << 7  # round the hidden state at every layer boundary inside the stage (SPEC.md)
 
 
 ENCODING_MASK = 0b11
-KNOWN_FLAGS = ENCODING_MASK | int(Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY | Flag.REPORT)
+KNOWN_FLAGS = ENCODING_MASK | int(Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY | Flag.REPORT
+                                   | Flag.ROUND_LAYERS)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ OUT = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 def settings_json(settings: CodecSettings) -> dict:
     return {"encoding": int(settings.encoding), "block": settings.block, "delta": settings.delta,
-            "run_length": settings.run_length, "key_interval": settings.key_interval}
+            "run_length": settings.run_length, "key_interval": settings.key_interval,
+            "round_layers": settings.round_layers}
 
 
 def activation_vectors() -> list[dict]:
@@ -50,6 +51,8 @@ def activation_vectors() -> list[dict]:
         ("int8_delta_stream", CodecSettings(block=32, delta=True, key_interval=4, run_length=True),
          [np.cumsum(rng.standard_normal((3, 64)), axis=0).astype(np.float32)]
          + [rng.standard_normal((1, 64)).astype(np.float32) for _ in range(3)]),
+        ("int8_round_layers_flag", CodecSettings(block=32, run_length=True, round_layers=True),
+         [rng.standard_normal((2, 64)).astype(np.float32)]),
     ]
     vectors = []
     for name, settings, inputs in cases:

@@ -4,7 +4,8 @@ Owns the simulation the distributed pipeline is compared with when its codec is 
 the coordinator codes the embedding output for stage 0; each stage rounds the hidden state
 at every layer boundary inside it as a frame would (protocol/boundary_rounding.py) and codes
 its output once (relayed untouched to the next stage, decoded there); the last is decoded
-for the head. So the tokens do not depend on `cuts` (bypassed stages aside).
+for the head. With the rounding inside (the int8-stable codec) the tokens do not depend on
+`cuts` (bypassed stages aside).
 Same per-stream codec state, same frames (a prompt frame, then one row per frame).
 """
 
@@ -46,20 +47,20 @@ def coded_generate(executor: ReferenceExecutor, prompt_ids: list[int], params: S
                    cuts: list[int], settings: CodecSettings, stop_ids: frozenset[int],
                    skips: frozenset[tuple[int, int]] = frozenset(),
                    pruned_heads: frozenset[tuple[int, int]] = frozenset(), heads_from: int = 0,
-                   inner_rounding: bool = True) -> list[int]:
+                   inner_rounding: bool | None = None) -> list[int]:
     """Greedy/sampled token ids with the codec at every stage boundary (cuts = stage starts after 0).
 
     skips: (position, layer) pairs that run K/V-only (one-token steps only, as the router).
     A stage whose layers are all skipped is bypassed: its output frame is its input frame,
     so no codec step is added at its output (the pipeline relays the frame untouched).
     pruned_heads: (layer, head) pairs masked on one-token steps at positions >= heads_from.
-    inner_rounding=False leaves out the rounding at layer boundaries inside a stage (protocol
-    version 3, before the rule; bench/layout_rounding.py compares the two).
+    inner_rounding: round at layer boundaries inside each stage (protocol/boundary_rounding.py);
+    None follows the codec (`settings.round_layers`, the int8-stable preset), as the tabs do.
     """
     layers = executor.manifest.model.layers
     bounds = [0, *cuts, layers]
-    # inside each stage, as the tabs do
-    rounding = BoundaryRounding(settings.encoding, settings.block) if inner_rounding else None
+    inside = settings.round_layers if inner_rounding is None else inner_rounding
+    rounding = BoundaryRounding(settings.encoding, settings.block) if inside else None
     links = [CodedBoundary(settings) for _ in bounds]
     stream = 50_000 + len(cuts)
     rng = make_rng(params)

@@ -8,9 +8,10 @@ export const HEADER_SIZE = 52;
 export const Kind = Object.freeze({ FORWARD: 1, RESULT: 2, CONTROL: 3 });
 export const StepKind = Object.freeze({ NONE: 0, PREFILL: 1, DECODE: 2, VERIFY: 3 });
 export const Encoding = Object.freeze({ FLOAT32: 0, FLOAT16: 1, INT8_BLOCK: 2 });
-export const Flag = Object.freeze({ DELTA: 1 << 2, RUN_LENGTH: 1 << 3, KEY: 1 << 4, NO_REPLY: 1 << 5, REPORT: 1 << 6 });
+export const Flag = Object.freeze({ DELTA: 1 << 2, RUN_LENGTH: 1 << 3, KEY: 1 << 4, NO_REPLY: 1 << 5, REPORT: 1 << 6,
+  ROUND_LAYERS: 1 << 7 });
 const ENCODING_MASK = 0b11;
-const KNOWN_FLAGS = ENCODING_MASK | Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY | Flag.REPORT;
+const KNOWN_FLAGS = ENCODING_MASK | Flag.DELTA | Flag.RUN_LENGTH | Flag.KEY | Flag.NO_REPLY | Flag.REPORT | Flag.ROUND_LAYERS;
 export const Limits = Object.freeze({
   MAX_ROWS: 1 << 16, MAX_COLUMNS: 1 << 15, MAX_ELEMENTS: 1 << 24, MAX_PAYLOAD: 1 << 26,
 });
@@ -314,6 +315,7 @@ export function encodeActivation(values, rows, columns, route, settings, state =
     payload.set(codeBytes, scaleBytes.length);
   }
   if (route.noReply) flags |= Flag.NO_REPLY;
+  if (settings.roundLayers) flags |= Flag.ROUND_LAYERS;
   return packFrame({ kind: route.kind, flags, stream: route.stream, position: route.position, rows, columns, block,
     layerStart: route.layerStart || 0, layerEnd: route.layerEnd || 0, skipMask: route.skipMask || 0n,
     step: route.step || 0, stepKind: route.stepKind ?? StepKind.PREFILL }, payload);

@@ -214,9 +214,9 @@ function refuse(header, code, message) {
   sendControl({ type: 'error', code, message, stream: header.stream, step: header.step }, header.stream);
 }
 
-/** The rounding of the frame's encoding at every layer boundary inside the stage (null for float32). */
+/** With ROUND_LAYERS: the frame encoding's rounding at every layer boundary inside the stage (else null). */
 function boundaryRounding(header, columns) {
-  if (header.encoding === Encoding.FLOAT32) return null;
+  if (!(header.flags & Flag.ROUND_LAYERS) || header.encoding === Encoding.FLOAT32) return null;
   return (values, rows) => roundTrip(values, rows, columns, header.encoding, header.block);
 }
 
@@ -266,6 +266,7 @@ async function onForward(bytes, parsed) {
   }
   const output = result.output;
   const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
+    roundLayers: (header.flags & Flag.ROUND_LAYERS) !== 0,
     runLength: header.encoding === Encoding.INT8_BLOCK, keyInterval: worker.assignment.codec.key_interval || 64 };
   const frame = encodeActivation(output, header.rows, header.columns, { kind: Kind.RESULT, stream: header.stream,
     position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd, skipMask: header.skipMask,

@@ -188,7 +188,7 @@ class StageChecker:
                 shadow = self._shadows[key] = Shadow()
             native = None
             rows = 0
-            rounding = BoundaryRounding.of(parse_frame(frames[-1])[0])
+            rounding = BoundaryRounding.of(parse_frame(frames[-1])[0])   # None: the stage rounds nothing inside
             for values, position, skip_mask in _passes(frames):
                 if position < shadow.length:   # the worker's caches were cut here (rejected drafts)
                     shadow.caches = {layer: LayerCache(cache.key[:, :, :position], cache.value[:, :, :position])
@@ -200,12 +200,13 @@ class StageChecker:
         if self.compute == "int8":
             verdict = self._compare_rows(native[-_rows(frames[-1]):], result, rows)
         else:
-            verdict = self._compare(native[-_rows(frames[-1]):], result, rows, stage.size - 1)
+            verdict = self._compare(native[-_rows(frames[-1]):], result, rows,
+                                    stage.size - 1 if rounding is not None else 0)
         trim()   # the layers loaded and dropped for this check: give their memory back
         return replace(verdict, cpu_seconds=time.thread_time() - started)
 
     def _run(self, shadow: Shadow, stage: Stage, hidden: np.ndarray, position: int, skip_mask: int,
-             rounding: BoundaryRounding) -> np.ndarray:
+             rounding: BoundaryRounding | None) -> np.ndarray:
         """The stage's layers on hidden (rows, hidden) at positions position.., rounded at each layer
         boundary inside the stage as the tab rounds; returns (rows, hidden)."""
         config = self.manifest.model
@@ -213,7 +214,7 @@ class StageChecker:
         positions = np.arange(position, position + len(hidden), dtype=np.int64)[None]
         empty = np.zeros((1, config.kv_heads, 0, config.head_dim), dtype=np.float32)
         for offset, layer in enumerate(range(stage.layer_start, stage.layer_end)):
-            if offset:
+            if offset and rounding is not None:
                 state = rounding.apply_batch(state)
             cache = shadow.caches.get(layer) or LayerCache(empty, empty)
             feeds = {"hidden": state, "positions": positions, "past_key": cache.key, "past_value": cache.value}

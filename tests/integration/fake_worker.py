@@ -183,7 +183,8 @@ class FakeWorker:
                                else None)
             await self.socket.send(encode_control(stats, stream))
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
-                                 run_length=header.encoding == Encoding.INT8_BLOCK)
+                                 run_length=header.encoding == Encoding.INT8_BLOCK,
+                                 round_layers=header.has(Flag.ROUND_LAYERS))
         route = Route(FrameKind.RESULT, stream, header.position, header.layer_start, header.layer_end,
                       header.skip_mask, step=header.step, step_kind=header.step_kind)
         await self.socket.send(encode_activation(out[0], route, settings,

@@ -238,12 +238,12 @@ async def test_wrong_position_frame_is_refused_and_the_stream_recovers(shard_dir
             await worker.stop()
 
 
-@pytest.mark.parametrize("codec", ["lossless", "int8"])
+@pytest.mark.parametrize("codec", ["lossless", "int8-stable"])
 async def test_join_under_load_moves_running_requests_to_the_new_plan(shard_dir, codec):
     """A tab that joins while a request runs loads in the background; the plan switches
-    at a step boundary, the request moves (replay) and finishes with its solo tokens (int8
-    too: the new cut at 15 rounds what the lone tab rounded inside its stage); the old
-    holder then drops the layers it no longer serves (retain)."""
+    at a step boundary, the request moves (replay) and finishes with its solo tokens (with
+    int8-stable too: the new cut at 15 rounds what the lone tab rounded inside its stage);
+    the old holder then drops the layers it no longer serves (retain)."""
     async with running_app(shard_dir) as (app, base):
         first = await FakeWorker(base, shard_dir, "first").start()
         await wait_ready(base, 1)

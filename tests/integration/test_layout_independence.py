@@ -1,17 +1,16 @@
-"""An answer does not depend on where the stages are cut (protocol/boundary_rounding.py).
+"""With the int8-stable codec an answer does not depend on where the stages are cut
+(protocol/boundary_rounding.py, docs/layout_independence.md).
 
-Before, the int8 codec rounded the hidden state only at stage boundaries, so moving a cut
-from layer 15 to 14 changed 12 of 20 greedy answers (bench/layout_rounding.py), and a
-request that moved to a new plan mid-way, or was replayed onto other tabs, could end
-differently from its solo run. Now every layer boundary inside a stage is rounded as a cut
-would round it: any layout computes the same numbers.
+The int8 codec rounds the hidden state only at stage boundaries, so moving a cut from layer
+15 to 14 changes 12 of 20 greedy answers (bench/layout_rounding.py), and a request that
+moves to a new plan mid-way, or is replayed onto other tabs, can end differently from its
+solo run. int8-stable rounds every layer boundary inside a stage as a cut would round it
+(the ROUND_LAYERS flag): any layout computes the same numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-import pytest
 
 from coordinator.app import CLUSTER, ENGINE
 from coordinator.swarm.cluster import PROVEN_STEPS
@@ -30,8 +29,8 @@ from tests.support import (
 LAYOUTS = [[], [15], [14], [10, 20], list(range(1, 30))]   # one stage ... one stage per layer
 
 
-@pytest.mark.parametrize("codec", ["int8", "float16"])
-def test_reference_tokens_are_the_same_for_every_layout(reference, codec):
+def test_reference_tokens_are_the_same_for_every_layout(reference):
+    codec = "int8-stable"
     for messages in (COLOURS, FRANCE):
         answers = [reference_tokens(reference, messages, codec, 24, cuts) for cuts in LAYOUTS]
         assert all(answer == answers[0] for answer in answers), (codec, answers)
@@ -42,7 +41,7 @@ async def test_a_replan_that_moves_a_boundary_mid_request_keeps_the_answer(shard
     """Two tabs split [0,15)+[15,30); one slows down, the plan moves the boundary while a
     request runs (it moves to the new plan and replays): its tokens are still those of the
     reference at the old cut, token for token."""
-    want = reference_tokens(reference, COLOURS, "int8", 60, [15])
+    want = reference_tokens(reference, COLOURS, "int8-stable", 60, [15])
     assert len(want) >= 40
     async with running_app(shard_dir) as (app, base):
         fast = await FakeWorker(base, shard_dir, "fast").start()
@@ -60,7 +59,7 @@ async def test_a_replan_that_moves_a_boundary_mid_request_keeps_the_answer(shard
                 replanned.append(count)
                 await cluster.replan(keep_boundaries=False)
 
-        body = {"messages": COLOURS, "max_tokens": 60, "tabswarm": {"codec": "int8"}}
+        body = {"messages": COLOURS, "max_tokens": 60, "tabswarm": {"codec": "int8-stable"}}
         streamed = await asyncio.wait_for(stream_tokens(base, body, replan_mid_request), 120)
         assert not streamed.errors and streamed.ids == want
         assert replanned and replanned[0] < len(want) - 10

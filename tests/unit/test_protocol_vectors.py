@@ -32,7 +32,8 @@ def floats(text: str) -> np.ndarray:
 
 def settings_of(data: dict) -> CodecSettings:
     return CodecSettings(encoding=Encoding(data["encoding"]), block=data["block"], delta=data["delta"],
-                         run_length=data["run_length"], key_interval=data["key_interval"])
+                         run_length=data["run_length"], key_interval=data["key_interval"],
+                         round_layers=data["round_layers"])
 
 
 @pytest.mark.parametrize("vector", ACTIVATION["activation"], ids=lambda v: v["name"])

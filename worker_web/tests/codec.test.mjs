@@ -16,7 +16,8 @@ const floats = (text) => new Float32Array(hex(text).buffer);
 const { activation, invalid, round_trip: roundTrips } = vectors('activation.json');
 const control = vectors('control.json');
 
-const settingsOf = (s) => ({ encoding: s.encoding, block: s.block, delta: s.delta, runLength: s.run_length, keyInterval: s.key_interval });
+const settingsOf = (s) => ({ encoding: s.encoding, block: s.block, delta: s.delta, runLength: s.run_length, keyInterval: s.key_interval,
+  roundLayers: s.round_layers });
 
 for (const vector of activation) {
   test(`activation vector ${vector.name}: decodes to the recorded values`, () => {
