@@ -48,7 +48,7 @@ async def test_a_replan_that_moves_a_boundary_mid_request_keeps_the_answer(shard
         slow = await FakeWorker(base, shard_dir, "slow").start()
         await wait_ready(base, 2)
         assert cuts_of(await status_of(base)) == [15]
-        slow.delay_seconds = 0.08     # ~8x slower per step than the fast tab: a power of two apart
+        slow.delay_seconds = 0.08     # ~4x slower per step than the fast tab (measured): the plan moves
 
         replanned: list[int] = []
 
