@@ -65,14 +65,14 @@ class Route:
     step_kind: StepKind = StepKind.PREFILL
 
 
-def _int8_rows(values: np.ndarray, settings: CodecSettings, predictions: np.ndarray | None):
+def _int8_rows(values: np.ndarray, block: int, predictions: np.ndarray | None):
     """Quantize (rows, columns) values (optionally minus predictions); return scales, codes, reconstruction."""
     targets = values.astype(np.float64)
     if predictions is not None:
         targets = targets - predictions
-    scales = quantization.scales_for(targets, settings.block)
-    codes = quantization.quantize(targets, scales, settings.block)
-    reconstruction = quantization.dequantize(codes, scales, settings.block)
+    scales = quantization.scales_for(targets, block)
+    codes = quantization.quantize(targets, scales, block)
+    reconstruction = quantization.dequantize(codes, scales, block)
     if predictions is not None:
         reconstruction = reconstruction + predictions
     return scales, codes, reconstruction.astype(np.float32)
@@ -90,9 +90,7 @@ def encode_activation(values: np.ndarray, route: Route, settings: CodecSettings,
     if settings.encoding == Encoding.FLOAT32:
         payload = values.astype("<f4").tobytes()
     elif settings.encoding == Encoding.FLOAT16:
-        if np.abs(values).max(initial=0.0) > quantization.FLOAT16_MAX:
-            raise ValueError("activation values overflow float16: use int8 or float32")
-        payload = values.astype("<f2").tobytes()
+        payload = _float16(values).astype("<f2").tobytes()
     else:
         block = settings.block
         scales, codes, key = _encode_int8(values, settings, state, force_key)
@@ -113,11 +111,28 @@ def encode_activation(values: np.ndarray, route: Route, settings: CodecSettings,
                       step=route.step, step_kind=route.step_kind)
 
 
+def _float16(values: np.ndarray) -> np.ndarray:
+    if np.abs(values).max(initial=0.0) > quantization.FLOAT16_MAX:
+        raise ValueError("activation values overflow float16: use int8 or float32")
+    return values.astype(np.float16)
+
+
+def reconstruct(values: np.ndarray, encoding: Encoding, block: int) -> np.ndarray:
+    """(rows, columns) float32 -> what a receiver decodes from a frame of them in this encoding
+    without delta: the rounding one hop applies (protocol/boundary_rounding.py reuses it)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if encoding == Encoding.FLOAT32:
+        return values
+    if encoding == Encoding.FLOAT16:
+        return _float16(values).astype(np.float32)
+    return _int8_rows(values, block, None)[2]
+
+
 def _encode_int8(values: np.ndarray, settings: CodecSettings, state: StreamCodecState | None,
                  force_key: bool) -> tuple[np.ndarray, np.ndarray, bool]:
     """Scales, codes, and whether this is a key frame (delta only)."""
     if not settings.delta:
-        scales, codes, _ = _int8_rows(values, settings, None)
+        scales, codes, _ = _int8_rows(values, settings.block, None)
         return scales, codes, False
     if state is None:
         raise ValueError("delta coding needs a stream state")
@@ -128,7 +143,7 @@ def _encode_int8(values: np.ndarray, settings: CodecSettings, state: StreamCodec
     all_scales, all_codes = [], []
     for row in values:
         prediction = None if previous is None else previous[None].astype(np.float64)
-        scales, codes, reconstruction = _int8_rows(row[None], settings, prediction)
+        scales, codes, reconstruction = _int8_rows(row[None], settings.block, prediction)
         all_scales.append(scales)
         all_codes.append(codes)
         previous = reconstruction[0]

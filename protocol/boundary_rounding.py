@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import quantization
+from protocol.activation_codec import reconstruct
 from protocol.frames import Encoding, Flag, Header
 
 
@@ -42,19 +42,10 @@ class BoundaryRounding:
         return self.encoding != Encoding.FLOAT32
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """rows (rows, columns) float32 -> what a receiver would decode from a frame of them.
-
-        Raises ValueError where the codec would refuse to encode (values too large)."""
-        if self.encoding == Encoding.FLOAT32:
-            return values
-        wide = np.asarray(values, dtype=np.float64)
-        if self.encoding == Encoding.FLOAT16:
-            if np.abs(wide).max(initial=0.0) > quantization.FLOAT16_MAX:
-                raise ValueError("activation values overflow float16: use int8 or float32")
-            return np.asarray(values, dtype=np.float32).astype(np.float16).astype(np.float32)
-        scales = quantization.scales_for(wide, self.block)
-        codes = quantization.quantize(wide, scales, self.block)
-        return quantization.dequantize(codes, scales, self.block).astype(np.float32)
+        """rows (rows, columns) float32 -> what a receiver would decode from a frame of them
+        (the codec's own `reconstruct`). Raises ValueError where the codec would refuse to
+        encode (values too large for float16)."""
+        return reconstruct(values, self.encoding, self.block)
 
     def apply_batch(self, hidden: np.ndarray) -> np.ndarray:
         """hidden (1, rows, columns) -> the same shape, rounded row by row."""

@@ -98,13 +98,33 @@ function rowScales(targets, columns, block, out, offset) {
   }
 }
 
-function roundHalfAway(x) { return Math.sign(x) * Math.floor(Math.abs(x) + 0.5); }
+/**
+ * One row's float16 scale bits and int8 codes (codes[codeOffset + i]) from float64 targets;
+ * with `out`, out[outOffset + i] = code * scale + (add ? add[i] : 0) (float64, one rounding).
+ * The scale is decoded once per block: the inner loop only divides and rounds.
+ */
+function quantizeRow(targets, columns, block, scales, scaleOffset, codes, codeOffset, out = null, outOffset = 0, add = null) {
+  rowScales(targets, columns, block, scales, scaleOffset);
+  const count = blocksPerRow(columns, block);
+  for (let b = 0; b < count; b += 1) {
+    const scale = float16Value(scales[scaleOffset + b]);
+    const end = Math.min(columns, (b + 1) * block);
+    for (let i = b * block; i < end; i += 1) {
+      const x = targets[i] / scale;
+      const rounded = x >= 0 ? Math.floor(x + 0.5) : -Math.floor(0.5 - x);   // half away from zero
+      const code = (rounded > MAX_CODE ? MAX_CODE : rounded < -MAX_CODE ? -MAX_CODE : rounded) | 0;   // never -0
+      codes[codeOffset + i] = code;
+      if (out) out[outOffset + i] = code * scale + (add ? add[i] : 0);
+    }
+  }
+}
 
 /**
  * The rounding a stage boundary applies (protocol/boundary_rounding.py): what a receiver
- * decodes from a frame of these rows in this encoding, without delta. The tab applies it at
- * every layer boundary inside its stage, so an answer does not depend on where stages are cut.
- * values: Float32Array (rows * columns); returns a new Float32Array (float32: the input itself).
+ * decodes from a frame of these rows in this encoding, without delta. With ROUND_LAYERS the
+ * tab applies it at every layer boundary inside its stage, so an answer does not depend on
+ * where stages are cut. values: Float32Array (rows * columns); returns a new Float32Array
+ * (float32: the input itself).
  */
 export function roundTrip(values, rows, columns, encoding, block) {
   if (encoding === Encoding.FLOAT32) return values;
@@ -116,21 +136,10 @@ export function roundTrip(values, rows, columns, encoding, block) {
     }
     return out;
   }
-  const blocks = blocksPerRow(columns, block);
-  const scales = new Uint16Array(blocks);
+  const scales = new Uint16Array(blocksPerRow(columns, block));
+  const codes = new Int8Array(columns);
   for (let r = 0; r < rows; r += 1) {
-    const base = r * columns;
-    const row = values.subarray(base, base + columns);
-    rowScales(row, columns, block, scales, 0);
-    for (let b = 0; b < blocks; b += 1) {
-      const scale = float16Value(scales[b]);   // once per block: the hot loop only divides and rounds
-      const end = Math.min(columns, (b + 1) * block);
-      for (let i = b * block; i < end; i += 1) {
-        const x = row[i] / scale;   // |x| <= 127 by the choice of scale: no clamp is ever needed
-        const code = x >= 0 ? Math.floor(x + 0.5) : -Math.floor(0.5 - x);   // half away from zero
-        out[base + i] = (code | 0) * scale;   // an int8: never -0
-      }
-    }
+    quantizeRow(values.subarray(r * columns, (r + 1) * columns), columns, block, scales, 0, codes, 0, out, r * columns);
   }
   return out;
 }
@@ -291,14 +300,8 @@ export function encodeActivation(values, rows, columns, route, settings, state =
     for (let r = 0; r < rows; r += 1) {
       const base = r * columns;
       for (let i = 0; i < columns; i += 1) targets[i] = values[base + i] - (previous ? previous[i] : 0);
-      rowScales(targets, columns, block, scales, r * blocks);
       const reconstruction = settings.delta ? new Float32Array(columns) : null;
-      for (let i = 0; i < columns; i += 1) {
-        const scale = float16Value(scales[r * blocks + Math.floor(i / block)]);
-        const code = Math.max(-MAX_CODE, Math.min(MAX_CODE, roundHalfAway(targets[i] / scale)));
-        codes[base + i] = code;
-        if (reconstruction) reconstruction[i] = code * scale + (previous ? previous[i] : 0);
-      }
+      quantizeRow(targets, columns, block, scales, r * blocks, codes, base, reconstruction, 0, previous);
       if (settings.delta) previous = reconstruction;
     }
     if (settings.delta) { state.previous = previous; state.rowsSinceKey += rows; }
