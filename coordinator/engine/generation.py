@@ -37,33 +37,26 @@ from coordinator.config import ServerConfig
 from coordinator.engine.acceptance import accept_drafts
 from coordinator.engine.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.engine.generation_state import Sequence, Step, schedule, update
-from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks, observe_heads
-from coordinator.engine.hop_plan import HopPlan, account_outcome, account_plan, plan_hop
+from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks
 from coordinator.engine.router import (
     LayerStatistics,
     RouterConfig,
-    decide,
-    observe,
-    start_token,
 )
 from coordinator.engine.session import HopStats, PipelineSession, TokenEvent
-from coordinator.engine.stage_rebuild import drop_worker, replace_stage
+from coordinator.engine.stage_rebuild import drop_worker
 from coordinator.engine.stage_replay import StageRecorder
+from coordinator.engine.step_execute import StepExecutor
 from coordinator.swarm.cluster import Cluster, NoWorkers
 from coordinator.swarm.pipeline import Pipeline
-from coordinator.swarm.planner import Stage
 from coordinator.swarm.time_breakdown import TimeTotals
-from coordinator.swarm.worker_link import WorkerLink, WorkerLost
+from coordinator.swarm.worker_link import WorkerLost
 from coordinator.trust.spot_checks import SpotChecks
 from coordinator.trust.verifier import StageChecker
 from protocol.activation_codec import (
     CodecSettings,
-    Route,
-    decode_activation,
-    encode_activation,
 )
-from protocol.control import HEAD_SAMPLE_INTERVAL, HeadMask, LayerStats, Release, Truncate
-from protocol.frames import FrameKind, StepKind
+from protocol.control import HEAD_SAMPLE_INTERVAL, Release, Truncate
+from protocol.frames import StepKind
 from shards.footprint import prefill_rows
 from shards.model_ends import ModelEnds
 from shards.sampling import SamplingParams
@@ -102,12 +95,19 @@ class GenerationEngine:
         self._steps = itertools.count(1)
         self.timing = TimeTotals()       # the coordinator's parts of every step (/metrics, /v1/status)
         self.tokens_generated = 0
-        self.replays_total = 0
+        self.sequence_replays = 0        # sessions replayed whole after a loss
         self.moves_total = 0
         self.failures_total = 0
         model = ends.manifest.model
         self.layer_statistics = LayerStatistics(model.layers)  # the router's running means
         self.head_statistics = HeadStatistics(model.layers, model.heads)
+        self.executor = StepExecutor(ends, cluster, config, self.spot_checks, self.layer_statistics,
+                                     self.head_statistics, self.timing)
+
+    @property
+    def replays_total(self) -> int:
+        """Losses recovered: whole-sequence replays and stages rebuilt from their frames."""
+        return self.sequence_replays + self.executor.rebuilds
 
     def _spend(self, stats: HopStats, rows: int, part: str, since: float) -> float:
         """Add the seconds since `since` to `part` of a `rows`-row step; returns now."""
@@ -264,109 +264,13 @@ class GenerationEngine:
             raise GenerationFailed(f"{error}; no pipeline could be formed within "
                                    f"{self.config.recovery_seconds:.0f} s: {waited}") from error
         stats.replays += 1
-        self.replays_total += 1
+        self.sequence_replays += 1
         return self._open(pipeline, stats)
 
     async def _execute(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
                        step: Step) -> np.ndarray:
-        """Embed the step's ids, run every stage in order, return the logits of the last row
-        and of each draft row: (1 + len(step.drafts), vocab)."""
-        rows = step.rows
-        self.timing.step(rows)
-        stats.timing.step(rows)
-        clock = time.perf_counter()
-        hidden = await self._run(self.ends.embed, list(step.ids))           # (1, rows, hidden)
-        clock = self._spend(stats, rows, "embed", clock)
-        route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
-        frame = encode_activation(hidden[0], route, request.codec, session.encoder)
-        clock = self._spend(stats, rows, "encode", clock)
-        start_token(session.routing)
-        assert session.heads is not None and session.recorder is not None
-        session.heads.update(request.router, self.head_statistics, step.position, step.rows)
-        if request.codec.delta:   # a NO_REPLY replay would not advance the workers' delta encoders
-            session.recorder.give_up()
-            self.spot_checks.stop_auditing(session.stream)   # nor could a check decode a frame alone
-        for index in range(len(session.pipeline)):
-            stage, link = session.pipeline[index]
-            try:
-                clock = time.perf_counter()
-                frame, waited = await self._stage(request, stats, session, index, stage, link, frame, step)
-                # the coordinator's own work for this hop: everything but waiting on the stage
-                self._spend(stats, rows, "relay", clock + waited)
-            except WorkerLost as error:
-                # Rebuild just this stage from its recorded frames if a worker holding exactly
-                # its layers is there; otherwise the caller replays the whole sequence.
-                frame = await replace_stage(self.cluster, self.config, stats, session, index, step, error)
-                self.replays_total += 1
-        clock = time.perf_counter()
-        _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
-        clock = self._spend(stats, rows, "decode", clock)
-        if step.partial:    # nothing is sampled from a prefill chunk: no head
-            return np.zeros((0, self.ends.manifest.model.vocab), dtype=np.float32)
-        sampled = 1 + len(step.drafts)
-        logits = (await self._run(self.ends.logits, values[None, -sampled:]))[0]   # (sampled, vocab)
-        self._spend(stats, rows, "head", clock)
-        return logits
-
-    async def _stage(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, index: int,
-                     stage: Stage, link: WorkerLink, frame: bytes, step: Step) -> tuple[bytes, float]:
-        """One stage for one step: plan it (pure), execute the plan, then account for it.
-        Returns the frame for the next stage and the seconds spent waiting for this one."""
-        assert session.heads is not None
-        # The router is asked on every step (pure, under a microsecond); plan_hop runs every
-        # layer of a step that is not a one-row decode whatever it says.
-        decision = decide(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
-                          stage.layer_end)
-        masks = session.heads.masks_for(stage.layer_start, stage.layer_end)
-        plan = plan_hop(index, stage, frame, step.kind, decision, masks, session.masks_sent.get(stage.worker),
-                        request.router.enabled or request.router.prune_heads > 0)
-        account_plan(plan, stats)
-        if not plan.recordable:   # exact replay cannot rebuild this stage: it is replayed whole if lost
-            if session.recorder:
-                session.recorder.give_up()
-            self.spot_checks.stop_auditing(session.stream)
-        result, waited = await self._execute_hop(plan, stats, session, link, step)
-        account_outcome(stats, result)
-        if result is None:   # bypassed: the next stage gets the same payload
-            observe(request.router, self.layer_statistics, session.routing, step.position, stage.layer_start,
-                    stage.layer_end, plan.decision, [], [], None)
-            return frame, 0.0
-        self._learn(request, session, plan, step.position, link.take_layer_stats(session.stream, step.position))
-        return result, waited
-
-    async def _execute_hop(self, plan: HopPlan, stats: HopStats, session: PipelineSession, link: WorkerLink,
-                           step: Step) -> tuple[bytes | None, float]:
-        """The plan's I/O: head masks first if they changed (control frames share the socket
-        with FORWARD frames, so they land first), then the backfill (nobody waits for it) or
-        the FORWARD call. Returns the RESULT (None when bypassed) and the seconds waited."""
-        stream = session.stream
-        if plan.send_masks:
-            masks = [list(row) for row in plan.masks] if plan.masks is not None else []
-            await link.send_control(HeadMask(stream=stream, layer_start=plan.stage.layer_start, masks=masks), stream)
-            session.masks_sent[plan.stage.worker] = plan.masks
-        if plan.bypass:
-            await link.send(plan.frame)
-            return None, 0.0
-        if session.recorder:
-            session.recorder.record(plan.index, plan.frame)
-        sent = time.perf_counter()
-        result = await link.call(plan.frame, stream, step.step_id, step.rows)
-        waited = self._spend(stats, step.rows, "stage_wait", sent) - sent
-        await self.spot_checks.after_result((stream, plan.index), plan.frame, plan.stage, link, result)
-        return result, waited
-
-    def _learn(self, request: GenerationRequest, session: PipelineSession, plan: HopPlan, position: int,
-               report: LayerStats | None) -> None:
-        """The router's and head statistics' update from a stage's layer_stats, if it sent any."""
-        if report is None:
-            return
-        stage = plan.stage
-        observe(request.router, self.layer_statistics, session.routing, position, stage.layer_start, stage.layer_end,
-                plan.decision, [float(r) for r in report.ratios], [float(n) for n in report.norms or []],
-                float(report.node_ratio))
-        if report.head_ratios is not None:
-            observe_heads(request.router, self.head_statistics, position, stage.layer_start, list(plan.ran),
-                          [[float(r) for r in row] for row in report.head_ratios])
+        """Plan, run and settle one step (`step_execute`); returns its logits (1 + drafts, vocab)."""
+        return await self.executor.execute(request.router, request.codec, stats, session, step)
 
     async def _close(self, session: PipelineSession) -> None:
         """The session is over: every worker still there frees its caches for the stream."""

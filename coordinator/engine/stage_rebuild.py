@@ -26,11 +26,10 @@ log = logging.getLogger(__name__)
 
 
 async def replace_stage(cluster: Cluster, config: ServerConfig, stats: HopStats, session: PipelineSession,
-                        index: int, step: Step, error: WorkerLost) -> bytes:
-    """Send the lost stage's recorded frames to the worker that now holds its layers;
-    return the current step's RESULT. Re-raises `error` when that is not possible."""
-    assert session.recorder is not None
-    frames = session.recorder.replay_frames(index)
+                        index: int, frames: list[bytes], step: Step, error: WorkerLost) -> bytes:
+    """Send the lost stage's `frames` (everything it was sent, the current step's last) to
+    the worker that now holds its layers; return the current step's RESULT. Re-raises
+    `error` when that is not possible (no frames: the stream cannot be rebuilt from them)."""
     if not frames or error.refused:
         log.info("stream %d: stage %d cannot be rebuilt from frames (%s)", session.stream, index,
                  "refused" if error.refused else "no recorded frames")

@@ -56,6 +56,13 @@ class StageRecorder:
         self.usable = False
         self.frames = [[] for _ in range(self.stages)]
 
+    def frames_with(self, stage_index: int, frame: bytes) -> list[bytes]:
+        """What a replacement for the stage is sent: its recorded frames, then `frame` (the
+        current step's); nothing when the stream can no longer be rebuilt from frames."""
+        if not self.usable or len(self.frames[stage_index]) >= self.max_frames:
+            return []
+        return [*self.frames[stage_index], frame]
+
     def replay_frames(self, stage_index: int) -> list[bytes]:
         return list(self.frames[stage_index]) if self.usable else []
 

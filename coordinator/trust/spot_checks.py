@@ -83,6 +83,10 @@ class SpotChecks:
             if self.checker is not None:
                 self.checker.release(key)
 
+    def on_probation(self, link: WorkerLink) -> bool:
+        """Whether every step of this worker is checked before its result is used."""
+        return self.checker is not None and link.checked_steps < self.checker.config.probation_steps
+
     async def after_result(self, key: tuple[int, int], frame: bytes, stage: Stage, link: WorkerLink,
                            result: bytes) -> None:
         """`frame` was sent to `link` for (stream, stage index) `key`; `result` came back."""

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from coordinator.engine.hop_plan import account_outcome, account_plan, plan_hop
 from coordinator.engine.router import NodeDecision
 from coordinator.engine.session import HopStats
+from coordinator.engine.step_outcome import account_outcome, account_plan
+from coordinator.engine.step_plan import plan_hop
 from coordinator.swarm.planner import Stage
 from protocol.activation_codec import CodecSettings, Route, encode_activation
 from protocol.frames import Flag, FrameKind, StepKind, parse_frame
