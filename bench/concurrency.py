@@ -1,0 +1,206 @@
+"""Many requests at once through 2 tabs, and llama-server with parallel slots, side by side.
+
+Measures in one run on this machine (issue 23's must-show, and the baseline for batching):
+  - each of 16 distinct chat prompts alone (greedy, speculation off): its tokens and rate;
+  - 1, 4, 8 and 16 of them at once (streamed): aggregate decode tok/s (completion tokens
+    of all streams / wall seconds from the first request to the last token), and whether
+    every stream's tokens equal its solo run;
+  - at 8 streams: p50/p95 time to first token and inter-token latency, and the same with a
+    long prompt (~900 tokens) arriving half a second in;
+  - llama-server (`-np 16 -cb -t 2`, the same GGUF, no repacking) with the same prompts and
+    concurrency levels: aggregate tok/s, so the ratio 8 streams / 1 stream sits next to ours.
+Writes bench/results/concurrency.json. Usage:
+  .venv/bin/python -m bench.concurrency [--codec int8|int8-stable] [--tokens 32] [--skip-anchor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.caches import shard_cache
+from bench.llama_anchor import binaries
+from bench.suite import EVALUATION_TEXT
+from coordinator.config import AppConfig, ServerConfig
+from coordinator.local_swarm import local_coordinator, wait_ready
+from coordinator.swarm.headless import HeadlessWorkers, worker_url
+from shards.convert import convert
+from shards.gguf_model import default_model_path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOPICS = ("the sea", "volcanoes", "bees", "the moon", "rivers", "owls", "glaciers", "deserts", "comets", "coral reefs",
+          "thunderstorms", "mushrooms", "whales", "forests", "caves", "tides")
+PROMPTS = [[{"role": "user", "content": f"Tell me three facts about {topic}."}] for topic in TOPICS]
+LEVELS = (1, 4, 8, 16)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values) or [float("nan")]
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+async def stream(base: str, body: dict[str, Any], ids: bool) -> dict[str, Any]:
+    """One streamed chat completion: token ids (or text pieces), arrival times, when it started."""
+    body = body | {"stream": True, "stream_options": {"include_usage": True}}
+    if ids:
+        body["tabswarm"] = body.get("tabswarm", {}) | {"return_token_ids": True}
+    started = time.monotonic()
+    tokens: list[Any] = []
+    times: list[float] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session, \
+            session.post(base + "/v1/chat/completions", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"request failed ({response.status}): {await response.text()}")
+        async for line in response.content:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"stream error: {event['error']}")
+            for choice in event.get("choices", []):
+                pieces = choice.get("token_ids", []) if ids else [choice.get("delta", {}).get("content")]
+                for piece in pieces:
+                    if piece:
+                        tokens.append(piece)
+                        times.append(time.monotonic())
+    return {"tokens": tokens, "times": times, "started": started}
+
+
+def latencies(streams: list[dict[str, Any]]) -> dict[str, Any]:
+    first = [s["times"][0] - s["started"] for s in streams if s["times"]]
+    gaps = [later - earlier for s in streams for earlier, later in zip(s["times"], s["times"][1:], strict=False)]
+    ms = 1000.0
+    return {"ttft_p50_ms": round(percentile(first, 0.5) * ms, 1), "ttft_p95_ms": round(percentile(first, 0.95) * ms, 1),
+            "itl_p50_ms": round(percentile(gaps, 0.5) * ms, 1), "itl_p95_ms": round(percentile(gaps, 0.95) * ms, 1)}
+
+
+async def concurrent(base: str, bodies: list[dict[str, Any]], ids: bool,
+                     late: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Run `bodies` at once (and `late` half a second in); returns their streams and the
+    aggregate tok/s of `bodies` alone (from the first start to the last token)."""
+    started = time.monotonic()
+    tasks = [asyncio.create_task(stream(base, body, ids)) for body in bodies]
+    if late is not None:
+        await asyncio.sleep(0.5)
+        tasks.append(asyncio.create_task(stream(base, late, ids)))
+    done = await asyncio.gather(*tasks)
+    streams = done[:len(bodies)]
+    ended = max(s["times"][-1] for s in streams if s["times"])
+    return streams, sum(len(s["tokens"]) for s in streams) / (ended - started)
+
+
+async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool) -> dict[str, Any]:
+    """Solo runs, then each concurrency level, then 8 streams with a long prompt arriving."""
+    bodies = [{"messages": p, "max_tokens": tokens, "temperature": 0, **extension} for p in PROMPTS]
+    await concurrent(base, bodies[:2], ids)   # warm-up (and past the tabs' probation checks)
+    solo = []
+    for body in bodies:
+        streams, rate = await concurrent(base, [body], ids)
+        solo.append({"tokens": streams[0]["tokens"], "tok_s": rate})
+    one = statistics.median(entry["tok_s"] for entry in solo)
+    report: dict[str, Any] = {"solo_median_tok_s": round(one, 2), "levels": {}}
+    for level in LEVELS:
+        streams, rate = await concurrent(base, bodies[:level], ids)
+        equal = sum(s["tokens"] == solo[i]["tokens"] for i, s in enumerate(streams))
+        report["levels"][str(level)] = {"aggregate_tok_s": round(rate, 2), "ratio_to_one_stream": round(rate / one, 2),
+                                        "equal_to_solo": f"{equal}/{level}", **latencies(streams)}
+        print(f"  {level:2d} streams: {rate:6.2f} tok/s ({rate / one:.2f}x one), {equal}/{level} equal to solo, "
+              f"{latencies(streams)}", flush=True)
+    long_prompt = " ".join(EVALUATION_TEXT.read_text().split()[:700])
+    late = {"messages": [{"role": "user", "content": f"Summarise: {long_prompt}"}], "max_tokens": 4, "temperature": 0,
+            **extension}
+    streams, rate = await concurrent(base, bodies[:8], ids, late)
+    equal = sum(s["tokens"] == solo[i]["tokens"] for i, s in enumerate(streams))
+    report["8_with_long_prompt"] = {"aggregate_tok_s": round(rate, 2), "equal_to_solo": f"{equal}/8",
+                                    **latencies(streams)}
+    print(f"   8 streams + a long prompt: {rate:.2f} tok/s, {equal}/8 equal, {latencies(streams)}", flush=True)
+    return report
+
+
+async def swarm(args: argparse.Namespace) -> dict[str, Any]:
+    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
+    server = ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=1.0, chromium=args.chromium,
+                          max_active=16, max_queue=64)
+    async with local_coordinator(AppConfig(server=server), directory) as (_, base):
+        headless = HeadlessWorkers(args.chromium)
+        await headless.start()
+        try:
+            for tab in (1, 2):
+                await headless.open(worker_url(base, f"concurrency-tab-{tab}", 1))
+            status = await wait_ready(base, 2, 600)
+            print(f"swarm: 2 tabs, stages {[stage['layers'] for stage in status['plan']]}, codec {args.codec}",
+                  flush=True)
+            extension = {"tabswarm": {"codec": args.codec, "speculation": {"method": "off"}}}
+            return await measure(base, args.tokens, extension, ids=True)
+        finally:
+            await headless.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def llama_server(slots: int) -> AsyncIterator[str]:
+    folder = binaries()
+    port = free_port()
+    command = [str(folder / "llama-server"), "-m", str(default_model_path()), "-t", "2", "-np", str(slots), "-cb",
+               "-c", str(slots * 2048), "--port", str(port), "--no-repack"]
+    process = subprocess.Popen(command, env={**os.environ, "LD_LIBRARY_PATH": str(folder)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(240):
+                with contextlib.suppress(aiohttp.ClientError):   # not listening yet
+                    async with session.get(base + "/health") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.5)
+            else:
+                raise RuntimeError("llama-server did not become healthy in 120 s")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def anchor(args: argparse.Namespace) -> dict[str, Any]:
+    async with llama_server(16) as base:
+        print("llama-server -np 16 -cb -t 2:", flush=True)
+        return await measure(base, args.tokens, {}, ids=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--codec", default="int8")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--skip-anchor", action="store_true")
+    parser.add_argument("--output", default=str(RESULTS / "concurrency.json"))
+    args = parser.parse_args()
+    report: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "tokens_per_request": args.tokens,
+                              "codec": args.codec, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report["swarm_2_tabs"] = asyncio.run(swarm(args))
+    if not args.skip_anchor:
+        report["llama_server"] = asyncio.run(anchor(args))
+    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
