@@ -72,60 +72,74 @@ def _content(message: dict, index: int) -> str:
     raise ApiError(400, f"messages[{index}].content must be a string", f"messages[{index}].content")
 
 
-def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: list[str]) -> ParsedRequest:
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
+def _model(body: dict, model_ids: tuple[str, ...]) -> str:
     model = body.get("model", model_ids[0])
     if not isinstance(model, str):
         raise ApiError(400, "'model' must be a string", "model")
     if model not in model_ids:
         raise ApiError(404, f"the model '{model}' does not exist; available: {', '.join(model_ids)}",
                        "model", "model_not_found")
-    messages, prompt = None, None
-    if chat:
-        raw = body.get("messages")
-        if not isinstance(raw, list) or not raw:
-            raise ApiError(400, "'messages' must be a non-empty list", "messages")
-        checked = []
-        for index, message in enumerate(raw):
-            if not isinstance(message, dict):
-                raise ApiError(400, f"messages[{index}] must be an object", f"messages[{index}]")
-            role = message.get("role")
-            if role not in ROLES:
-                raise ApiError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}",
-                               f"messages[{index}].role")
-            checked.append({"role": "system" if role == "developer" else role,
-                            "content": _content(message, index)})
-        messages = tuple(checked)
-    else:
-        raw_prompt = body.get("prompt")
-        if isinstance(raw_prompt, list) and len(raw_prompt) == 1 and isinstance(raw_prompt[0], str):
-            raw_prompt = raw_prompt[0]
-        if not isinstance(raw_prompt, str) or not raw_prompt:
-            raise ApiError(400, "'prompt' must be a non-empty string", "prompt")
-        prompt = raw_prompt
+    return model
+
+
+def _messages(body: dict) -> tuple[dict[str, str], ...]:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "'messages' must be a non-empty list", "messages")
+    checked = []
+    for index, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise ApiError(400, f"messages[{index}] must be an object", f"messages[{index}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"messages[{index}].role must be one of {', '.join(ROLES)}",
+                           f"messages[{index}].role")
+        checked.append({"role": "system" if role == "developer" else role, "content": _content(message, index)})
+    return tuple(checked)
+
+
+def _prompt(body: dict) -> str:
+    raw_prompt = body.get("prompt")
+    if isinstance(raw_prompt, list) and len(raw_prompt) == 1 and isinstance(raw_prompt[0], str):
+        raw_prompt = raw_prompt[0]
+    if not isinstance(raw_prompt, str) or not raw_prompt:
+        raise ApiError(400, "'prompt' must be a non-empty string", "prompt")
+    return raw_prompt
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    if isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop):
+        return tuple(stop)
+    raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+
+
+def _object(body: dict, field: str) -> dict:
+    value = body.get(field) or {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"'{field}' must be an object", field)
+    return value
+
+
+def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: list[str]) -> ParsedRequest:
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = _model(body, model_ids)
+    messages, prompt = (_messages(body), None) if chat else (None, _prompt(body))
     if _integer(body, "n", 1, 1, 1) != 1:
         raise ApiError(400, "only n = 1 is supported", "n")
     max_tokens = _integer(body, "max_completion_tokens", None, 1, 1 << 20)
     max_tokens = _integer(body, "max_tokens", max_tokens, 1, 1 << 20)
-    stop = body.get("stop")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,) if stop else ()
-    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop):
-        stops = tuple(stop)
-    else:
-        raise ApiError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+    stops = _stops(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be a boolean", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError(400, "'stream_options' must be an object", "stream_options")
-    extension = body.get("tabswarm") or {}
-    if not isinstance(extension, dict):
-        raise ApiError(400, "'tabswarm' must be an object", "tabswarm")
+    options = _object(body, "stream_options")
+    extension = _object(body, "tabswarm")
     codec = extension.get("codec")
     if codec is not None and codec not in codecs:
         raise ApiError(400, f"'tabswarm.codec' must be one of {', '.join(codecs)}", "tabswarm.codec")
