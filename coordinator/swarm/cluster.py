@@ -311,6 +311,11 @@ class Cluster:
             stage = link.info.stage
             if stage is None or link.closed or link.info.state != WorkerState.READY:
                 continue
+            if any(active.worker == link.id and active != stage for active in self.plan):
+                # The active plan still runs other layers here (a newer target is not active
+                # yet): dropping them would refuse the running streams' next steps. Retained
+                # when that target becomes the active plan.
+                continue
             keep = frozenset(range(stage.layer_start, stage.layer_end))
             if link.info.holds - keep:
                 link.info.holds = link.info.holds & keep

@@ -7,6 +7,13 @@ of `rows` rows that takes longer than `factor` times the expected time (never le
 `floor_seconds`) counts as a stall. Before that, `initial_seconds` applies (first steps
 include session warm-up). Multi-row steps are assumed to cost at most `rows` one-row
 steps (prefill is cheaper per row than decode), so the bound errs long.
+
+A tab runs its frames one at a time, so with several streams a step also waits for the
+rows sent to the same tab before it: the bound counts those (`queued`), and the estimate
+learns only from steps that waited behind nothing. Measured with 16 concurrent streams
+through 2 tabs (bench/concurrency.py): timing every step made a tab's estimate include the
+queue, so its measured speed fell, the planner moved the boundary, and one step queued
+behind 15 others outlived the 3 s bound and evicted an honest tab.
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ class StepTimer:
     one_row_seconds: float | None = None
     samples: int = 0
 
-    def observe(self, rows: int, seconds: float) -> None:
-        if rows != 1:
+    def observe(self, rows: int, seconds: float, queued: int = 0) -> None:
+        """A step of `rows` rows took `seconds`, sent when `queued` rows were still unanswered
+        on the same worker (only one-row steps that waited behind nothing teach the estimate)."""
+        if rows != 1 or queued:
             return
         self.samples += 1
         if self.one_row_seconds is None:
@@ -46,11 +55,12 @@ class StepTimer:
             weight = self.policy.smoothing
             self.one_row_seconds = (1 - weight) * self.one_row_seconds + weight * seconds
 
-    def bound(self, rows: int) -> float:
-        """Seconds after which a step of `rows` rows counts as stalled."""
+    def bound(self, rows: int, queued: int = 0) -> float:
+        """Seconds after which a step of `rows` rows, sent behind `queued` unanswered rows on
+        the same worker, counts as stalled."""
         if self.one_row_seconds is None or self.samples < self.policy.warm_samples:
             return self.policy.initial_seconds
-        return max(self.policy.floor_seconds, self.policy.factor * self.one_row_seconds * max(rows, 1))
+        return max(self.policy.floor_seconds, self.policy.factor * self.one_row_seconds * max(rows + queued, 1))
 
 
 @dataclass

@@ -77,6 +77,7 @@ class WorkerLink:
         self.timer = StepTimer(stall or StallPolicy())
         self.step_times = StepHistogram()   # every step it served (/metrics)
         self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
+        self._pending_rows: dict[tuple[int, int], int] = {}   # rows of each unanswered call
         self._layer_stats: dict[tuple[int, int], LayerStats] = {}
         self._send_lock = asyncio.Lock()
         self.closed = False
@@ -109,8 +110,10 @@ class WorkerLink:
         longer than this worker's step-time bound (then WorkerLost with stalled=True)."""
         key = (stream, step)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        queued = sum(self._pending_rows.values())   # the tab runs these first (one frame at a time)
         self._pending[key] = future
-        bound = self.timer.bound(rows)
+        self._pending_rows[key] = rows
+        bound = self.timer.bound(rows, queued)
         started = time.monotonic()
         try:
             await self.send(frame)
@@ -120,8 +123,9 @@ class WorkerLink:
                              f"within {bound:.1f} s", self.id, stalled=True) from error
         finally:
             self._pending.pop(key, None)
+            self._pending_rows.pop(key, None)
         elapsed = time.monotonic() - started
-        self.timer.observe(rows, elapsed)
+        self.timer.observe(rows, elapsed, queued)
         self.step_times.observe(elapsed)
         return result
 
@@ -157,6 +161,7 @@ class WorkerLink:
             if not future.done():
                 future.set_exception(WorkerLost(f"worker {self.id} ({self.info.name}) left: {reason}", self.id))
         self._pending.clear()
+        self._pending_rows.clear()
 
     async def close(self, code: int, reason: str) -> None:
         self.fail_all(reason)
