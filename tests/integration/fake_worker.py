@@ -200,6 +200,9 @@ class FakeWorker:
             out = -out
         elif self.corrupt == "scale":
             out = out * np.float32(1.05)
+        elif self.corrupt == "drift":   # honest, with compounded rounding flips: 2% of each row's norm, spread out
+            noise = np.random.default_rng(len(self._previous_out)).standard_normal(out.shape).astype(np.float32)
+            out = out + noise * np.float32(0.02 / np.sqrt(out.shape[-1])) * np.linalg.norm(out, axis=-1, keepdims=True)
         elif self.corrupt == "stale":
             previous = self._previous_out.get(stream)
             out = previous[:, -1:].repeat(out.shape[1], axis=1) if previous is not None else out

@@ -48,3 +48,27 @@ async def test_honest_workers_pass_every_check(two_worker_cluster):
         assert code == 200
     after = (await status_of(base))["verification"]
     assert after["failed"] == before["failed"] == 0 and after["passed"] > before["passed"]
+
+
+@pytest.mark.parametrize("corrupt", ["drift", "sign"])
+async def test_int8_stable_stages_get_the_row_check_compounding_flips_need(shard_dir, corrupt):
+    """With int8-stable a stage rounds at every layer boundary inside it: a WASM tab's last-bit
+    float differences flip some roundings and the flips compound, so a per-value bound evicted
+    an honest tab (bench/concurrency.py). A worker whose rows drift by 2% of their norm passes
+    (the per-value bound would evict it); one that flips signs is still evicted."""
+    async with running_app(shard_dir, standby_workers=0) as (_, base):
+        honest = await FakeWorker(base, shard_dir, "honest").start()
+        other = await FakeWorker(base, shard_dir, "other", corrupt=corrupt).start()
+        await wait_ready(base, 2)
+        code, body = await post(base, "/v1/chat/completions", {
+            "messages": COLOURS, "max_tokens": 12, "tabswarm": {"codec": "int8-stable"}})
+        assert code == 200, body
+        status = await status_of(base)
+        names = {worker["name"] for worker in status["workers"]}
+        if corrupt == "drift":
+            assert status["verification"]["failed"] == 0 and status["verification"]["passed"] > 0
+            assert names == {"honest", "other"}
+        else:
+            assert status["verification"]["failed"] == 1 and names == {"honest"}
+        for worker in (honest, other):
+            await worker.stop()
