@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from bench.caches import shard_cache
 from bench.llama_anchor import binaries
 from bench.suite import EVALUATION_TEXT
 from coordinator.config import AppConfig, ServerConfig
-from coordinator.local_swarm import local_coordinator, wait_ready
+from coordinator.local_swarm import local_coordinator, status_of, wait_ready
 from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from shards.convert import convert
 from shards.gguf_model import default_model_path
@@ -143,7 +144,14 @@ async def swarm(args: argparse.Namespace) -> dict[str, Any]:
             print(f"swarm: 2 tabs, stages {[stage['layers'] for stage in status['plan']]}, codec {args.codec}",
                   flush=True)
             extension = {"tabswarm": {"codec": args.codec, "speculation": {"method": "off"}}}
-            return await measure(base, args.tokens, extension, ids=True)
+            report = await measure(base, args.tokens, extension, ids=True)
+            status = await status_of(base)
+            # what moved under load: plans activated after the first, replays, evictions
+            report["plans_activated"] = [event["stages"] for event in status["events"] if event["event"] == "plan"]
+            report["events"] = dict(sorted(Counter(event["event"] for event in status["events"]).items()))
+            report["churn"] = status["churn"]
+            print(f"  plans: {report['plans_activated']}; events {report['events']}", flush=True)
+            return report
         finally:
             await headless.stop()
 
