@@ -125,6 +125,25 @@ async def test_two_concurrent_requests_equal_their_solo_outputs(cluster):
     assert [body["choices"][0]["token_ids"] for _, body in together] == solo
 
 
+async def test_eight_concurrent_requests_equal_their_solo_answers(cluster):
+    """Eight distinct greedy requests at once through 2 WASM tabs, each equal to its solo
+    answer. With the int8-stable codec the answer does not depend on where the plan cuts,
+    so a replan under load (bench/concurrency.py saw four in one run) cannot change it; the
+    tabs' spot checks run under it too (an honest tab must not be evicted)."""
+    base, _ = cluster
+    topics = ("the sea", "bees", "the moon", "rivers", "owls", "deserts", "comets", "caves")
+    bodies = [{"messages": [{"role": "user", "content": f"Tell me about {topic}."}], "max_tokens": 12,
+               "tabswarm": {"codec": "int8-stable", "return_token_ids": True, "speculation": {"method": "off"}}}
+              for topic in topics]
+    before = (await status_of(base))["verification"]["failed"]
+    solo = [(await post(base, "/v1/chat/completions", body))[1]["choices"][0]["token_ids"] for body in bodies]
+    together = await asyncio.gather(*(post(base, "/v1/chat/completions", body) for body in bodies))
+    assert [code for code, _ in together] == [200] * len(bodies)
+    assert [answer["choices"][0]["token_ids"] for _, answer in together] == solo
+    assert all(len(tokens) > 0 for tokens in solo)
+    assert (await status_of(base))["verification"]["failed"] == before
+
+
 async def wait_standby_ready(base: str, timeout: float = LOAD_TIMEOUT) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
