@@ -81,6 +81,8 @@ class ServerConfig:
     stall_floor_seconds: float = 3.0     # later steps: a stall is > stall_factor x its usual step time,
     stall_factor: float = 30.0           # and never less than the floor
     heartbeat_seconds: float = 5.0
+    speed_replan_checks: int = 2         # heartbeats in a row with changed speeds before a replan, when idle
+    speed_replan_busy_checks: int = 12   # the same while requests run (a replan moves each of them: a replay)
     join_settle_seconds: float = 1.0     # replan this long after the last join
     default_max_tokens: int = 256
     prefill_rows: int | None = None      # rows per prefill pass (None: what the tabs' memory plan allows)

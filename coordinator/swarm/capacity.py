@@ -69,6 +69,18 @@ def capacities(workers: list[WorkerFacts], layers: int, footprint: TabFootprint)
                            max_layers(facts, layers, footprint)) for facts in workers]
 
 
+def speed_replan_due(checks_changed: int, streams_running: int, idle_checks: int, busy_checks: int) -> bool:
+    """Whether measured speeds that differ from the plan's have lasted long enough to replan.
+
+    A replan that moves a boundary moves every running stream to the new plan, and each
+    replays its history as one prefill there; under load, measured speeds also wander
+    (tabs and the coordinator share the cores). Measured with 16 streams through 2 tabs
+    (bench/results/concurrency.json): on two checks in a row the cut went 15 -> 10 -> 20 ->
+    15 -> 10 and 49 running streams were moved. So while streams run, a change must last
+    `busy_checks` heartbeats; idle, `idle_checks`."""
+    return checks_changed >= (busy_checks if streams_running else idle_checks)
+
+
 def shortfall(workers: list[WorkerFacts], layers: int, footprint: TabFootprint) -> str | None:
     """None when the workers together can hold every layer; else what is missing, in words."""
     holdable = sum(max_layers(facts, layers, footprint) for facts in workers)

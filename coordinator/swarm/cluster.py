@@ -30,7 +30,13 @@ from collections.abc import Callable
 from typing import Any
 
 from coordinator.config import ServerConfig
-from coordinator.swarm.capacity import MAX_TAB_MEMORY_MB, WorkerFacts, capacities, shortfall
+from coordinator.swarm.capacity import (
+    MAX_TAB_MEMORY_MB,
+    WorkerFacts,
+    capacities,
+    shortfall,
+    speed_replan_due,
+)
 from coordinator.swarm.pipeline import Pipeline
 from coordinator.swarm.planner import PlanError, Stage, WorkerCapacity
 from coordinator.swarm.swarm_plan import SwarmPlan, plan_swarm
@@ -230,7 +236,7 @@ class Cluster:
 
     async def replan_if_speeds_changed(self) -> None:
         """Called periodically: replan (allowing new stage boundaries) when the snapped
-        speeds differ from the last plan's on two checks in a row."""
+        speeds differ from the last plan's on enough checks in a row (`speed_replan_due`)."""
         workers = [link for link in self.workers.values() if not link.closed]
         speeds = {capacity.worker: capacity.speed for capacity in self.capacities(workers)}
         planned = {stage.worker for stage in self.target.stages}
@@ -239,7 +245,9 @@ class Cluster:
             self._speed_changes += 1
         else:
             self._speed_changes = 0
-        if self._speed_changes >= 2:
+        running = sum(self.sessions.values())
+        if speed_replan_due(self._speed_changes, running, self.config.speed_replan_checks,
+                            self.config.speed_replan_busy_checks):
             log.info("measured speeds changed (%s): replanning", speeds)
             self._event("speeds", speeds=speeds)
             await self.replan(keep_boundaries=False)

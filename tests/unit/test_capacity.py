@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from coordinator.swarm.capacity import WorkerFacts, capacities, max_layers, shortfall
+from coordinator.swarm.capacity import (
+    WorkerFacts,
+    capacities,
+    max_layers,
+    shortfall,
+    speed_replan_due,
+)
 from shards.footprint import TabFootprint, layer_bytes, prefill_rows
 from shards.model_config import ModelConfig
 
@@ -49,3 +55,13 @@ def test_a_newcomers_claimed_speed_buys_no_more_than_the_measured_ones():
     facts = [WorkerFacts("proven", 10.0, 2.0, None), WorkerFacts("boaster", 0.01, None, None)]
     speeds = {entry.worker: entry.speed for entry in capacities(facts, 30, plan)}
     assert speeds["boaster"] <= speeds["proven"]
+
+
+def test_a_speed_replan_waits_for_a_lasting_change_while_streams_run():
+    # idle: two heartbeats in a row with other speeds replan (a slow tab is rebalanced soon)
+    assert not speed_replan_due(1, 0, idle_checks=2, busy_checks=12)
+    assert speed_replan_due(2, 0, idle_checks=2, busy_checks=12)
+    # running streams would each be moved (a replay): the change must last
+    assert not speed_replan_due(2, 16, idle_checks=2, busy_checks=12)
+    assert not speed_replan_due(11, 1, idle_checks=2, busy_checks=12)
+    assert speed_replan_due(12, 1, idle_checks=2, busy_checks=12)
