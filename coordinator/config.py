@@ -86,6 +86,7 @@ class ServerConfig:
     join_settle_seconds: float = 1.0     # replan this long after the last join
     default_max_tokens: int = 256
     prefill_rows: int | None = None      # rows per prefill pass (None: what the tabs' memory plan allows)
+    shared_prefill_rows: int = 64        # ... while other requests run: their decode steps go between the chunks
     headless_workers: int = 0
     worker_threads: int = 1
     chromium: str = "/usr/bin/chromium"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from coordinator.app import CLUSTER
+from coordinator.app import CLUSTER, ENGINE
 from coordinator.swarm.planner import Stage
 from coordinator.swarm.swarm_plan import SwarmPlan
 from coordinator.swarm.worker_lifecycle import WorkerState
@@ -71,3 +71,34 @@ async def test_a_retain_never_drops_layers_the_active_plan_still_runs(shard_dir)
         assert code == 200 and answer["usage"]["tabswarm"]["replays"] == 0
         await first.stop()
         await second.stop()
+
+
+async def test_a_long_prompt_goes_in_chunks_while_others_decode_and_changes_no_answer(shard_dir):
+    """Alone, a long prompt is prefilled in as few passes as the memory plan allows; while another request decodes it goes
+    in chunks of `shared_prefill_rows` (so the decoding stream's steps go in between), and
+    both answers equal their solo runs."""
+    long_prompt = {"messages": [{"role": "user", "content": "Summarise: " + " ".join(
+        f"the {topic} is near." for topic in TOPICS * 4)}], "max_tokens": 4,
+        "tabswarm": {"return_token_ids": True, "speculation": {"method": "off"}}}
+    decoding = body("the sea") | {"max_tokens": 40}
+    async with running_app(shard_dir, standby_workers=0, shared_prefill_rows=16) as (app, base):
+        workers = [await FakeWorker(base, shard_dir, name, delay_seconds=0.01).start() for name in ("a", "b")]
+        await wait_ready(base, 2)
+        prefill = app[ENGINE].timing.kinds["prefill"]
+        steps, rows = prefill.steps, prefill.rows
+        solo_long = (await post(base, "/v1/chat/completions", long_prompt))[1]
+        prompt_rows = solo_long["usage"]["prompt_tokens"]
+        alone = -(-prompt_rows // app[ENGINE].prefill_rows)           # passes the tabs' memory plan allows
+        assert prompt_rows > 64 and prefill.steps == steps + alone
+        solo_decoding = (await post(base, "/v1/chat/completions", decoding))[1]["choices"][0]["token_ids"]
+        steps = prefill.steps
+        first = asyncio.create_task(post(base, "/v1/chat/completions", decoding))
+        await asyncio.sleep(0.3)                                      # decoding by now
+        _, together_long = await post(base, "/v1/chat/completions", long_prompt)
+        _, together_decoding = await first
+        assert prefill.steps - steps >= prompt_rows // 16            # in chunks of 16 rows
+        assert together_long["choices"][0]["token_ids"] == solo_long["choices"][0]["token_ids"]
+        assert together_decoding["choices"][0]["token_ids"] == solo_decoding
+        assert rows < prefill.rows
+        for worker in workers:
+            await worker.stop()
