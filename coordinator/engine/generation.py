@@ -24,7 +24,6 @@ to the accepted length before the next step. Never touches HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -45,7 +44,7 @@ from coordinator.engine.router import (
 from coordinator.engine.session import HopStats, PipelineSession, TokenEvent
 from coordinator.engine.stage_rebuild import drop_worker
 from coordinator.engine.stage_replay import StageRecorder
-from coordinator.engine.step_execute import StepExecutor
+from coordinator.engine.step_execute import StepExecutor, off_loop
 from coordinator.swarm.cluster import Cluster, NoWorkers
 from coordinator.swarm.pipeline import Pipeline
 from coordinator.swarm.time_breakdown import TimeTotals
@@ -89,7 +88,7 @@ class GenerationEngine:
         self.config = config
         # rows per prefill pass: what the tabs' memory plan allows (shards.footprint)
         self.prefill_rows = config.prefill_rows or prefill_rows(ends.manifest.model, cluster.compute)
-        self.spot_checks = SpotChecks(checker, cluster, self._run)
+        self.spot_checks = SpotChecks(checker, cluster, off_loop)
         self.step_costs = StepCosts()   # what a decode step and a verified row cost (drafting decisions)
         self._streams = itertools.count(1)
         self._steps = itertools.count(1)
@@ -109,16 +108,6 @@ class GenerationEngine:
         """Losses recovered: whole-sequence replays and stages rebuilt from their frames."""
         return self.sequence_replays + self.executor.rebuilds
 
-    def _spend(self, stats: HopStats, rows: int, part: str, since: float) -> float:
-        """Add the seconds since `since` to `part` of a `rows`-row step; returns now."""
-        now = time.perf_counter()
-        self.timing.add(rows, part, now - since)
-        stats.timing.add(rows, part, now - since)
-        return now
-
-    async def _run(self, function, *args):
-        """Run a native onnxruntime call off the event loop (it releases the GIL)."""
-        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
     async def generate(self, request: GenerationRequest, stats: HopStats) -> AsyncIterator[TokenEvent]:
         sequence = Sequence.start(request.prompt_ids, request.params, request.stop_ids)
@@ -192,7 +181,7 @@ class GenerationEngine:
             self.step_costs.observe_step(step.rows, time.perf_counter() - started)
         sampling = time.perf_counter()
         verdict = accept_drafts(logits, drafts, request.params, sequence.rng)
-        self._spend(stats, step.rows, "sample", sampling)
+        self.executor.spend(stats, step.rows, "sample", time.perf_counter() - sampling)
         tokens = verdict.tokens
         stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
         if stop is not None:   # nothing after an end-of-text token is emitted (or counted as accepted)

@@ -40,6 +40,11 @@ from protocol.frames import FrameKind
 from shards.model_ends import ModelEnds
 
 
+async def off_loop(function, *args):
+    """Run a native onnxruntime call off the event loop (it releases the GIL)."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
 class StepExecutor:
     """Runs steps through a session's pipeline; shares the engine's statistics and checks."""
 
@@ -54,16 +59,14 @@ class StepExecutor:
         self.timing = timing                        # the coordinator's parts of every step
         self.rebuilds = 0                           # stages rebuilt from recorded frames
 
-    def _spend(self, stats: HopStats, rows: int, part: str, seconds: float) -> None:
+    def spend(self, stats: HopStats, rows: int, part: str, seconds: float) -> None:
+        """Add `seconds` to `part` of a `rows`-row step: the coordinator's totals and the request's."""
         self.timing.add(rows, part, seconds)
         stats.timing.add(rows, part, seconds)
 
-    async def _run(self, function, *args):
-        """Run a native onnxruntime call off the event loop (it releases the GIL)."""
-        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
-
     def plan(self, router: RouterConfig, codec: CodecSettings, session: PipelineSession, step: Step) -> StepPlan:
-        """The step's plan from the session's state (pure apart from reading it)."""
+        """The step's plan from the session's state (the stream's head masks advance to this
+        step first: `StreamHeadMasks.update`)."""
         assert session.heads is not None and session.recorder is not None
         session.heads.update(router, self.head_statistics, step.position, step.rows)
         stages = tuple(stage for stage, _ in session.pipeline)
@@ -83,12 +86,12 @@ class StepExecutor:
         self.timing.step(rows)
         stats.timing.step(rows)
         clock = time.perf_counter()
-        hidden = await self._run(self.ends.embed, list(step.ids))           # (1, rows, hidden)
+        hidden = await off_loop(self.ends.embed, list(step.ids))           # (1, rows, hidden)
         embedded = time.perf_counter()
         route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
         frame = encode_activation(hidden[0], route, codec, session.encoder)
-        self._spend(stats, rows, "embed", embedded - clock)
-        self._spend(stats, rows, "encode", time.perf_counter() - embedded)
+        self.spend(stats, rows, "embed", embedded - clock)
+        self.spend(stats, rows, "encode", time.perf_counter() - embedded)
         plan = self.plan(router, codec, session, step)
         start_token(session.routing)
         outcomes: list[HopOutcome] = []
@@ -108,12 +111,12 @@ class StepExecutor:
         clock = time.perf_counter()
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
         decoded = time.perf_counter()
-        self._spend(stats, rows, "decode", decoded - clock)
+        self.spend(stats, rows, "decode", decoded - clock)
         if step.partial:    # nothing is sampled from a prefill chunk: no head
             return np.zeros((0, self.ends.manifest.model.vocab), dtype=np.float32)
         sampled = 1 + len(step.drafts)
-        logits = (await self._run(self.ends.logits, values[None, -sampled:]))[0]   # (sampled, vocab)
-        self._spend(stats, rows, "head", time.perf_counter() - decoded)
+        logits = (await off_loop(self.ends.logits, values[None, -sampled:]))[0]   # (sampled, vocab)
+        self.spend(stats, rows, "head", time.perf_counter() - decoded)
         return logits
 
     async def _hop(self, plan: StepPlan, hop: HopPlan, link: WorkerLink) -> HopOutcome:
@@ -167,8 +170,8 @@ class StepExecutor:
         assert session.recorder is not None
         account_step(outcomes, stats)
         for outcome in outcomes:
-            self._spend(stats, plan.step.rows, "stage_wait", outcome.waited)
-            self._spend(stats, plan.step.rows, "relay", outcome.relay)
+            self.spend(stats, plan.step.rows, "stage_wait", outcome.waited)
+            self.spend(stats, plan.step.rows, "relay", outcome.relay)
             report = outcome.report
             if report is not None and report.head_ratios is not None:
                 observe_heads(router, self.head_statistics, plan.step.position, outcome.plan.stage.layer_start,
