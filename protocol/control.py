@@ -83,6 +83,7 @@ class Stats:
     streams: int | None = None
     memory_used_mb: float | None = None
     timing: dict[str, Any] | None = None
+    batching: dict[str, Any] | None = None   # passes run, frames they held, the most in one (stream batching)
 
 
 @dataclass(frozen=True)

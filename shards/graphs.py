@@ -5,10 +5,12 @@ backend runs are used: opset-23 `RMSNormalization` and `RotaryEmbedding`, plain
 MatMul/Add/Mul/Sigmoid/Softmax/Where/Pad and a few shape ops (attention is composed from
 them so that a row's result does not depend on how many rows share the pass). Never reads GGUF or writes files.
 
-Graph interfaces (batch is always 1 in tabswarm, but kept symbolic):
+Graph interfaces (batch: one entry per stream; a tab batches the streams whose frames wait
+together, each entry's past holding its cache and zeros up to the longest):
   layer:     hidden (batch, seq, hidden), positions (batch, seq) int64,
              past_key/past_value (batch, kv_heads, past, head_dim), head_mask (heads,)
-          -> hidden_out (batch, seq, hidden), present_key/present_value (batch, kv_heads, past+seq, head_dim),
+          -> hidden_out (batch, seq, hidden), present_key/present_value (batch, kv_heads, past+seq, head_dim)
+             (entry b's new rows written at its positions: slots positions[b, 0] .. + seq),
              head_energy (batch, seq, heads)
   kv-only:   hidden, positions, past_key, past_value -> present_key, present_value
              (what a skipped layer still writes)
@@ -107,8 +109,10 @@ class _GraphBuilder:
         self.op("Mul", [f"{output}_sums_float", f"{name}_scales"], f"{output}_weight_scaled")
         self.op("Mul", [f"{output}_weight_scaled", scales_name], f"{output}_scaled")
         self.op("ReduceSum", [f"{output}_scaled", "int8_block_axis"], f"{output}_rows", keepdims=0)  # (rows, out)
-        self.constant(f"{output}_shape", np.array([1, -1, outputs], dtype=np.int64))
-        self.op("Reshape", [f"{output}_rows", f"{output}_shape"], output)           # (1, rows, out)
+        self.op("Shape", [source], f"{output}_leading", start=0, end=2)             # (batch, seq)
+        self.constant(f"{output}_columns", np.array([outputs], dtype=np.int64))
+        self.op("Concat", [f"{output}_leading", f"{output}_columns"], f"{output}_shape", axis=0)
+        self.op("Reshape", [f"{output}_rows", f"{output}_shape"], output)           # (batch, seq, out)
 
     def _quantized_activations(self, source: str, inputs: int, group: int) -> tuple[str, str]:
         """uint8 codes (blocks, rows, group) and scales (blocks, rows, 1) of `source`, once per source."""
@@ -212,6 +216,33 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpe
     return "attn_input", "k", "v"
 
 
+def _new_row_slots(builder: _GraphBuilder) -> tuple[str, str]:
+    """What `_write_new_rows` needs once per graph: the pads adding `seq` slots to a cache,
+    and each new row's slot (its position), (batch, 1, seq, 1)."""
+    builder.op("Shape", ["hidden"], "new_rows_1d", start=1, end=2)
+    builder.constant("new_rows_before", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
+    builder.constant("new_rows_after", np.zeros(1, dtype=np.int64))
+    builder.op("Concat", ["new_rows_before", "new_rows_1d", "new_rows_after"], "new_rows_pads", axis=0)
+    builder.constant("new_rows_axes", np.array([1, 3], dtype=np.int64))
+    return "new_rows_pads", builder.op("Unsqueeze", ["positions", "new_rows_axes"], "new_rows_slots")
+
+
+def _write_new_rows(builder: _GraphBuilder, slots: tuple[str, str], past: str, new: str, present: str) -> str:
+    """present = past with `seq` more slots, each batch entry's new rows written at their positions.
+
+    Batch entry b's cache is the first positions[b, 0] slots of `past` (the rest are zeros: a
+    batch of streams whose caches differ in length pads them to the longest); its new rows
+    go to slots positions[b, 0] .. + seq. With one entry and an unpadded past this is
+    exactly Concat(past, new). Padding and later rows are masked (weight 0), so an entry's
+    rows are bitwise what a pass of its own gives (the key-length padding argument below).
+    """
+    pads, row_slots = slots
+    builder.op("Pad", [past, pads], f"{present}_room")                          # (batch, kv_heads, past + seq, head_dim)
+    builder.op("Shape", [new], f"{new}_shape")
+    builder.op("Expand", [row_slots, f"{new}_shape"], f"{new}_slots")           # (batch, kv_heads, seq, head_dim)
+    return builder.op("ScatterElements", [f"{present}_room", f"{new}_slots", new], present, axis=2)
+
+
 KEY_LENGTH_MULTIPLE = 4   # attention pads its key axis to this; see _row_invariant_attention
 
 
@@ -231,10 +262,11 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
     heads, kv_heads, head_dim = config.heads, config.kv_heads, config.head_dim
     group = heads // kv_heads
     builder.constant("kv_heads_shape", np.array([0, 0, kv_heads, head_dim], dtype=np.int64))
+    slots = _new_row_slots(builder)
     for name, past, present in ((k, "past_key", "present_key"), (v, "past_value", "present_value")):
         builder.op("Reshape", [name, "kv_heads_shape"], f"{name}_heads")      # (batch, seq, kv_heads, head_dim)
         builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
-        builder.op("Concat", [past, f"{name}_new"], present, axis=2)          # (batch, kv_heads, total, head_dim)
+        _write_new_rows(builder, slots, past, f"{name}_new", present)       # (batch, kv_heads, past + seq, head_dim)
     # Pad the slot axis to padded = ceil(total / multiple) * multiple.
     builder.op("Shape", ["present_key"], "total_length_1d", start=2, end=3)
     builder.constant("key_multiple", np.array([KEY_LENGTH_MULTIPLE], dtype=np.int64))
@@ -386,11 +418,12 @@ def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: in
     cos, sin = _rotary_tables(builder, config, spec)
     _, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.constant("heads_shape", np.array([0, 0, config.kv_heads, config.head_dim], dtype=np.int64))
+    slots = _new_row_slots(builder)
     for name, past in ((k, "past_key"), (v, "past_value")):
         builder.op("Reshape", [name, "heads_shape"], f"{name}_heads")  # (batch, seq, kv_heads, head_dim)
         builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
         present = "present_key" if past == "past_key" else "present_value"
-        builder.op("Concat", [past, f"{name}_new"], present, axis=2)
+        _write_new_rows(builder, slots, past, f"{name}_new", present)
     return builder.model(f"layer_{layer}_kv_only", _layer_inputs(config), _present_outputs(config))
 
 

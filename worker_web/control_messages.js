@@ -24,7 +24,7 @@ export const SCHEMAS = Object.freeze({
     weight_bytes: [[T.int], false], memory_mb: [[T.int, T.number], false] },
   heartbeat: { time: [[T.int, T.number], true] },
   stats: { tokens: [[T.int], true], compute_ms: [[T.int, T.number], true], streams: [[T.int], false],
-    memory_used_mb: [[T.int, T.number], false], timing: [[T.map], false] },
+    memory_used_mb: [[T.int, T.number], false], timing: [[T.map], false], batching: [[T.map], false] },
   release: { stream: [[T.int], true] },
   truncate: { stream: [[T.int], true], length: [[T.int], true] },
   retain: { layer_start: [[T.int], true], layer_end: [[T.int], true] },

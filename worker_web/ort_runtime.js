@@ -90,6 +90,42 @@ export function positionsTensor(ort, start, count) {
   return new ort.Tensor('int64', values, [1, count]);
 }
 
+/** Int64 positions (batch, rows): entry b's rows start at starts[b] (where its cache ends). */
+export function batchPositionsTensor(ort, starts, rows) {
+  const values = new BigInt64Array(starts.length * rows);
+  starts.forEach((start, entry) => { for (let i = 0; i < rows; i += 1) values[entry * rows + i] = BigInt(start + i); });
+  return new ort.Tensor('int64', values, [starts.length, rows]);
+}
+
+/** Whether this model's streams may share a pass bitwise (one K/V head: no; tests/unit/test_stream_batching.py). */
+export function batchesStreams(model) { return model.kv_heads >= 2; }
+
+/**
+ * (batch, kvHeads, longest, headDim) data from each entry's (1, kvHeads, length, headDim)
+ * cache data: its slots, then zeros up to the longest (shards/stream_batch.py pad_caches).
+ */
+export function padCaches(datas, lengths, kvHeads, headDim) {
+  const longest = Math.max(...lengths);
+  const out = new Float32Array(datas.length * kvHeads * longest * headDim);
+  datas.forEach((data, entry) => {
+    for (let head = 0; head < kvHeads; head += 1) {
+      const from = head * lengths[entry] * headDim;
+      out.set(data.subarray(from, from + lengths[entry] * headDim), ((entry * kvHeads + head) * longest) * headDim);
+    }
+  });
+  return out;
+}
+
+/** Entry `entry`'s first `length` slots of a (batch, kvHeads, total, headDim) present tensor's data, (1, kvHeads, length, headDim). */
+export function cacheOfEntry(data, entry, kvHeads, total, headDim, length) {
+  const out = new Float32Array(kvHeads * length * headDim);
+  for (let head = 0; head < kvHeads; head += 1) {
+    const from = ((entry * kvHeads + head) * total) * headDim;
+    out.set(data.subarray(from, from + length * headDim), head * length * headDim);
+  }
+  return out;
+}
+
 /** Positions a cached K or V tensor's data holds: dims (1, kvHeads, positions, headDim). */
 export function cachedPositions(dims) { return dims[2]; }
 
@@ -249,38 +285,108 @@ export class LayerRunner {
    */
   async forward(stream, hidden, rows, position, skipMask, layerStart, layerEnd, measure = false, sampleHeads = false,
     roundBoundary = null) {
-    if (!this.streams.has(stream)) this.streams.set(stream, new Map());
-    const caches = this.streams.get(stream);
-    let state = floatTensor(this.ort, hidden, [1, rows, this.model.hidden]);
-    const positions = positionsTensor(this.ort, position, rows);
-    const ratios = [];
-    const norms = [];
-    const headRatios = [];
-    const masks = this.headMasks.get(stream);
+    const [result] = await this.forwardBatch([{ stream, hidden, position, skipMask, measure, sampleHeads }],
+      rows, layerStart, layerEnd, roundBoundary);
+    return result;
+  }
+
+  /**
+   * Several streams' frames (each {stream, hidden, position, skipMask, measure, sampleHeads},
+   * every one `rows` rows, distinct streams) through layers [layerStart, layerEnd) as one
+   * pass per layer: the projections and MLP over all their rows at once, attention against
+   * each stream's own cache (the graphs' batch axis, shards/graphs.py). Streams that skip a
+   * layer, or hold other head masks, run it in a pass of their own. Each result is bitwise
+   * what `forward` alone gives (tests/unit/test_stream_batching.py; the tab checks it in
+   * bench/stream_batching.py). Returns one `forward` result per entry, in order.
+   */
+  async forwardBatch(entries, rows, layerStart, layerEnd, roundBoundary = null) {
+    const { hidden: columns } = this.model;
+    const states = entries.map((entry) => entry.hidden);
+    const results = entries.map(() => ({ ratios: [], norms: [], headRatios: [] }));
+    const caches = entries.map(({ stream }) => {
+      if (!this.streams.has(stream)) this.streams.set(stream, new Map());
+      return this.streams.get(stream);
+    });
     for (let layer = layerStart; layer < layerEnd; layer += 1) {
       if (roundBoundary && layer > layerStart) {
         // every layer boundary inside the stage is rounded as a cut there would be (the caller's rule)
-        state = floatTensor(this.ort, roundBoundary(state.data, rows), [1, rows, this.model.hidden]);
+        for (let i = 0; i < states.length; i += 1) states[i] = roundBoundary(states[i], rows);
       }
-      const cache = caches.get(layer) || this.emptyCache();
-      const feeds = { hidden: state, positions, past_key: cache.key, past_value: cache.value };
-      const skipped = (skipMask >> BigInt(layer - layerStart)) & 1n;
-      if (!skipped) feeds.head_mask = (masks && masks.get(layer)) || this.allHeads;
-      const graphs = this.layers.get(layer);
-      const out = await (skipped ? graphs.kvOnly : graphs.full).run(feeds);
-      if (!skipped) {
-        if (measure && rows === 1) {
-          const { ratio, norm, inputNorm } = updateRatio(state.data, out.hidden_out.data);
-          ratios.push(ratio);
-          norms.push(norm);
-          if (sampleHeads) headRatios.push(headContributions(inputNorm, out.head_energy.data));
-        }
-        state = out.hidden_out;
+      for (const group of this.passGroups(entries, layer, layerStart)) {
+        const out = await this.runPass(group, layer, rows, states, caches, entries);
+        group.members.forEach((index, member) => {
+          if (group.skipped) return;
+          const output = out.hidden_out.data.subarray(member * rows * columns, (member + 1) * rows * columns);
+          const entry = entries[index];
+          if (entry.measure && rows === 1) {
+            const { ratio, norm, inputNorm } = updateRatio(states[index], output);
+            results[index].ratios.push(ratio);
+            results[index].norms.push(norm);
+            if (entry.sampleHeads) {
+              const energies = out.head_energy.data.subarray(member * this.model.heads, (member + 1) * this.model.heads);
+              results[index].headRatios.push(headContributions(inputNorm, energies));
+            }
+          }
+          states[index] = output;
+        });
       }
-      caches.set(layer, { key: out.present_key, value: out.present_value });
     }
-    const nodeRatio = measure && rows === 1 ? updateRatio(hidden, state.data).ratio : 0;
-    return { output: state.data, ratios, norms, nodeRatio, headRatios };
+    return entries.map((entry, index) => ({ ...results[index], output: states[index],
+      nodeRatio: entry.measure && rows === 1 ? updateRatio(entry.hidden, states[index]).ratio : 0 }));
+  }
+
+  /** The entries that share layer `layer`'s pass: same skip bit and the same head mask. */
+  passGroups(entries, layer, layerStart) {
+    const groups = new Map();
+    entries.forEach((entry, index) => {
+      const skipped = ((entry.skipMask >> BigInt(layer - layerStart)) & 1n) === 1n;
+      const masks = this.headMasks.get(entry.stream);
+      const mask = skipped ? null : (masks && masks.get(layer)) || this.allHeads;
+      if (!groups.has(mask)) groups.set(mask, { skipped, mask, members: [] });
+      groups.get(mask).members.push(index);
+    });
+    return groups.values();
+  }
+
+  /**
+   * One layer's graph over a group's streams: one batch entry per stream, caches padded to
+   * the longest (a lone stream's cache goes in as it is). Stores each stream's new cache
+   * and returns the graph's outputs (hidden_out (batch, rows, hidden) where it ran in full).
+   */
+  async runPass(group, layer, rows, states, caches, entries) {
+    const { hidden: columns, kv_heads: kvHeads, head_dim: headDim } = this.model;
+    const { members } = group;
+    const own = members.map((index) => caches[index].get(layer) || this.emptyCache());
+    const lengths = own.map((cache) => cachedPositions(cache.key.dims));
+    const hidden = new Float32Array(members.length * rows * columns);
+    members.forEach((index, member) => hidden.set(states[index], member * rows * columns));
+    const feeds = { hidden: floatTensor(this.ort, hidden, [members.length, rows, columns]),
+      positions: batchPositionsTensor(this.ort, members.map((index) => entries[index].position), rows) };
+    if (members.length === 1) {
+      Object.assign(feeds, { past_key: own[0].key, past_value: own[0].value });
+    } else {
+      const longest = Math.max(...lengths);
+      const dims = [members.length, kvHeads, longest, headDim];
+      feeds.past_key = floatTensor(this.ort, padCaches(own.map((cache) => cache.key.data), lengths, kvHeads, headDim), dims);
+      feeds.past_value = floatTensor(this.ort, padCaches(own.map((cache) => cache.value.data), lengths, kvHeads, headDim), dims);
+    }
+    if (!group.skipped) feeds.head_mask = group.mask;
+    const graphs = this.layers.get(layer);
+    const out = await (group.skipped ? graphs.kvOnly : graphs.full).run(feeds);
+    members.forEach((index, member) => {
+      if (members.length === 1) {
+        caches[index].set(layer, { key: out.present_key, value: out.present_value });
+        return;
+      }
+      const total = cachedPositions(out.present_key.dims);
+      const length = lengths[member] + rows;
+      const dims = [1, kvHeads, length, headDim];
+      caches[index].set(layer, {
+        key: floatTensor(this.ort, cacheOfEntry(out.present_key.data, member, kvHeads, total, headDim, length), dims),
+        value: floatTensor(this.ort, cacheOfEntry(out.present_value.data, member, kvHeads, total, headDim, length), dims),
+      });
+    });
+    return out;
   }
 
   release(stream) { this.streams.delete(stream); this.headMasks.delete(stream); }

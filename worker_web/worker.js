@@ -1,5 +1,6 @@
 // The worker tab's dispatcher: connects to the coordinator, answers control messages,
-// runs FORWARD frames through its LayerRunner in arrival order, and reports what it does.
+// runs FORWARD frames through its LayerRunner in arrival order (the frames waiting together
+// as batched passes, batch_former.js), and reports what it does.
 // Owns the WebSocket; codec.js owns bytes, ort_runtime.js owns onnxruntime,
 // shard_store.js owns shard files, tab_page.js owns the page.
 //
@@ -10,7 +11,8 @@
 // it held before stay until the coordinator says `retain`.
 import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, roundTrip, VERSION } from './codec.js';
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
-import { isOutOfMemory, layerOfFile, LayerRunner, loadOrt } from './ort_runtime.js';
+import { batchesStreams, isOutOfMemory, layerOfFile, LayerRunner, loadOrt } from './ort_runtime.js';
+import { formPasses } from './batch_former.js';
 import { fetchShardFiles } from './shard_store.js';
 import { layerInitializers } from './int8_weights.js';
 import { StepTiming } from './step_timing.js';
@@ -47,6 +49,8 @@ class WorkerTab {
     this.socket = null;
     this.retryMs = 1000;
     this.queue = Promise.resolve();          // frames and runner changes, one at a time
+    this.openBatch = null;                   // FORWARD frames waiting for the next pass (admitFrame)
+    this.passes = { passes: 0, frames: 0, largest: 0 };   // passes run and the frames they held (stats.batching)
     this.assignments = Promise.resolve();    // assignments, one after another, outside the queue
     this.leaving = false;
     this.decoders = new Map();               // stream -> codec state of frames received
@@ -74,6 +78,7 @@ class WorkerTab {
    * would leave it rejected, and every later frame would be skipped.
    */
   enqueue(task) {
+    this.openBatch = null;   // frames arriving after this task run after it (admitFrame)
     const run = this.queue.then(task);
     this.queue = run.catch((error) => this.fail(error));
     return run;
@@ -182,7 +187,8 @@ class WorkerTab {
   sendStats(extra = {}) {
     this.lastStats = performance.now();
     this.sendControl({ type: 'stats', tokens: this.tokens, compute_ms: this.computeMs,
-      streams: this.runner ? this.runner.streams.size : 0, timing: this.timing.toMessage(), ...extra });
+      streams: this.runner ? this.runner.streams.size : 0, timing: this.timing.toMessage(), batching: { ...this.passes },
+      ...extra });
   }
 
   /** What a load cost and what the tab now holds: network bytes, float32 weight bytes, JS heap. */
@@ -212,33 +218,84 @@ class WorkerTab {
     return true;
   }
 
-  async onForward(bytes, parsed) {
-    const received = performance.now();
-    const { header, values } = decodeActivation(bytes, streamState(this.decoders, parsed.header.stream), parsed);
+  /**
+   * A FORWARD frame arrived: it joins the open batch, the frames that will run in the tab's
+   * next pass (those that reach it while it is busy). Anything queued after it (a control
+   * message, a layer load) closes the batch, so every frame still runs in arrival order
+   * relative to it; so does a second frame of a stream already in the batch.
+   */
+  admitFrame(bytes, parsed) {
+    const { stream } = parsed.header;
+    if (!this.openBatch || this.openBatch.streams.has(stream)) {
+      const batch = { frames: [], streams: new Set() };
+      this.enqueue(() => {
+        if (this.openBatch === batch) this.openBatch = null;
+        return this.runFrames(batch.frames);
+      });
+      this.openBatch = batch;
+    }
+    this.openBatch.frames.push({ bytes, parsed });
+    this.openBatch.streams.add(stream);
+  }
+
+  /** Decode a batch's frames, drop those this tab refuses, and run the rest in passes (batch_former.js). */
+  async runFrames(frames) {
+    const items = [];
+    for (const { bytes, parsed } of frames) {
+      const received = performance.now();
+      try {
+        const { header, values } = decodeActivation(bytes, streamState(this.decoders, parsed.header.stream), parsed);
+        const echo = header.layerStart === header.layerEnd; // no layers: a measured round trip
+        if (echo || this.accepts(header)) items.push({ header, values, echo, decodeMs: performance.now() - received });
+      } catch (error) {   // one frame this tab cannot decode (e.g. a delta without its state): the rest still run
+        this.fail(error);
+      }
+    }
+    const batches = Boolean(this.runner) && batchesStreams(this.runner.model);
+    for (const pass of formPasses(items.map((item) => item.header), { batches })) {
+      await this.runPass(pass.map((index) => items[index]));
+    }
+  }
+
+  /** One pass: frames that run the same layers with the same row count, as one batch. */
+  async runPass(items) {
     const runner = this.runner;
-    const echo = header.layerStart === header.layerEnd; // no layers: a measured round trip
-    if (!echo && !this.accepts(header)) return;
-    const started = performance.now();
+    const { header, echo } = items[0];
     // Router statistics cost a norm per layer: only a one-row frame that asks (REPORT) gets them.
-    const report = !echo && header.rows === 1 && (header.flags & Flag.REPORT) !== 0
-      && !(header.flags & Flag.NO_REPLY);
-    const sampleHeads = report && header.position % HEAD_SAMPLE_INTERVAL === 0;
-    const result = echo ? { output: values, ratios: [] }
-      : await runner.forward(header.stream, values, header.rows, header.position, header.skipMask,
-        header.layerStart, header.layerEnd, report, sampleHeads, boundaryRounding(header, runner.model.hidden));
-    const computed = performance.now();
+    const entries = items.map(({ header: frame, values }) => {
+      const report = !echo && frame.rows === 1 && (frame.flags & Flag.REPORT) !== 0 && !(frame.flags & Flag.NO_REPLY);
+      return { stream: frame.stream, hidden: values, position: frame.position, skipMask: frame.skipMask,
+        measure: report, sampleHeads: report && frame.position % HEAD_SAMPLE_INTERVAL === 0 };
+    });
+    const started = performance.now();
+    const results = echo ? [{ output: items[0].values, ratios: [] }]
+      : await runner.forwardBatch(entries, header.rows, header.layerStart, header.layerEnd,
+        boundaryRounding(header, runner.model.hidden));
+    const layersMs = performance.now() - started;
     if (!echo) {
-      this.computeMs += computed - started;
-      this.tokens += header.rows;
+      this.computeMs += layersMs;
+      this.tokens += header.rows * items.length;
+      this.passes.passes += 1;
+      this.passes.frames += items.length;
+      this.passes.largest = Math.max(this.passes.largest, items.length);
       // Measured again once the tab has been quiet for a while after serving (its caches grew).
       clearTimeout(this.memoryTimer);
       this.memoryTimer = setTimeout(() => this.reportMemoryUsed(), MEMORY_REPORT_QUIET_MS);
     }
+    items.forEach((item, index) => this.reply(item, entries[index], results[index], layersMs / items.length));
+    ui.set('tokens', `${this.tokens} rows, ${(this.computeMs / Math.max(this.tokens, 1)).toFixed(2)} ms/row, `
+      + `${(this.passes.frames / Math.max(this.passes.passes, 1)).toFixed(1)} streams/pass`);
+    if (runner && performance.now() - this.lastStats > 1000) this.sendStats();
+  }
+
+  /** A frame's RESULT (and its layer_stats first, when it asked), unless it wants no reply. */
+  reply({ header, echo, decodeMs }, entry, result, layersMs) {
     if (header.flags & Flag.NO_REPLY) return;
-    if (report) {
+    const encoding = performance.now();
+    if (entry.measure) {
       const stats = { type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
         node_ratio: result.nodeRatio };
-      if (sampleHeads) stats.head_ratios = result.headRatios;
+      if (entry.sampleHeads) stats.head_ratios = result.headRatios;
       this.sendControl(stats, header.stream);
     }
     const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
@@ -248,14 +305,10 @@ class WorkerTab {
       stream: header.stream, position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd,
       skipMask: header.skipMask, step: header.step, stepKind: header.stepKind },
     settings, streamState(this.encoders, header.stream));
-    // Steps the coordinator waits for (NO_REPLY backfills are off its critical path, echoes run no layers).
-    if (!echo) {
-      this.timing.record(header.rows, { decode: started - received, layers: computed - started,
-        encode: performance.now() - computed });
-    }
+    // Steps the coordinator waits for (NO_REPLY backfills are off its critical path, echoes run no layers);
+    // a pass's layer time is shared equally by its frames.
+    if (!echo) this.timing.record(header.rows, { decode: decodeMs, layers: layersMs, encode: performance.now() - encoding });
     this.send(frame);
-    ui.set('tokens', `${this.tokens} rows, ${(this.computeMs / Math.max(this.tokens, 1)).toFixed(2)} ms/row`);
-    if (runner && performance.now() - this.lastStats > 1000) this.sendStats();
   }
 
   onControl(message) {
@@ -316,7 +369,7 @@ class WorkerTab {
     if (parsed.header.kind === Kind.CONTROL) {
       try { this.onControl(decodeControl(bytes)); } catch (error) { this.fail(error); }   // a malformed control message is reported, not fatal
     } else if (parsed.header.kind === Kind.FORWARD) {
-      this.enqueue(() => this.onForward(bytes, parsed));
+      this.admitFrame(bytes, parsed);
     }
   }
 

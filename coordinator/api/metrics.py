@@ -155,6 +155,12 @@ class SwarmCollector(Collector):
         parts = CounterMetricFamily("tabswarm_worker_step_part_seconds", "Where the tab's step time went, as it "
                                     "reports: decode (frame in), layers, encode (result out); kind decode = one-row "
                                     "steps, prefill = more rows", labels=[*WORKER_LABELS, "kind", "part"])
+        passes = CounterMetricFamily("tabswarm_worker_passes", "Layer passes the tab ran (one per batch of "
+                                     "waiting frames)", labels=WORKER_LABELS)
+        pass_frames = CounterMetricFamily("tabswarm_worker_pass_frames", "Frames (streams) those passes held; "
+                                          "rate over tabswarm_worker_passes = batch size", labels=WORKER_LABELS)
+        largest = GaugeMetricFamily("tabswarm_worker_largest_pass", "Most streams in one of the tab's passes",
+                                    labels=WORKER_LABELS)
         by_state: dict[str, int] = dict.fromkeys((str(state) for state in WorkerState), 0)
         for link in list(self.cluster.workers.values()):
             worker = link.info
@@ -168,12 +174,16 @@ class SwarmCollector(Collector):
             steps.add_metric(labels, link.step_times.cumulative(), link.step_times.total_seconds)
             sent.add_metric(labels, link.bytes_sent)
             received.add_metric(labels, link.bytes_received)
+            if worker.passes:
+                passes.add_metric(labels, worker.passes.passes)
+                pass_frames.add_metric(labels, worker.passes.frames)
+                largest.add_metric(labels, worker.passes.largest)
             for kind, totals in (worker.timing.kinds.items() if worker.timing else ()):
                 for part, seconds in totals.seconds.items():
                     parts.add_metric([*labels, kind, part], seconds)
         for state, count in by_state.items():
             states.add_metric([state], count)
-        yield from (states, info, layers, progress, steps, sent, received, parts)
+        yield from (states, info, layers, progress, steps, sent, received, parts, passes, pass_frames, largest)
 
     def _engine(self) -> Iterator[Metric]:
         engine = EngineSnapshot.of(self.engine)   # one view for the whole scrape

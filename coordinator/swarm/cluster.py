@@ -40,7 +40,7 @@ from coordinator.swarm.capacity import (
 from coordinator.swarm.pipeline import Pipeline
 from coordinator.swarm.planner import PlanError, Stage, WorkerCapacity
 from coordinator.swarm.swarm_plan import SwarmPlan, plan_swarm
-from coordinator.swarm.time_breakdown import parse_tab_timing
+from coordinator.swarm.time_breakdown import parse_tab_passes, parse_tab_timing
 from coordinator.swarm.worker_lifecycle import WorkerState, transition
 from coordinator.swarm.worker_link import WorkerLink, WorkerLost
 from protocol.control import Assign, Hello, Ready, Retain, Stats
@@ -127,6 +127,8 @@ class Cluster:
             link.info.memory_used_at = time.monotonic()
         if (timing := parse_tab_timing(message.timing)) is not None:
             link.info.timing = timing
+        if (passes := parse_tab_passes(message.batching)) is not None:
+            link.info.passes = passes
 
     async def join(self, link: WorkerLink, hello: Hello) -> None:
         info = link.info

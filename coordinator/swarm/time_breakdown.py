@@ -81,6 +81,32 @@ def parse_tab_timing(message: Any) -> TimeTotals | None:
     return totals
 
 
+@dataclass(frozen=True)
+class TabPasses:
+    """What a tab's `stats.batching` says: the passes it ran and the frames (streams) they held."""
+
+    passes: int
+    frames: int
+    largest: int
+
+    @property
+    def streams_per_pass(self) -> float:
+        return self.frames / self.passes if self.passes else 0.0
+
+
+def parse_tab_passes(message: Any) -> TabPasses | None:
+    """A tab's `stats.batching` ({passes, frames, largest}), or None when missing or malformed."""
+    if not isinstance(message, dict):
+        return None
+    values = [message.get(name) for name in ("passes", "frames", "largest")]
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in values):
+        return None
+    passes, frames, largest = values
+    if frames < passes or largest > frames:
+        return None
+    return TabPasses(passes, frames, largest)
+
+
 def per_step_ms(before: dict[str, Any], after: dict[str, Any], kind: str = "decode") -> dict[str, Any]:
     """Per-step ms of each part between two snapshots (`TimeTotals.as_dict()` form)."""
     old, new = before.get(kind, {}), after.get(kind, {})

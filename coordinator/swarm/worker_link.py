@@ -16,7 +16,7 @@ from aiohttp import web
 
 from coordinator.swarm.planner import Stage
 from coordinator.swarm.step_timing import StallPolicy, StepHistogram, StepTimer
-from coordinator.swarm.time_breakdown import TimeTotals
+from coordinator.swarm.time_breakdown import TabPasses, TimeTotals
 from coordinator.swarm.worker_lifecycle import WorkerState
 from protocol.control import ControlMessage, LayerStats, encode_control
 from protocol.frames import Header
@@ -63,6 +63,7 @@ class WorkerInfo:
     tokens: int = 0
     compute_ms: float = 0.0
     timing: TimeTotals | None = None     # where its step time went, as it reports (stats.timing)
+    passes: TabPasses | None = None      # its batched passes and the streams they held (stats.batching)
     last_seen: float = field(default_factory=time.monotonic)
     joined: float = field(default_factory=time.time)
 
@@ -185,6 +186,7 @@ class WorkerLink:
             "progress": list(info.progress) if info.progress else None,
             "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
             "timing": info.timing.as_dict() if info.timing else None,
+            "streams_per_pass": round(info.passes.streams_per_pass, 2) if info.passes else None,
             "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "steps": self.steps_served,
         }

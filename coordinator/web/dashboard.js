@@ -65,6 +65,7 @@ function tabCard(worker, colourOf) {
       ` ${mark} · ${worker.backend} · ${worker.threads} thread(s)`]),
     element('div', { className: 'row', text: layers }),
     element('div', { className: 'row', text: `step ${worker.step_ms === null ? '–' : `${worker.step_ms} ms`} · ${worker.steps} steps · `
+      + `${worker.streams_per_pass == null ? '' : `${worker.streams_per_pass} streams/pass · `}`
       + `${bytes(worker.bytes_sent)} in / ${bytes(worker.bytes_received)} out` }),
     element('div', { className: 'row', text: worker.load_ms === null ? 'not loaded yet'
       : `loaded in ${(worker.load_ms / 1000).toFixed(1)} s${worker.cached ? ' (cached)' : ''}`

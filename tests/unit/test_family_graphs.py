@@ -23,8 +23,7 @@ CONFIG = ModelConfig(architecture="gemma3", name="tiny-gemma", layers=2, hidden=
                      tied_embeddings=True, embedding_scale=math.sqrt(24), layer_specs=SPECS)
 
 
-def random_weights(rng):
-    c = CONFIG
+def random_weights(rng, c: ModelConfig = CONFIG):
     shapes = {"attn_q": (c.heads * c.head_dim, c.hidden), "attn_k": (c.kv_width, c.hidden),
               "attn_v": (c.kv_width, c.hidden), "attn_output": (c.hidden, c.heads * c.head_dim),
               "ffn_gate": (c.mlp_hidden, c.hidden), "ffn_up": (c.mlp_hidden, c.hidden),
