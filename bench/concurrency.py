@@ -37,6 +37,7 @@ from bench.suite import EVALUATION_TEXT
 from coordinator.config import AppConfig, ServerConfig
 from coordinator.local_swarm import local_coordinator, status_of, wait_ready
 from coordinator.swarm.headless import HeadlessWorkers, worker_url
+from coordinator.swarm.time_breakdown import per_step_ms
 from shards.convert import convert
 from shards.gguf_model import default_model_path
 
@@ -102,6 +103,37 @@ async def concurrent(base: str, bodies: list[dict[str, Any]], ids: bool,
     return streams, sum(len(s["tokens"]) for s in streams) / (ended - started)
 
 
+async def swarm_counters(base: str) -> dict[str, Any]:
+    """What the swarm's status says of its passes and its steps' timing (None for llama-server)."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/v1/status") as response:
+        if response.status != 200:
+            return {}
+        status = await response.json()
+    if "workers" not in status:
+        return {}
+    return {"timing": status.get("timing", {}), "clock": time.monotonic(), "cpu": time.process_time(),
+            "compute_ms": {worker["name"]: worker.get("compute_ms") or 0.0 for worker in status["workers"]},
+            "passes": {worker["name"]: worker.get("passes") or {"passes": 0, "frames": 0, "largest": 0}
+                       for worker in status["workers"]}}
+
+
+def swarm_level(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Streams per tab pass and the coordinator's per-step ms over one level (empty for llama-server)."""
+    if not after:
+        return {}
+    passes = {}
+    for name, now in after["passes"].items():
+        was = before.get("passes", {}).get(name) or {"passes": 0, "frames": 0}
+        count = now["passes"] - was["passes"]
+        passes[name] = round((now["frames"] - was["frames"]) / count, 2) if count else None
+    wall = after["clock"] - before["clock"]
+    busy = {name: round((ms - before["compute_ms"].get(name, 0.0)) / 1000 / wall, 2)
+            for name, ms in after["compute_ms"].items()}
+    return {"streams_per_pass": passes, "tab_busy_share": busy,
+            "coordinator_cpu_share": round((after["cpu"] - before["cpu"]) / wall, 2),
+            "decode_step_ms": per_step_ms(before.get("timing", {}), after["timing"])}
+
+
 async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool) -> dict[str, Any]:
     """Solo runs, then each concurrency level, then 8 streams with a long prompt arriving."""
     bodies = [{"messages": p, "max_tokens": tokens, "temperature": 0, **extension} for p in PROMPTS]
@@ -113,12 +145,14 @@ async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool) 
     one = statistics.median(entry["tok_s"] for entry in solo)
     report: dict[str, Any] = {"solo_median_tok_s": round(one, 2), "levels": {}}
     for level in LEVELS:
+        before = await swarm_counters(base)
         streams, rate = await concurrent(base, bodies[:level], ids)
+        inside = swarm_level(before, await swarm_counters(base))
         equal = sum(s["tokens"] == solo[i]["tokens"] for i, s in enumerate(streams))
         report["levels"][str(level)] = {"aggregate_tok_s": round(rate, 2), "ratio_to_one_stream": round(rate / one, 2),
-                                        "equal_to_solo": f"{equal}/{level}", **latencies(streams)}
+                                        "equal_to_solo": f"{equal}/{level}", **latencies(streams), **inside}
         print(f"  {level:2d} streams: {rate:6.2f} tok/s ({rate / one:.2f}x one), {equal}/{level} equal to solo, "
-              f"{latencies(streams)}", flush=True)
+              f"{latencies(streams)} {inside}", flush=True)
     long_prompt = " ".join(EVALUATION_TEXT.read_text().split()[:700])
     late = {"messages": [{"role": "user", "content": f"Summarise: {long_prompt}"}], "max_tokens": 4, "temperature": 0,
             **extension}

@@ -19,6 +19,7 @@ import { StepTiming } from './step_timing.js';
 import { benchmarkMs, chooseBackend, offeredMemoryMb, threadCount, ui } from './tab_page.js';
 
 const MEMORY_REPORT_QUIET_MS = 5000;   // re-measure memory this long after the last frame
+const GATHER_QUIET_MS = 2;             // a batch waits this long after its last frame for more (gather)
 
 function sameModel(runner, model, compute) {
   return runner && runner.model.shard_sha256 === model.shard_sha256 && runner.model.converter === model.converter
@@ -29,6 +30,15 @@ function sameModel(runner, model, compute) {
 function boundaryRounding(header, columns) {
   if (!(header.flags & Flag.ROUND_LAYERS) || header.encoding === Encoding.FLOAT32) return null;
   return (values, rows) => roundTrip(values, rows, columns, header.encoding, header.block);
+}
+
+/** Resolves in a new task: after the events already waiting (a message channel: no timer clamping). */
+function nextTask() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => { channel.port1.close(); resolve(); };
+    channel.port2.postMessage(0);
+  });
 }
 
 function streamState(map, stream) {
@@ -228,7 +238,8 @@ class WorkerTab {
     const { stream } = parsed.header;
     if (!this.openBatch || this.openBatch.streams.has(stream)) {
       const batch = { frames: [], streams: new Set() };
-      this.enqueue(() => {
+      this.enqueue(async () => {
+        await this.gather(batch);
         if (this.openBatch === batch) this.openBatch = null;
         return this.runFrames(batch.frames);
       });
@@ -236,6 +247,29 @@ class WorkerTab {
     }
     this.openBatch.frames.push({ bytes, parsed });
     this.openBatch.streams.add(stream);
+  }
+
+  /**
+   * Let the frames on their way join the batch before it runs. Frames that reached the tab
+   * while it computed wait as message events, dispatched only once this task yields; the
+   * coordinator relays a pass's results one stream at a time, so the frames of streams that
+   * step together arrive a fraction of a millisecond apart. Wait while they keep coming, no
+   * longer than GATHER_QUIET_MS after the last, and not at all once the batch holds every
+   * stream this tab serves (a lone stream never waits).
+   */
+  async gather(batch) {
+    const serving = this.runner ? this.runner.streams.size : 0;
+    let seen = batch.frames.length;
+    let last = performance.now();
+    while (this.openBatch === batch) {
+      await nextTask();
+      if (batch.frames.length !== seen) {
+        seen = batch.frames.length;
+        last = performance.now();
+      } else if (seen >= serving || performance.now() - last >= GATHER_QUIET_MS) {
+        return;
+      }
+    }
   }
 
   /** Decode a batch's frames, drop those this tab refuses, and run the rest in passes (batch_former.js). */

@@ -41,10 +41,11 @@ from coordinator.engine.router import (
     LayerStatistics,
     RouterConfig,
 )
+from coordinator.engine.row_batcher import off_loop
 from coordinator.engine.session import HopStats, PipelineSession, TokenEvent
 from coordinator.engine.stage_rebuild import drop_worker
 from coordinator.engine.stage_replay import StageRecorder
-from coordinator.engine.step_execute import StepExecutor, off_loop
+from coordinator.engine.step_execute import StepExecutor
 from coordinator.swarm.cluster import Cluster, NoWorkers
 from coordinator.swarm.pipeline import Pipeline
 from coordinator.swarm.time_breakdown import TimeTotals

@@ -16,7 +16,6 @@ Decides nothing about which request steps next, and never samples.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from coordinator.config import ServerConfig
 from coordinator.engine.generation_state import Step
 from coordinator.engine.head_pruning import HeadStatistics, observe_heads
 from coordinator.engine.router import LayerStatistics, RouterConfig, decide, observe, start_token
+from coordinator.engine.row_batcher import RowBatcher, off_loop
 from coordinator.engine.session import HopStats, PipelineSession
 from coordinator.engine.stage_rebuild import replace_stage
 from coordinator.engine.step_outcome import HopOutcome, account_step, settle_step
@@ -39,10 +39,7 @@ from protocol.control import HeadMask
 from protocol.frames import FrameKind
 from shards.model_ends import ModelEnds
 
-
-async def off_loop(function, *args):
-    """Run a native onnxruntime call off the event loop (it releases the GIL)."""
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+INLINE_EMBED_ROWS = 8   # steps with at most this many rows look their embeddings up on the loop
 
 
 class StepExecutor:
@@ -58,6 +55,8 @@ class StepExecutor:
         self.head_statistics = head_statistics
         self.timing = timing                        # the coordinator's parts of every step
         self.rebuilds = 0                           # stages rebuilt from recorded frames
+        # the head over every stream sampling at once: (rows, hidden) -> (rows, vocab)
+        self.head = RowBatcher(lambda hidden: ends.logits(hidden[None])[0])
 
     def spend(self, stats: HopStats, rows: int, part: str, seconds: float) -> None:
         """Add `seconds` to `part` of a `rows`-row step: the coordinator's totals and the request's."""
@@ -86,7 +85,9 @@ class StepExecutor:
         self.timing.step(rows)
         stats.timing.step(rows)
         clock = time.perf_counter()
-        hidden = await off_loop(self.ends.embed, list(step.ids))           # (1, rows, hidden)
+        ids = list(step.ids)   # a few rows' lookup is cheaper here than a thread hop behind head calls
+        hidden = self.ends.embed(ids) if rows <= INLINE_EMBED_ROWS else await off_loop(self.ends.embed, ids)
+        # hidden: (1, rows, hidden)
         embedded = time.perf_counter()
         route = Route(FrameKind.FORWARD, session.stream, step.position, step=step.step_id, step_kind=step.kind)
         frame = encode_activation(hidden[0], route, codec, session.encoder)
@@ -115,7 +116,7 @@ class StepExecutor:
         if step.partial:    # nothing is sampled from a prefill chunk: no head
             return np.zeros((0, self.ends.manifest.model.vocab), dtype=np.float32)
         sampled = 1 + len(step.drafts)
-        logits = (await off_loop(self.ends.logits, values[None, -sampled:]))[0]   # (sampled, vocab)
+        logits = await self.head(values[-sampled:])                        # (sampled, vocab)
         self.spend(stats, rows, "head", time.perf_counter() - decoded)
         return logits
 

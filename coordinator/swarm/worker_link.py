@@ -7,6 +7,7 @@ those calls when the socket goes away. Decides nothing about plans or requests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -187,6 +188,7 @@ class WorkerLink:
             "tokens": info.tokens, "compute_ms": round(info.compute_ms, 1),
             "timing": info.timing.as_dict() if info.timing else None,
             "streams_per_pass": round(info.passes.streams_per_pass, 2) if info.passes else None,
+            "passes": dataclasses.asdict(info.passes) if info.passes else None,
             "seconds_since_seen": round(time.monotonic() - info.last_seen, 1),
             "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "steps": self.steps_served,
         }

@@ -89,3 +89,13 @@ def test_requantized_blocks_bound_their_weight_error():
     _, _, bits, zero_point, bounds = head_blocks("F16", table.astype(np.float16).view(np.uint8).reshape(50, -1),
                                                  lambda raw: raw.view(np.float16).astype(np.float32).reshape(-1, 64))
     assert (bits, zero_point) == (8, 128) and bounds.shape == (2, 50, 2) and bounds[1].max() > 0
+
+
+def test_a_row_gets_bitwise_the_same_logits_alone_or_batched_with_other_streams(heads, final_hidden):
+    """What lets the coordinator run the head once for every stream sampling at once
+    (coordinator/engine/row_batcher.py) without changing any stream's answer."""
+    compact, _ = heads
+    rows = final_hidden[:, ::37]                                   # (1, 9, hidden): nine streams' last rows
+    together = compact.logits(rows)[0]
+    for row in range(rows.shape[1]):
+        assert np.array_equal(compact.logits(rows[:, row:row + 1])[0][0], together[row]), f"row {row} differs"
