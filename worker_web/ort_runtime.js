@@ -101,16 +101,17 @@ export function batchPositionsTensor(ort, starts, rows) {
 export function batchesStreams(model) { return model.kv_heads >= 2; }
 
 /**
- * (batch, kvHeads, longest, headDim) data from each entry's (1, kvHeads, length, headDim)
- * cache data: its slots, then zeros up to the longest (shards/stream_batch.py pad_caches).
+ * (batch, kvHeads, longest, headDim) data from each stream's cache: sources[b] = {data, entry,
+ * total}, its slots being the first lengths[b] of entry `entry` of a (n, kvHeads, total,
+ * headDim) tensor's data; zeros after each up to the longest (shards/stream_batch.py pad_caches).
  */
-export function padCaches(datas, lengths, kvHeads, headDim) {
+export function padCaches(sources, lengths, kvHeads, headDim) {
   const longest = Math.max(...lengths);
-  const out = new Float32Array(datas.length * kvHeads * longest * headDim);
-  datas.forEach((data, entry) => {
+  const out = new Float32Array(sources.length * kvHeads * longest * headDim);
+  sources.forEach(({ data, entry, total }, b) => {
     for (let head = 0; head < kvHeads; head += 1) {
-      const from = head * lengths[entry] * headDim;
-      out.set(data.subarray(from, from + lengths[entry] * headDim), ((entry * kvHeads + head) * longest) * headDim);
+      const from = ((entry * kvHeads + head) * total) * headDim;
+      out.set(data.subarray(from, from + lengths[b] * headDim), ((b * kvHeads + head) * longest) * headDim);
     }
   });
   return out;
@@ -128,19 +129,6 @@ export function cacheOfEntry(data, entry, kvHeads, total, headDim, length) {
 
 /** Positions a cached K or V tensor's data holds: dims (1, kvHeads, positions, headDim). */
 export function cachedPositions(dims) { return dims[2]; }
-
-/**
- * The first `length` positions of a (1, kvHeads, positions, headDim) K/V tensor's data, as a
- * new Float32Array (1, kvHeads, length, headDim). Pure: the caller makes the tensor.
- */
-export function truncatePositions(data, kvHeads, positions, headDim, length) {
-  if (length > positions) throw new RangeError(`cannot keep ${length} of ${positions} positions`);
-  const out = new Float32Array(kvHeads * length * headDim);
-  for (let head = 0; head < kvHeads; head += 1) {
-    out.set(data.subarray(head * positions * headDim, (head * positions + length) * headDim), head * length * headDim);
-  }
-  return out;
-}
 
 /** The layer index a shard file belongs to ('layer_07.kv.onnx' -> 7), or null. */
 export function layerOfFile(name) {
@@ -249,7 +237,7 @@ export class LayerRunner {
     const lengths = new Set();
     for (let layer = start; layer < end; layer += 1) {
       const cache = caches && caches.get(layer);
-      lengths.add(cache ? cachedPositions(cache.key.dims) : 0);
+      lengths.add(cache ? cache.length : 0);
     }
     if (lengths.size > 1) throw new Error(`stream ${stream}'s caches disagree across layers`);
     return lengths.size ? [...lengths][0] : 0;
@@ -259,20 +247,39 @@ export class LayerRunner {
   truncate(stream, length) {
     const caches = this.streams.get(stream);
     if (!caches) { if (length) throw new Error(`stream ${stream} has no caches`); return; }
-    const { kv_heads: kvHeads, head_dim: headDim } = this.model;
     for (const [layer, cache] of caches) {
-      const positions = cachedPositions(cache.key.dims);
-      const dims = [1, kvHeads, length, headDim];
-      caches.set(layer, {
-        key: floatTensor(this.ort, truncatePositions(cache.key.data, kvHeads, positions, headDim, length), dims),
-        value: floatTensor(this.ort, truncatePositions(cache.value.data, kvHeads, positions, headDim, length), dims),
-      });
+      if (length > cache.length) throw new RangeError(`cannot keep ${length} of ${cache.length} positions`);
+      caches.set(layer, this.ownCache({ ...cache, length }));
     }
+  }
+
+  /**
+   * A stream's cache of one layer is {key, value, entry, length}: its slots are the first
+   * `length` of batch entry `entry` of the K/V tensors, which a batched pass's streams share
+   * (the pass's present_* as it came out: no copy per stream). ownCache copies it out into
+   * tensors of its own, (1, kvHeads, length, headDim); a cache that is that already is kept.
+   */
+  ownCache(cache) {
+    const { key, value, entry, length } = cache;
+    if (key.dims[0] === 1 && key.dims[2] === length) return cache;
+    const { kv_heads: kvHeads, head_dim: headDim } = this.model;
+    const dims = [1, kvHeads, length, headDim];
+    const total = cachedPositions(key.dims);
+    return { key: floatTensor(this.ort, cacheOfEntry(key.data, entry, kvHeads, total, headDim, length), dims),
+      value: floatTensor(this.ort, cacheOfEntry(value.data, entry, kvHeads, total, headDim, length), dims),
+      entry: 0, length };
+  }
+
+  /** A stream's cache of a layer as its own (1, kvHeads, length, headDim) data: {key, value} Float32Arrays. */
+  cacheData(stream, layer) {
+    const cache = this.ownCache(this.streams.get(stream).get(layer));
+    return { key: cache.key.data, value: cache.value.data };
   }
 
   emptyCache() {
     const dims = [1, this.model.kv_heads, 0, this.model.head_dim];
-    return { key: floatTensor(this.ort, new Float32Array(0), dims), value: floatTensor(this.ort, new Float32Array(0), dims) };
+    return { key: floatTensor(this.ort, new Float32Array(0), dims), value: floatTensor(this.ort, new Float32Array(0), dims),
+      entry: 0, length: 0 };
   }
 
   /**
@@ -349,43 +356,38 @@ export class LayerRunner {
   }
 
   /**
-   * One layer's graph over a group's streams: one batch entry per stream, caches padded to
-   * the longest (a lone stream's cache goes in as it is). Stores each stream's new cache
-   * and returns the graph's outputs (hidden_out (batch, rows, hidden) where it ran in full).
+   * One layer's graph over a group's streams: one batch entry per stream. A lone stream's
+   * cache goes in as it is; streams that ran the last pass together, in the same order, pass
+   * its present_* back as their past (no copy); otherwise their caches are padded to the
+   * longest. Stores each stream's new cache (an entry of this pass's present_*) and returns
+   * the graph's outputs (hidden_out (batch, rows, hidden) where it ran in full).
    */
   async runPass(group, layer, rows, states, caches, entries) {
     const { hidden: columns, kv_heads: kvHeads, head_dim: headDim } = this.model;
     const { members } = group;
-    const own = members.map((index) => caches[index].get(layer) || this.emptyCache());
-    const lengths = own.map((cache) => cachedPositions(cache.key.dims));
+    const held = members.map((index) => caches[index].get(layer) || this.emptyCache());
+    const lengths = held.map((cache) => cache.length);
     const hidden = new Float32Array(members.length * rows * columns);
     members.forEach((index, member) => hidden.set(states[index], member * rows * columns));
     const feeds = { hidden: floatTensor(this.ort, hidden, [members.length, rows, columns]),
       positions: batchPositionsTensor(this.ort, members.map((index) => entries[index].position), rows) };
-    if (members.length === 1) {
-      Object.assign(feeds, { past_key: own[0].key, past_value: own[0].value });
+    const shared = held[0].key.dims[0] === members.length
+      && held.every((cache, member) => cache.key === held[0].key && cache.entry === member);
+    if (members.length === 1 || shared) {
+      const past = members.length === 1 ? this.ownCache(held[0]) : held[0];
+      Object.assign(feeds, { past_key: past.key, past_value: past.value });
     } else {
-      const longest = Math.max(...lengths);
-      const dims = [members.length, kvHeads, longest, headDim];
-      feeds.past_key = floatTensor(this.ort, padCaches(own.map((cache) => cache.key.data), lengths, kvHeads, headDim), dims);
-      feeds.past_value = floatTensor(this.ort, padCaches(own.map((cache) => cache.value.data), lengths, kvHeads, headDim), dims);
+      const dims = [members.length, kvHeads, Math.max(...lengths), headDim];
+      const sources = (name) => held.map((cache) => ({ data: cache[name].data, entry: cache.entry,
+        total: cachedPositions(cache[name].dims) }));
+      feeds.past_key = floatTensor(this.ort, padCaches(sources('key'), lengths, kvHeads, headDim), dims);
+      feeds.past_value = floatTensor(this.ort, padCaches(sources('value'), lengths, kvHeads, headDim), dims);
     }
     if (!group.skipped) feeds.head_mask = group.mask;
     const graphs = this.layers.get(layer);
     const out = await (group.skipped ? graphs.kvOnly : graphs.full).run(feeds);
-    members.forEach((index, member) => {
-      if (members.length === 1) {
-        caches[index].set(layer, { key: out.present_key, value: out.present_value });
-        return;
-      }
-      const total = cachedPositions(out.present_key.dims);
-      const length = lengths[member] + rows;
-      const dims = [1, kvHeads, length, headDim];
-      caches[index].set(layer, {
-        key: floatTensor(this.ort, cacheOfEntry(out.present_key.data, member, kvHeads, total, headDim, length), dims),
-        value: floatTensor(this.ort, cacheOfEntry(out.present_value.data, member, kvHeads, total, headDim, length), dims),
-      });
-    });
+    members.forEach((index, member) => caches[index].set(layer, { key: out.present_key, value: out.present_value,
+      entry: member, length: lengths[member] + rows }));
     return out;
   }
 

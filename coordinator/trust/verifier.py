@@ -170,8 +170,11 @@ class StageChecker:
             self._shadows.clear()
 
     def release(self, key: tuple) -> None:
-        with self._lock:
-            self._shadows.pop(key, None)
+        """Forget a stream's shadow. Called on the event loop, so it must not wait for the
+        lock a check holds in its thread (that stalled every stream ~35 ms per finished
+        request): a dict pop is atomic under the GIL, and a check already running keeps its
+        own reference to the shadow and finishes on it."""
+        self._shadows.pop(key, None)
 
     def check(self, key: tuple, stage: Stage, frames: list[bytes], result: bytes) -> Verdict | None:
         """Advance the shadow of `key` over `frames` (sent since its last check, the checked

@@ -1,7 +1,7 @@
 // The router inputs a tab computes from layer outputs (pure helpers of ort_runtime.js).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { headContributions, layerOfFile, truncatePositions, updateRatio } from '../ort_runtime.js';
+import { batchesStreams, cacheOfEntry, headContributions, layerOfFile, padCaches, updateRatio } from '../ort_runtime.js';
 
 test('updateRatio gives |after - before| / |before|, |after| and |before|', () => {
   const { ratio, norm, inputNorm } = updateRatio(Float32Array.from([3, 4]), Float32Array.from([3, 4 + 2.5]));
@@ -15,13 +15,26 @@ test('headContributions turns squared head norms into ratios of the input norm',
   assert.deepEqual(ratios.map((r) => Number(r.toFixed(6))), [1, 0.5, 0]);  // rounding below 0 clamps to 0
 });
 
-test('truncatePositions keeps the first positions of every KV head', () => {
-  // (1, kvHeads=2, positions=3, headDim=2): head 0 = 0..5, head 1 = 10..15
-  const data = Float32Array.from([0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]);
-  assert.deepEqual(Array.from(truncatePositions(data, 2, 3, 2, 2)), [0, 1, 2, 3, 10, 11, 12, 13]);
-  assert.deepEqual(Array.from(truncatePositions(data, 2, 3, 2, 0)), []);
-  assert.deepEqual(Array.from(truncatePositions(data, 2, 3, 2, 3)), Array.from(data));
-  assert.throws(() => truncatePositions(data, 2, 3, 2, 4), RangeError);
+test('cacheOfEntry keeps the first positions of every KV head of one batch entry', () => {
+  // (2 entries, 2 kv heads, 3 positions, head_dim 2): entry e, head h, position p, d -> 100e + 10h + 2p + d
+  const data = Float32Array.from({ length: 24 }, (_, i) => {
+    const [e, h, p, d] = [Math.floor(i / 12), Math.floor(i / 6) % 2, Math.floor(i / 2) % 3, i % 2];
+    return 100 * e + 10 * h + 2 * p + d;
+  });
+  assert.deepEqual(Array.from(cacheOfEntry(data, 0, 2, 3, 2, 2)), [0, 1, 2, 3, 10, 11, 12, 13]);
+  assert.deepEqual(Array.from(cacheOfEntry(data, 1, 2, 3, 2, 1)), [100, 101, 110, 111]);
+  assert.deepEqual(Array.from(cacheOfEntry(data, 0, 2, 3, 2, 0)), []);
+  assert.deepEqual(Array.from(cacheOfEntry(data, 1, 2, 3, 2, 3)), Array.from(data.subarray(12)));
+});
+
+test('padCaches lays streams out as batch entries, zeros after each up to the longest', () => {
+  // one kv head, head_dim 1: stream a holds [1, 2], stream b [7] (as entry 1 of a two-entry tensor of 3 slots)
+  const a = { data: Float32Array.from([1, 2]), entry: 0, total: 2 };
+  const b = { data: Float32Array.from([0, 0, 0, 7, 0, 0]), entry: 1, total: 3 };
+  assert.deepEqual(Array.from(padCaches([a, b], [2, 1], 1, 1)), [1, 2, 7, 0]);
+  assert.deepEqual(Array.from(padCaches([b, a], [1, 2], 1, 1)), [7, 0, 1, 2]);
+  assert.equal(batchesStreams({ kv_heads: 1 }), false);
+  assert.equal(batchesStreams({ kv_heads: 3 }), true);
 });
 
 test('layerOfFile reads the layer index from shard file names', () => {
