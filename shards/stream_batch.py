@@ -9,7 +9,37 @@ to. Pure numpy; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class StreamRows:
+    """One stream's rows in a pass: (1, rows, hidden) from `position` on, the layers it skips,
+    its head masks (layer -> (heads,)), and whether to measure its update ratios (and heads')."""
+
+    stream: int
+    hidden: np.ndarray
+    position: int
+    skip: frozenset[int] = frozenset()
+    head_masks: Mapping[int, np.ndarray] | None = None
+    measure: bool = False
+    measure_heads: bool = False
+
+
+def pass_groups(items: Sequence[StreamRows], layer: int) -> Iterator[tuple[bool, list[int]]]:
+    """(skipped, indices) of the entries that share layer `layer`'s pass: the same skip bit and
+    the same head mask for it (the tab's passGroups)."""
+    groups: dict[tuple[bool, bytes | None], list[int]] = {}
+    for index, item in enumerate(items):
+        skipped = layer in item.skip
+        mask = None if skipped or item.head_masks is None else item.head_masks.get(layer)
+        key = (skipped, None if mask is None else np.asarray(mask, dtype=np.float32).tobytes())
+        groups.setdefault(key, []).append(index)
+    for (skipped, _), members in groups.items():
+        yield skipped, members
 
 
 def pad_caches(caches: list[np.ndarray]) -> np.ndarray:

@@ -8,9 +8,10 @@ of `rows` rows that takes longer than `factor` times the expected time (never le
 include session warm-up). Multi-row steps are assumed to cost at most `rows` one-row
 steps (prefill is cheaper per row than decode), so the bound errs long.
 
-A tab runs its frames one at a time, so with several streams a step also waits for the
-rows sent to the same tab before it: the bound counts those (`queued`), and the estimate
-learns only from steps that waited behind nothing. Measured with 16 concurrent streams
+A tab runs the frames waiting together as one pass, one pass at a time, so with several
+streams a step also waits for the rows sent to the same tab before it: the bound counts
+those (`queued`), and the estimate learns only from steps that waited behind nothing and
+shared their pass with nothing sent after them. Measured with 16 concurrent streams
 through 2 tabs (bench/concurrency.py): timing every step made a tab's estimate include the
 queue, so its measured speed fell, the planner moved the boundary, and one step queued
 behind 15 others outlived the 3 s bound and evicted an honest tab.

@@ -80,6 +80,7 @@ class WorkerLink:
         self.step_times = StepHistogram()   # every step it served (/metrics)
         self._pending: dict[tuple[int, int], asyncio.Future[bytes]] = {}
         self._pending_rows: dict[tuple[int, int], int] = {}   # rows of each unanswered call
+        self._calls = 0                                       # FORWARD calls made (sent) so far
         self._layer_stats: dict[tuple[int, int], LayerStats] = {}
         self._send_lock = asyncio.Lock()
         self.closed = False
@@ -112,11 +113,13 @@ class WorkerLink:
         longer than this worker's step-time bound (then WorkerLost with stalled=True)."""
         key = (stream, step)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        queued = sum(self._pending_rows.values())   # the tab runs these first (one frame at a time)
+        queued = sum(self._pending_rows.values())   # the tab runs these first (or in the same pass)
         self._pending[key] = future
         self._pending_rows[key] = rows
         bound = self.timer.bound(rows, queued)
         started = time.monotonic()
+        calls_before = self._calls
+        self._calls += 1
         try:
             await self.send(frame)
             result = await asyncio.wait_for(future, bound)
@@ -127,7 +130,10 @@ class WorkerLink:
             self._pending.pop(key, None)
             self._pending_rows.pop(key, None)
         elapsed = time.monotonic() - started
-        self.timer.observe(rows, elapsed, queued)
+        # frames sent after this one while it waited may have shared its pass (the tab batches
+        # the frames that wait together): then its time is not a lone row's either
+        joined = self._calls - calls_before - 1
+        self.timer.observe(rows, elapsed, queued + joined)
         self.step_times.observe(elapsed)
         return result
 

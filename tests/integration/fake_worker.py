@@ -1,7 +1,9 @@
 """A worker for integration tests: the real protocol over a real WebSocket, layers run
 with native onnxruntime (shards.executor.LayerStack) instead of a browser.
 
-It behaves like the browser worker where the protocol says so: it holds a set of layers
+It behaves like the browser worker where the protocol says so (and batches as it does: the
+FORWARD frames already received when it takes one run as one pass, `LayerStack.forward_batch`):
+it holds a set of layers
 (assign loads more, retain drops the rest), refuses a frame whose position is not its
 cache length for that stream (error `bad-position`), truncates on `truncate`, and echoes
 each FORWARD's step id in its RESULT. Test knobs make it misbehave like real tabs do:
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +51,21 @@ from protocol.control import (
     decode_control,
     encode_control,
 )
-from protocol.frames import VERSION, Encoding, Flag, FrameKind, parse_frame
-from shards.executor import CacheMismatch, LayerStack
+from protocol.frames import VERSION, Encoding, Flag, FrameKind, Header, parse_frame
+from shards.executor import CacheMismatch, LayerReport, LayerStack
 from shards.manifest import load_manifest
+from shards.stream_batch import StreamRows
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A FORWARD frame admitted for a pass: its header, rows (rows, hidden), skipped layers,
+    and whether it asked for layer statistics."""
+
+    header: Header
+    values: np.ndarray
+    skipped: frozenset[int]
+    report: bool
 
 
 class FakeWorker:
@@ -78,6 +94,7 @@ class FakeWorker:
         self.steps_served = 0
         self.reports_asked = 0         # one-row frames that asked for layer_stats (REPORT)
         self.skip_masks: list[tuple[int, int, bool]] = []   # (position, skip mask, no reply) per FORWARD
+        self.passes: list[int] = []    # frames per pass run (streams batched together)
         self.released: list[int] = []
         self.retained: list[tuple[int, int]] = []
         self.errors_sent: list[ErrorReport] = []
@@ -96,7 +113,10 @@ class FakeWorker:
         hello = Hello(protocol=VERSION, backend="native-test", threads=1, benchmark_ms=self.benchmark_ms,
                       worker=self.name, memory_mb=self.memory_mb or None)
         await self.socket.send(encode_control(hello))
+        self._inbox: deque[bytes] = deque()
+        self._arrived = asyncio.Event()
         self.task = asyncio.create_task(self._loop())
+        self.worker = asyncio.create_task(self._work())
         return self
 
     def holds(self) -> set[int]:
@@ -111,38 +131,90 @@ class FakeWorker:
         self._desync = True
 
     async def _loop(self) -> None:
+        """Read messages as they arrive (also while a pass runs) into the inbox."""
         try:
             async for message in self.socket:
                 if not isinstance(message, bytes):
                     break
                 if self.frozen:
                     continue
-                await self._handle(message)
+                self._inbox.append(message)
+                self._arrived.set()
         except ConnectionClosed:   # closed without a clean close frame: the code is still recorded
             pass
         finally:
             self.close_code = self.socket.close_code
             self.closed.set()
 
-    async def _handle(self, data: bytes) -> None:
+    async def _work(self) -> None:
+        """Answer the inbox in order: a control message alone, and the FORWARD frames waiting
+        together (distinct streams, up to the next control message) as one batch, as a tab does."""
+        while True:
+            while not self._inbox:
+                self._arrived.clear()
+                await self._arrived.wait()
+            message = self._inbox.popleft()
+            if self.frozen:
+                continue
+            header, _ = parse_frame(message)
+            if header.kind == FrameKind.CONTROL:
+                await self._control(decode_control(message))
+                continue
+            await asyncio.sleep(0)          # frames already on the socket join this batch
+            batch, streams = [message], {header.stream}
+            while self._inbox:
+                waiting, _ = parse_frame(self._inbox[0])
+                if waiting.kind != FrameKind.FORWARD or waiting.stream in streams:
+                    break
+                batch.append(self._inbox.popleft())
+                streams.add(waiting.stream)
+            await self._serve(batch)
+
+    async def _serve(self, batch: list[bytes]) -> None:
+        """Decode each frame (refusing those the protocol says to), run the rest in passes of
+        frames with the same layers, rows and rounding, and answer each."""
+        admitted = [frame for data in batch if (frame := await self._admit(data)) is not None]
+        passes: dict[tuple, list[_Frame]] = {}
+        for frame in admitted:
+            header = frame.header
+            key = (header.layer_start, header.layer_end, header.rows, header.has(Flag.ROUND_LAYERS),
+                   header.encoding, header.block)
+            passes.setdefault(key, []).append(frame)
+        for frames in passes.values():
+            self.passes.append(len(frames))
+            layers = range(frames[0].header.layer_start, frames[0].header.layer_end)
+            if not layers:  # an echo: no layers
+                reports = [LayerReport(frame.values[None]) for frame in frames]
+            else:
+                assert self.stack is not None
+                items = [StreamRows(frame.header.stream, frame.values[None], frame.header.position, frame.skipped,
+                                    self.head_masks.get(frame.header.stream), frame.report,
+                                    frame.report and frame.header.position % HEAD_SAMPLE_INTERVAL == 0)
+                         for frame in frames]
+                reports = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                    self.stack.forward_batch, items, layers, BoundaryRounding.of(frames[0].header)))
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds)
+            for frame, report in zip(frames, reports, strict=True):
+                await self._reply(frame, report)
+
+    async def _admit(self, data: bytes) -> _Frame | None:
+        """A FORWARD frame decoded and checked, or None when it was refused (or is not answered)."""
         header, _ = parse_frame(data)
-        if header.kind == FrameKind.CONTROL:
-            await self._control(decode_control(data))
-            return
         self.frames_seen += 1
         if not self.answer:
-            return
+            return None
         stream = header.stream
         if self.refuse:
             await self._error("not-assigned", f"layers [{header.layer_start}, {header.layer_end}) are not loaded",
                               stream, header.step)
-            return
+            return None
         header, values = decode_activation(data, self.decoders.setdefault(stream, StreamCodecState()))
         layers = range(header.layer_start, header.layer_end)
         if layers and (self.stack is None or not self.stack.holds(layers)):
             await self._error("not-assigned", f"layers [{layers.start}, {layers.stop}) are not loaded", stream,
                               header.step)
-            return
+            return None
         if layers and self.stack is not None:
             if self._desync and self.stack.cache_length(stream, layers) > 0:
                 self._desync = False
@@ -151,36 +223,26 @@ class FakeWorker:
                 self.stack.check_position(stream, layers, header.position)
             except CacheMismatch as error:   # the protocol's refusal: this stream only
                 await self._error("bad-position", str(error), stream, header.step)
-                return
+                return None
         skipped = frozenset(header.layer_start + bit for bit in range(64) if header.skip_mask >> bit & 1)
-        positions = np.arange(header.position, header.position + header.rows, dtype=np.int64)[None]
-        loop = asyncio.get_running_loop()
-        ratios: list[float] = []
-        norms: list[float] = []
-        wants_report = header.rows == 1 and header.has(Flag.REPORT) and not header.has(Flag.NO_REPLY)
-        self.reports_asked += wants_report
-        if not layers:  # an echo: no layers
-            out = values[None]
-        else:
-            assert self.stack is not None
-            report = await loop.run_in_executor(None, functools.partial(
-                self.stack.forward_reporting, stream, values[None], positions, skipped, layers=layers,
-                head_masks=self.head_masks.get(stream), measure=wants_report,
-                measure_heads=wants_report and header.position % HEAD_SAMPLE_INTERVAL == 0,
-                rounding=BoundaryRounding.of(header)))
-            out, ratios, norms = report.hidden, report.ratios, report.norms
-        if self.delay_seconds:
-            await asyncio.sleep(self.delay_seconds)
+        report = header.rows == 1 and header.has(Flag.REPORT) and not header.has(Flag.NO_REPLY)
+        self.reports_asked += report
+        return _Frame(header, values, skipped, report)
+
+    async def _reply(self, frame: _Frame, report: LayerReport) -> None:
+        header, values, stream = frame.header, frame.values, frame.header.stream
+        out = report.hidden
+        layers = range(header.layer_start, header.layer_end)
         if self.corrupt and layers and self.steps_served >= self.corrupt_after:
             out = self._corrupted(stream, out)
         self.skip_masks.append((header.position, header.skip_mask, header.has(Flag.NO_REPLY)))
         if header.has(Flag.NO_REPLY) or self.frozen:
             return
-        if wants_report and layers:
+        if frame.report and layers:
             node_ratio = float(np.linalg.norm(out[0] - values) / np.linalg.norm(values))
-            stats = LayerStats(position=header.position, ratios=ratios, norms=norms, node_ratio=node_ratio,
-                               head_ratios=report.head_ratios if header.position % HEAD_SAMPLE_INTERVAL == 0
-                               else None)
+            stats = LayerStats(position=header.position, ratios=report.ratios, norms=report.norms,
+                               node_ratio=node_ratio, head_ratios=report.head_ratios
+                               if header.position % HEAD_SAMPLE_INTERVAL == 0 else None)
             await self.socket.send(encode_control(stats, stream))
         settings = CodecSettings(encoding=header.encoding, block=header.block, delta=header.has(Flag.DELTA),
                                  run_length=header.encoding == Encoding.INT8_BLOCK,
@@ -188,7 +250,7 @@ class FakeWorker:
         route = Route(FrameKind.RESULT, stream, header.position, header.layer_start, header.layer_end,
                       header.skip_mask, step=header.step, step_kind=header.step_kind)
         await self.socket.send(encode_activation(out[0], route, settings,
-                                                       self.encoders.setdefault(stream, StreamCodecState())))
+                                                 self.encoders.setdefault(stream, StreamCodecState())))
         self.steps_served += 1
 
     def _corrupted(self, stream: int, out: np.ndarray) -> np.ndarray:
@@ -282,9 +344,11 @@ class FakeWorker:
         self.frozen = True
         self.socket.transport.abort()
         self.task.cancel()
+        self.worker.cancel()
         self.stack = None   # a gone tab's memory goes with it (tests start many workers)
 
     async def stop(self) -> None:
         await self.socket.close()
         self.task.cancel()
+        self.worker.cancel()
         self.stack = None
