@@ -126,8 +126,8 @@ async def test_two_concurrent_requests_equal_their_solo_outputs(cluster):
 
 
 async def test_eight_concurrent_requests_equal_their_solo_answers(cluster):
-    """Eight distinct greedy requests at once through 2 WASM tabs, each equal to its solo
-    answer. With the int8-stable codec the answer does not depend on where the plan cuts,
+    """Eight distinct greedy requests at once through 2 WASM tabs, batched into shared passes
+    (worker_web/batch_former.js), each equal to its solo answer. With the int8-stable codec the answer does not depend on where the plan cuts,
     so a replan under load (bench/concurrency.py saw four in one run) cannot change it; the
     tabs' spot checks run under it too (an honest tab must not be evicted)."""
     base, _ = cluster
@@ -142,6 +142,11 @@ async def test_eight_concurrent_requests_equal_their_solo_answers(cluster):
     assert [answer["choices"][0]["token_ids"] for _, answer in together] == solo
     assert all(len(tokens) > 0 for tokens in solo)
     assert (await status_of(base))["verification"]["failed"] == before
+    # and the tabs ran them batched: several streams' rows in one pass (stats come on release)
+    deadline = asyncio.get_running_loop().time() + 10
+    while max((worker.get("passes") or {}).get("largest", 0) for worker in (await status_of(base))["workers"]) < 2:
+        assert asyncio.get_running_loop().time() < deadline, (await status_of(base))["workers"]
+        await asyncio.sleep(0.25)
 
 
 async def wait_standby_ready(base: str, timeout: float = LOAD_TIMEOUT) -> dict:
