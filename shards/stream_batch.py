@@ -43,7 +43,10 @@ def pass_groups(items: Sequence[StreamRows], layer: int) -> Iterator[tuple[bool,
 
 
 def pad_caches(caches: list[np.ndarray]) -> np.ndarray:
-    """[(kv_heads, length_b, head_dim)] -> (batch, kv_heads, longest, head_dim), zeros after each."""
+    """[(kv_heads, length_b, head_dim)] -> (batch, kv_heads, longest, head_dim), zeros after each.
+    A lone cache goes in as it is (a view: no copy on a single stream's step)."""
+    if len(caches) == 1:
+        return caches[0][None]
     kv_heads, _, head_dim = caches[0].shape
     longest = max(cache.shape[1] for cache in caches)
     padded = np.zeros((len(caches), kv_heads, longest, head_dim), dtype=np.float32)

@@ -201,8 +201,9 @@ class GenerationEngine:
 
     def _prefill_chunk(self) -> int:
         """Rows per prefill pass: what the tabs' memory plan allows, and no more than
-        `shared_prefill_rows` while other requests run. A tab runs its frames one at a time,
-        so a long prompt sent whole holds every decoding stream's next token behind it
+        `shared_prefill_rows` while other requests run. A tab runs one pass at a time, and a
+        prompt's rows never share a pass with decode rows (row counts differ), so a long
+        prompt sent whole holds every decoding stream's next token behind it
         (bench/concurrency.py: inter-token p95 ~0.6 s -> ~3 s at 8 streams); in chunks, their
         steps go in between. Chunks compute the same rows (the graphs are row-invariant)."""
         others_running = sum(self.cluster.sessions.values()) > 1

@@ -115,3 +115,14 @@ def test_one_kv_head_is_not_batch_invariant():
     together = batched(full, rows, [5, 5], [key, key], [key, key], mask)[0][0]
     assert not np.array_equal(alone, together)
     assert np.abs(alone - together).max() < 1e-4
+
+
+def test_padding_copies_nothing_for_a_lone_stream_and_zero_fills_a_batch():
+    """A single stream's step (the reference executor, a spot check) feeds its cache as it is."""
+    rng = np.random.default_rng(4)
+    short, long = (rng.standard_normal((2, n, 3)).astype(np.float32) for n in (2, 5))
+    alone = pad_caches([long])
+    assert alone.shape == (1, 2, 5, 3) and np.shares_memory(alone, long)
+    both = pad_caches([short, long])
+    assert both.shape == (2, 2, 5, 3)
+    assert np.array_equal(both[0, :, :2], short) and not both[0, :, 2:].any() and np.array_equal(both[1], long)
