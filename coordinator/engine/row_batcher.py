@@ -44,7 +44,8 @@ class RowBatcher:
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
         """The next call's callers, in arrival order: at least one, then while the rows fit."""
-        taken, total = [], 0
+        taken: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+        total = 0
         while self._waiting and (not taken or total + len(self._waiting[0][0]) <= self.max_rows):
             entry = self._waiting.pop(0)
             if entry[1].done():          # its caller was cancelled: nothing to compute

@@ -99,9 +99,10 @@ def parse_tab_passes(message: Any) -> TabPasses | None:
     if not isinstance(message, dict):
         return None
     values = [message.get(name) for name in ("passes", "frames", "largest")]
-    if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in values):
+    counts = [value for value in values if isinstance(value, int) and not isinstance(value, bool) and value >= 0]
+    if len(counts) != len(values):
         return None
-    passes, frames, largest = values
+    passes, frames, largest = counts
     if frames < passes or largest > frames:
         return None
     return TabPasses(passes, frames, largest)
