@@ -75,7 +75,8 @@ async def complete(session: aiohttp.ClientSession, base: str, messages, speculat
             "wall_seconds": round(time.perf_counter() - started, 3),
             "hops_per_token": usage["tabswarm"]["hops_per_token"], "drafted": verified["drafted"],
             "accepted": verified["accepted"], "verify_passes": verified["verify_passes"],
-            "draft_steps": verified["draft_steps"], "layers_skipped": usage["tabswarm"]["layers_skipped"],
+            "draft_steps": verified["draft_steps"], "most_in_flight": verified.get("most_in_flight", 0),
+            "layers_skipped": usage["tabswarm"]["layers_skipped"],
             "layer_executions": usage["tabswarm"]["layer_executions"]}
 
 
@@ -90,6 +91,7 @@ def summarise(runs: list[dict], plain: list[dict] | None) -> dict[str, Any]:
         "accepted_per_verify_pass": round(accepted / passes, 2) if passes else None,
         "tokens_per_verify_pass": round((accepted + passes) / passes, 2) if passes else None,
         "hops_per_token": round(statistics.mean(run["hops_per_token"] for run in runs), 3),
+        "most_in_flight": max(run.get("most_in_flight", 0) for run in runs),
         "skipped_layer_share": round(sum(run["layers_skipped"] for run in runs)
                                      / max(sum(run["layer_executions"] for run in runs), 1), 3),
     }

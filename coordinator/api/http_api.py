@@ -202,7 +202,8 @@ class Api:
                              "replays": stats.replays, "moves": stats.moves, "replayed_rows": stats.replayed_rows,
                              "speculation": {"method": stats.speculation, "drafted": stats.drafted,
                                              "accepted": stats.accepted, "verify_passes": stats.verify_passes,
-                                             "draft_steps": stats.draft_steps},
+                                             "draft_steps": stats.draft_steps,
+                                             "most_in_flight": stats.most_in_flight},
                              "timing": stats.timing.as_dict(),
                              "hops_per_token": round(stats.hops / completion, 3) if completion else None,
                              "prefill_tokens_per_second": round(len(prompt_ids) / stats.step_seconds[0], 1)

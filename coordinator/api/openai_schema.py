@@ -164,12 +164,13 @@ def parse_request(body: Any, chat: bool, model_ids: tuple[str, ...], codecs: lis
 
 def _speculation(value: Any) -> dict[str, Any] | None:
     """`tabswarm.speculation`: {"method": "lookup" | "self" | "off", "max_draft": 1..32,
-    "adaptive": bool, "draft_router": a router object (the self drafter's skips)}."""
+    "adaptive": bool, "pipelined": bool (lookup drafts in chunks, one per stage in flight),
+    "draft_router": a router object (the self drafter's skips)}."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise ApiError(400, "'tabswarm.speculation' must be an object", "tabswarm.speculation")
-    unknown = set(value) - {"method", "max_draft", "adaptive", "draft_router"}
+    unknown = set(value) - {"method", "max_draft", "adaptive", "pipelined", "draft_router"}
     if unknown:
         raise ApiError(400, f"'tabswarm.speculation' has unknown fields: {', '.join(sorted(unknown))}",
                        "tabswarm.speculation")
@@ -185,6 +186,10 @@ def _speculation(value: Any) -> dict[str, Any] | None:
         if not isinstance(value["adaptive"], bool):
             raise ApiError(400, "'tabswarm.speculation.adaptive' must be a boolean", "tabswarm.speculation.adaptive")
         options["adaptive"] = value["adaptive"]
+    if "pipelined" in value:
+        if not isinstance(value["pipelined"], bool):
+            raise ApiError(400, "'tabswarm.speculation.pipelined' must be a boolean", "tabswarm.speculation.pipelined")
+        options["pipelined"] = value["pipelined"]
     if "draft_router" in value:
         options["draft_router"] = _router(value["draft_router"])
     return options

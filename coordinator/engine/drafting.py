@@ -36,6 +36,8 @@ class SpeculationConfig:
     ngram_max: int = 3
     ngram_min: int = 1
     adaptive: bool = True
+    # Lookup drafts cut into chunks, one per stage in flight (pipelined_speculation.py); greedy only.
+    pipelined: bool = False
     # Self-speculative drafts: the router's skips and whole-node bypasses (docs/speculation.md).
     draft_router: RouterConfig = field(default_factory=lambda: RouterConfig(policy="predictor", threshold=0.3,
                                                                             warmup=8))

@@ -19,11 +19,14 @@ instead (`stage_rebuild`).
 With speculation on, a step first drafts tokens (prompt lookup, or self-speculative
 DECODE steps under the draft router), then verifies them all in one multi-row VERIFY
 pass at full depth; `acceptance` decides what it emits, and every stage's caches are cut
-to the accepted length before the next step. Never touches HTTP.
+to the accepted length before the next step. With `pipelined` lookup speculation (greedy,
+2+ stages), the drafts go in chunks, one per stage in flight (`pipelined_speculation`).
+Never touches HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -37,6 +40,7 @@ from coordinator.engine.acceptance import accept_drafts
 from coordinator.engine.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.engine.generation_state import Sequence, Step, schedule, update
 from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks
+from coordinator.engine.pipelined_speculation import Chunk, ChunkPipeline, settle
 from coordinator.engine.router import (
     LayerStatistics,
     RouterConfig,
@@ -164,6 +168,10 @@ class GenerationEngine:
         emits. Samples only after all of its I/O, so a loss never consumes the sampler's RNG."""
         if session.cut_to is not None:
             await self._truncate(session, session.cut_to)
+        if (drafting is not None and request.speculation.pipelined and request.speculation.method == "lookup"
+                and request.params.temperature == 0.0 and len(session.pipeline) > 1
+                and session.cached == sequence.length - 1):
+            return await self._advance_pipelined(request, stats, session, sequence, drafting)
         drafts: tuple[int, ...] = ()
         if drafting is not None and session.cached == sequence.length - 1:
             length = drafting.next_length(self.step_costs, sequence.params.max_tokens - len(sequence.generated))
@@ -198,6 +206,66 @@ class GenerationEngine:
             stats.accepted += len(tokens) - 1
             stats.verify_passes += 1
         return tokens
+
+    async def _advance_pipelined(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
+                                 sequence: Sequence, drafting: DraftLength) -> tuple[int, ...]:
+        """Settle the oldest verify chunk in flight (launching the first from the confirmed
+        state when none is); returns the tokens it emits. A rejection drains the later chunks
+        and cuts the caches back before the next step."""
+        if session.chunks is None:
+            config = request.speculation
+            session.chunks = ChunkPipeline(
+                len(session.pipeline), drafting.length + 1, len(sequence.prompt_ids) + sequence.params.max_tokens,
+                sequence.stop_ids, (config.ngram_max, config.ngram_min),
+                blocked=lambda: any(self.spot_checks.on_probation(link) for _, link in session.pipeline))
+        chunks = session.chunks
+        if not chunks.chunks:
+            chunks.rows = drafting.length + 1
+            self._launch(request, stats, session, chunks.start(sequence.ids(), session.cached))
+        head = chunks.chunks[0]
+        assert head.task is not None
+        try:
+            logits = await head.task                                         # (rows, vocab)
+        except WorkerLost:
+            await chunks.drain()
+            raise
+        chunks.chunks.popleft()
+        settled = settle(logits, head, chunks.chunks[0] if chunks.chunks else None, request.params, sequence.rng)
+        tokens = settled.verdict.tokens
+        stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
+        if stop is not None:
+            tokens = tokens[:stop + 1]
+        session.cached += 1 + settled.verdict.accepted
+        launched_past = settled.verdict.accepted < len(head.ids) - 1 or bool(chunks.chunks)
+        if not settled.chained:
+            failure = await chunks.drain()
+            if launched_past:
+                session.cut_to = session.cached
+                if session.recorder is not None:
+                    session.recorder.truncate(session.cached)
+            if isinstance(failure, WorkerLost):
+                raise failure
+        if settled.drafted:
+            drafting.observe(settled.drafted, settled.accepted)
+            chunks.rows = drafting.length + 1
+            stats.drafted += settled.drafted
+            stats.accepted += settled.accepted
+            stats.verify_passes += 1
+        return tokens
+
+    def _launch(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, chunk: Chunk) -> None:
+        """Start a chunk's step; when it leaves stage 1, the next chunk (if any) starts."""
+        chunks = session.chunks
+        assert chunks is not None
+        step = chunks.step(chunk, next(self._steps))
+        stats.most_in_flight = max(stats.most_in_flight, len(chunks.chunks))
+
+        def first_hop_done() -> None:
+            if (following := chunks.follow()) is not None:
+                self._launch(request, stats, session, following)
+
+        chunk.task = asyncio.get_running_loop().create_task(self.executor.execute(
+            request.router, request.codec, stats, session, step, after_first_hop=first_hop_done, rebuild=False))
 
     def _prefill_chunk(self) -> int:
         """Rows per prefill pass: what the tabs' memory plan allows, and no more than
@@ -274,6 +342,8 @@ class GenerationEngine:
 
     async def _close(self, session: PipelineSession) -> None:
         """The session is over: every worker still there frees its caches for the stream."""
+        if session.chunks is not None:   # chunks in flight: their frames land before the release
+            await session.chunks.drain()
         self.spot_checks.release(session.stream)
         await self.cluster.session_closed(session.plan_version)
         for stage, link in session.pipeline:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from coordinator.engine.head_pruning import Masks, StreamHeadMasks
+from coordinator.engine.pipelined_speculation import ChunkPipeline
 from coordinator.engine.router import TokenState
 from coordinator.engine.stage_replay import StageRecorder
 from coordinator.swarm.pipeline import Pipeline
@@ -37,6 +38,7 @@ class HopStats:
     accepted: int = 0              # drafted tokens the verify passes accepted
     verify_passes: int = 0
     draft_steps: int = 0           # self-speculative draft steps (pipeline passes with skips)
+    most_in_flight: int = 0        # pipelined speculation: most verify chunks in flight at once
     timing: TimeTotals = field(default_factory=TimeTotals)   # the coordinator's parts of its steps
 
 
@@ -61,3 +63,4 @@ class PipelineSession:
     cached: int = 0                # ids of the sequence the workers' caches hold
     cut_to: int | None = None      # caches hold rejected drafts: cut them to this before the next step
     recorder: StageRecorder | None = None   # every frame each stage was sent (exact stage replay)
+    chunks: ChunkPipeline | None = None     # pipelined speculation: verify chunks in flight

@@ -17,7 +17,7 @@ Decides nothing about which request steps next, and never samples.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -78,9 +78,13 @@ class StepExecutor:
             reports_wanted=router.enabled or router.prune_heads > 0)
 
     async def execute(self, router: RouterConfig, codec: CodecSettings, stats: HopStats, session: PipelineSession,
-                      step: Step) -> np.ndarray:
+                      step: Step, after_first_hop: Callable[[], None] | None = None,
+                      rebuild: bool = True) -> np.ndarray:
         """Run the step; return the logits of its last row and of each draft row:
-        (1 + len(step.drafts), vocab), or no rows for a prefill chunk."""
+        (1 + len(step.drafts), vocab), or no rows for a prefill chunk. `after_first_hop` is
+        called once stage 1 is done with the step, in the turn the step goes on to stage 2
+        (pipelined speculation launches its next chunk there); `rebuild` False: a lost stage
+        is not rebuilt from recorded frames (other steps of the stream are in flight)."""
         rows = step.rows
         self.timing.step(rows)
         stats.timing.step(rows)
@@ -104,10 +108,14 @@ class StepExecutor:
             try:
                 outcome = await self._hop(plan, hop, link)
             except WorkerLost as error:
+                if not rebuild:
+                    raise
                 outcome = await self._rebuild(plan, hop, outcomes, stats, session, error)
             self._route(router, session, step.position, outcome)
             frame = outcome.result if outcome.result is not None else frame   # bypassed: same payload on
             outcomes.append(outcome)
+            if index == 0 and after_first_hop is not None:
+                after_first_hop()
         await self._settle(router, plan, outcomes, stats, session)
         clock = time.perf_counter()
         _, values = decode_activation(frame, session.decoder)               # (rows, hidden)
