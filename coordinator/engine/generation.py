@@ -168,13 +168,13 @@ class GenerationEngine:
         emits. Samples only after all of its I/O, so a loss never consumes the sampler's RNG."""
         if session.cut_to is not None:
             await self._truncate(session, session.cut_to)
-        if (drafting is not None and request.speculation.pipelined and request.speculation.method == "lookup"
-                and request.params.temperature == 0.0 and len(session.pipeline) > 1
-                and session.cached == sequence.length - 1):
-            return await self._advance_pipelined(request, stats, session, sequence, drafting)
         drafts: tuple[int, ...] = ()
         if drafting is not None and session.cached == sequence.length - 1:
-            length = drafting.next_length(self.step_costs, sequence.params.max_tokens - len(sequence.generated))
+            in_flight = session.chunks is not None and bool(session.chunks.chunks)
+            length = 0 if in_flight else drafting.next_length(
+                self.step_costs, sequence.params.max_tokens - len(sequence.generated))
+            if in_flight or (length and self._pipelines(request, session)):
+                return await self._advance_pipelined(request, stats, session, sequence, drafting, length)
             if length and request.speculation.method == "lookup":
                 config = request.speculation
                 drafts = lookup_draft(sequence.ids(), length, config.ngram_max, config.ngram_min)
@@ -207,20 +207,31 @@ class GenerationEngine:
             stats.verify_passes += 1
         return tokens
 
+    @staticmethod
+    def _pipelines(request: GenerationRequest, session: PipelineSession) -> bool:
+        """Whether this request's drafts go in chunks, one per stage in flight: greedy lookup
+        speculation asked for, on 2+ stages."""
+        speculation = request.speculation
+        return (speculation.pipelined and speculation.method == "lookup" and request.params.temperature == 0.0
+                and len(session.pipeline) > 1)
+
     async def _advance_pipelined(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
-                                 sequence: Sequence, drafting: DraftLength) -> tuple[int, ...]:
-        """Settle the oldest verify chunk in flight (launching the first from the confirmed
-        state when none is); returns the tokens it emits. A rejection drains the later chunks
-        and cuts the caches back before the next step."""
+                                 sequence: Sequence, drafting: DraftLength, length: int) -> tuple[int, ...]:
+        """Settle the oldest verify chunk in flight (launching the first, of `length` drafts,
+        from the confirmed state when none is); returns the tokens it emits. A rejection
+        drains the later chunks and cuts the caches back before the next step."""
         if session.chunks is None:
             config = request.speculation
+
+            def blocked() -> bool:
+                return any(self.spot_checks.on_probation(link) for _, link in session.pipeline)
+
             session.chunks = ChunkPipeline(
-                len(session.pipeline), drafting.length + 1, len(sequence.prompt_ids) + sequence.params.max_tokens,
-                sequence.stop_ids, (config.ngram_max, config.ngram_min),
-                blocked=lambda: any(self.spot_checks.on_probation(link) for _, link in session.pipeline))
+                len(session.pipeline), length + 1, len(sequence.prompt_ids) + sequence.params.max_tokens,
+                sequence.stop_ids, (config.ngram_max, config.ngram_min), blocked=blocked)
         chunks = session.chunks
         if not chunks.chunks:
-            chunks.rows = drafting.length + 1
+            chunks.rows = length + 1
             self._launch(request, stats, session, chunks.start(sequence.ids(), session.cached))
         head = chunks.chunks[0]
         assert head.task is not None
@@ -231,6 +242,7 @@ class GenerationEngine:
             raise
         chunks.chunks.popleft()
         settled = settle(logits, head, chunks.chunks[0] if chunks.chunks else None, request.params, sequence.rng)
+        chunks.streak = settled.verdict.accepted == len(head.ids) - 1
         tokens = settled.verdict.tokens
         stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
         if stop is not None:
@@ -247,7 +259,7 @@ class GenerationEngine:
                 raise failure
         if settled.drafted:
             drafting.observe(settled.drafted, settled.accepted)
-            chunks.rows = drafting.length + 1
+            chunks.rows = max(drafting.length, 1) + 1
             stats.drafted += settled.drafted
             stats.accepted += settled.accepted
             stats.verify_passes += 1

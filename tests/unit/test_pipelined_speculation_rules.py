@@ -46,7 +46,7 @@ def test_the_last_chunk_in_flight_emits_its_bonus():
 
 
 def pipeline(depth: int = 2, rows: int = 3, max_ids: int = 100, stop: frozenset[int] = frozenset()) -> ChunkPipeline:
-    return ChunkPipeline(depth, rows, max_ids, stop)
+    return ChunkPipeline(depth, rows, max_ids, stop, streak=True)
 
 
 def test_chunks_continue_the_lookup_of_everything_launched_until_the_depth():
@@ -78,3 +78,12 @@ def test_a_stream_with_nothing_to_draft_steps_one_row_at_a_time():
     first = chunks.start((1, 2, 3), cached=2)
     assert first.ids == (3,) and chunks.step(first, 1).kind == StepKind.DECODE
     assert chunks.follow() is None
+
+
+def test_after_a_rejection_a_chunk_goes_alone_until_one_is_accepted_whole():
+    chunks = pipeline()
+    chunks.streak = False
+    chunks.start((1, 2, 3, 4, 5, 6, 7, 8, 1, 2), cached=9)
+    assert chunks.follow() is None
+    chunks.streak = True
+    assert chunks.follow() is not None
