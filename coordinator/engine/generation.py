@@ -40,7 +40,7 @@ from coordinator.engine.acceptance import accept_drafts
 from coordinator.engine.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.engine.generation_state import Sequence, Step, schedule, update
 from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks
-from coordinator.engine.pipelined_speculation import Chunk, ChunkPipeline, settle
+from coordinator.engine.pipelined_speculation import Chunk, ChunkPipeline, settle_oldest
 from coordinator.engine.router import (
     LayerStatistics,
     RouterConfig,
@@ -233,30 +233,16 @@ class GenerationEngine:
         if not chunks.chunks:
             chunks.rows = length + 1
             self._launch(request, stats, session, chunks.start(sequence.ids(), session.cached))
-        head = chunks.chunks[0]
-        assert head.task is not None
-        try:
-            logits = await head.task                                         # (rows, vocab)
-        except WorkerLost:
-            await chunks.drain()
-            raise
-        chunks.chunks.popleft()
-        settled = settle(logits, head, chunks.chunks[0] if chunks.chunks else None, request.params, sequence.rng)
-        chunks.streak = settled.verdict.accepted == len(head.ids) - 1
+        settled = await settle_oldest(chunks, request.params, sequence.rng)
         tokens = settled.verdict.tokens
         stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
         if stop is not None:
             tokens = tokens[:stop + 1]
         session.cached += 1 + settled.verdict.accepted
-        launched_past = settled.verdict.accepted < len(head.ids) - 1 or bool(chunks.chunks)
-        if not settled.chained:
-            failure = await chunks.drain()
-            if launched_past:
-                session.cut_to = session.cached
-                if session.recorder is not None:
-                    session.recorder.truncate(session.cached)
-            if isinstance(failure, WorkerLost):
-                raise failure
+        if settled.launched_past:   # the caches hold rows past the accepted ones: cut before the next step
+            session.cut_to = session.cached
+            if session.recorder is not None:
+                session.recorder.truncate(session.cached)
         if settled.drafted:
             drafting.observe(settled.drafted, settled.accepted)
             chunks.rows = max(drafting.length, 1) + 1

@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from coordinator.engine.acceptance import Verdict, accept_drafts
 from coordinator.engine.drafting import lookup_draft
 from coordinator.engine.generation_state import Step
+from coordinator.swarm.worker_link import WorkerLost
 from protocol.frames import StepKind
 from shards.sampling import SamplingParams
 
@@ -54,6 +55,7 @@ class Settled:
     chained: bool        # the next chunk in flight is still valid (every draft and the bonus agreed)
     drafted: int         # drafts this settle judged (including the next chunk's first id)
     accepted: int
+    launched_past: bool = False   # caches hold rows past the accepted ones (set by settle_oldest)
 
 
 def settle(logits: np.ndarray, head: Chunk, following: Chunk | None, params: SamplingParams,
@@ -64,6 +66,28 @@ def settle(logits: np.ndarray, head: Chunk, following: Chunk | None, params: Sam
     chained = following is not None and complete and verdict.tokens[-1] == following.ids[0]
     drafted = len(head.ids) - 1 + (following is not None and complete)
     return Settled(verdict, chained, drafted, verdict.accepted + chained)
+
+
+async def settle_oldest(chunks: ChunkPipeline, params: SamplingParams, rng: np.random.Generator) -> Settled:
+    """Wait for the oldest chunk in flight and settle it; when the chain breaks, drain the
+    later chunks (re-raising a lost worker's WorkerLost: the engine replays the sequence)."""
+    head = chunks.chunks[0]
+    assert head.task is not None
+    try:
+        logits = await head.task                                             # (rows, vocab)
+    except WorkerLost:
+        await chunks.drain()
+        raise
+    chunks.chunks.popleft()
+    settled = settle(logits, head, chunks.chunks[0] if chunks.chunks else None, params, rng)
+    chunks.streak = settled.verdict.accepted == len(head.ids) - 1
+    if settled.chained:
+        return settled
+    launched_past = not chunks.streak or bool(chunks.chunks)
+    failure = await chunks.drain()
+    if isinstance(failure, WorkerLost):
+        raise failure
+    return replace(settled, launched_past=launched_past)
 
 
 @dataclass
