@@ -5,10 +5,8 @@
 // a stream joins at whatever step its frame arrives and leaves when it sends no more). Frames
 // share a pass when they run the same layers with the same row count and the same boundary
 // rounding; a budget bounds a pass's rows and streams, so a long prompt's chunks cannot hold
-// the decoding streams' rows for more than one pass. Prompt passes (PREFILL) run before the
-// other passes of the same batch: a request's first token then waits behind other streams'
-// prompts, not behind their decoding (bench/concurrency.py: TTFT at 8 streams).
-import { Encoding, Flag, StepKind } from './codec.js';
+// the decoding streams' rows for more than one pass.
+import { Encoding, Flag } from './codec.js';
 
 export const PASS_ROWS = 256;     // rows one pass may run (decode rows, prefill chunks, drafts)
 export const PASS_STREAMS = 32;   // streams one pass may hold
@@ -21,10 +19,9 @@ export function passKey(header) {
 }
 
 /**
- * Groups of indices into `headers` (arrival order, distinct streams), each one pass: prompt
- * passes first, then the rest, each in the order their first frames arrived. `batches` false
- * (a model whose streams cannot share a pass bitwise, ort_runtime.js batchesStreams): one
- * frame per pass. Echoes (no layers) pass alone.
+ * Groups of indices into `headers` (arrival order, distinct streams), each one pass, in the
+ * order their first frames arrived. `batches` false (a model whose streams cannot share a
+ * pass bitwise, ort_runtime.js batchesStreams): one frame per pass. Echoes (no layers) pass alone.
  */
 export function formPasses(headers, { batches = true, rows = PASS_ROWS, streams = PASS_STREAMS } = {}) {
   const passes = [];
@@ -42,6 +39,5 @@ export function formPasses(headers, { batches = true, rows = PASS_ROWS, streams 
     passes.push(fresh);
     if (batches && !echo) open.set(key, fresh);
   });
-  const prompt = (pass) => headers[pass.indices[0]].stepKind === StepKind.PREFILL;
-  return [...passes.filter(prompt), ...passes.filter((pass) => !prompt(pass))].map((pass) => pass.indices);
+  return passes.map((pass) => pass.indices);
 }

@@ -51,7 +51,7 @@ from protocol.control import (
     decode_control,
     encode_control,
 )
-from protocol.frames import VERSION, Encoding, Flag, FrameKind, Header, StepKind, parse_frame
+from protocol.frames import VERSION, Encoding, Flag, FrameKind, Header, parse_frame
 from shards.executor import CacheMismatch, LayerReport, LayerStack
 from shards.manifest import load_manifest
 from shards.stream_batch import StreamRows
@@ -180,8 +180,7 @@ class FakeWorker:
             key = (header.layer_start, header.layer_end, header.rows, header.has(Flag.ROUND_LAYERS),
                    header.encoding, header.block)
             passes.setdefault(key, []).append(frame)
-        prompts_first = sorted(passes.values(), key=lambda frames: frames[0].header.step_kind != StepKind.PREFILL)
-        for frames in prompts_first:   # as worker_web/batch_former.js orders a batch's passes
+        for frames in passes.values():
             self.passes.append(len(frames))
             layers = range(frames[0].header.layer_start, frames[0].header.layer_end)
             if not layers:  # an echo: no layers

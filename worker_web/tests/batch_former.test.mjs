@@ -1,12 +1,11 @@
 // The batch former on headers alone: which waiting frames share a pass.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Encoding, Flag, StepKind } from '../codec.js';
+import { Encoding, Flag } from '../codec.js';
 import { formPasses, passKey } from '../batch_former.js';
 
-const frame = (stream, { rows = 1, start = 0, end = 15, flags = 0, encoding = Encoding.INT8_BLOCK, block = 64,
-  stepKind = rows > 1 ? StepKind.PREFILL : StepKind.DECODE } = {}) => (
-  { stream, rows, layerStart: start, layerEnd: end, flags, encoding, block, stepKind });
+const frame = (stream, { rows = 1, start = 0, end = 15, flags = 0, encoding = Encoding.INT8_BLOCK, block = 64 } = {}) => (
+  { stream, rows, layerStart: start, layerEnd: end, flags, encoding, block });
 
 test('decode rows of every waiting stream share one pass, in arrival order', () => {
   const headers = [frame(4), frame(9), frame(2), frame(7)];
@@ -16,7 +15,7 @@ test('decode rows of every waiting stream share one pass, in arrival order', () 
 test('frames of other layers, other row counts or other rounding run in passes of their own', () => {
   const headers = [frame(1), frame(2, { rows: 64 }), frame(3), frame(4, { start: 15, end: 30 }),
     frame(5, { flags: Flag.ROUND_LAYERS }), frame(6, { rows: 64 }), frame(7, { flags: Flag.ROUND_LAYERS })];
-  assert.deepEqual(formPasses(headers), [[1, 5], [0, 2], [3], [4, 6]]);
+  assert.deepEqual(formPasses(headers), [[0, 2], [1, 5], [3], [4, 6]]);
 });
 
 test('a pass holds at most its row budget: a long prompt\'s chunks spill into the next pass', () => {
@@ -38,11 +37,4 @@ test('float32 frames ignore the rounding flag (nothing to round)', () => {
   const plain = frame(1, { encoding: Encoding.FLOAT32 });
   const flagged = frame(2, { encoding: Encoding.FLOAT32, flags: Flag.ROUND_LAYERS });
   assert.equal(passKey(plain), passKey(flagged));
-});
-
-test('prompt passes run before the batch\'s decode and verify passes, each kind in arrival order', () => {
-  const headers = [frame(1), frame(2, { rows: 5, stepKind: StepKind.VERIFY }), frame(3, { rows: 30 }), frame(4),
-    frame(5, { rows: 12 }), frame(6, { rows: 30 })];
-  assert.deepEqual(formPasses(headers), [[2, 5], [4], [0, 3], [1]]);
-  assert.deepEqual(formPasses(headers, { batches: false }), [[2], [4], [5], [0], [1], [3]]);
 });
