@@ -330,6 +330,9 @@ def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-draft", type=int, default=default_speculation.max_draft, metavar="K",
                        help=f"longest draft a verify pass checks (default {default_speculation.max_draft}; "
                             "the length adapts below it)")
+    serve.add_argument("--pipelined-speculation", action="store_true",
+                       help="greedy lookup drafts in chunks, one per stage in flight (off: it does not pay when "
+                            "the tabs share a machine's cores; see docs/speculation.md)")
     serve.add_argument("--no-metrics", action="store_true",
                        help="no Prometheus /metrics (and no per-token histogram observations)")
 
@@ -407,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                               join_secret=args.join_secret or os.environ.get("TABSWARM_JOIN_SECRET") or new_secret())
         try:
             router = replace(_router_option(args.router), prune_heads=args.prune_heads)
-            speculation = replace(speculation, method=args.speculation, max_draft=args.max_draft)
+            speculation = replace(speculation, method=args.speculation, max_draft=args.max_draft,
+                                  pipelined=args.pipelined_speculation)
         except ValueError as error:  # a knob out of range: a usage error, not a crash
             raise SystemExit(f"tabswarm: {error}") from error
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards,
