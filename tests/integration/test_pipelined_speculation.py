@@ -12,7 +12,7 @@ import pytest
 from tests.integration.fake_worker import FakeWorker
 from tests.integration.test_churn import Swarm
 from tests.integration.test_speculation import GROUNDED, OPEN, completion
-from tests.support import running_app, stream_tokens, wait_ready
+from tests.support import running_app, status_of, stream_tokens, wait_ready
 
 PIPELINED = {"method": "lookup", "max_draft": 4, "pipelined": True}
 
@@ -89,4 +89,34 @@ async def test_a_worker_lost_with_chunks_in_flight_replays_to_the_plain_answer(s
         assert not lost.errors and lost.ids == plain.ids
         assert lost.usage["tabswarm"]["replays"] + lost.usage["tabswarm"]["moves"] >= 1
         for worker in swarm.workers:
+            await worker.stop()
+
+
+async def test_pipelined_streams_side_by_side_and_one_cancelled_mid_flight(shard_dir):
+    """Three pipelined requests at once (their chunks share the workers' passes); the client of
+    one goes away with chunks in flight: the others equal their plain answers, the cancelled
+    stream's chunks are drained and every stream's caches are freed."""
+    async with running_app(shard_dir, standby_workers=0) as (_, base):
+        workers = [await FakeWorker(base, shard_dir, name, delay_seconds=0.005).start() for name in ("a", "b")]
+        await wait_ready(base, 2)
+        bodies = [{"messages": messages, "max_tokens": 28, "tabswarm": {"speculation": PIPELINED}}
+                  for messages in GROUNDED]
+        plain = [(await stream_tokens(base, body | {"tabswarm": {"speculation": {"method": "off"}}})).ids
+                 for body in bodies]
+
+        async def leave_at_six(count: int) -> None:
+            if count == 6:
+                raise asyncio.CancelledError   # the client goes away mid-stream
+
+        results = await asyncio.gather(*(stream_tokens(base, body, leave_at_six if index == 1 else None)
+                                         for index, body in enumerate(bodies)), return_exceptions=True)
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert [results[0].ids, results[2].ids] == [plain[0], plain[2]]
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await status_of(base))["queue"]["active"]:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert all(not worker.stack.streams for worker in workers if worker.stack)
+        for worker in workers:
             await worker.stop()
