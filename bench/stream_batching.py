@@ -6,9 +6,7 @@ B = 1, 2, 4, 8, 16 streams, a few decode steps in a row (one row per stream per 
 stream alone (`forward`), and all B in one batched pass per step (`forwardBatch`, what the
 tab runs when B frames wait together). Checks that every output row and every layer's cache
 are bitwise the solo run's, and times both (median step after the first; the first batched
-step pads the streams' caches into one batch, later ones reuse the pass before). Then 8
-prompts of 1 to 30 rows in one pass, each padded to the longest, and two decode steps after
-them in one pass, against the same run alone. The batch former and tab-side batching are in
+step pads the streams' caches into one batch, later ones reuse the pass before). The batch former and tab-side batching are in
 worker_web/batch_former.js and worker.js; the graph layout in shards/graphs.py.
 Usage: .venv/bin/python -m bench.stream_batching [--model smollm2-135m] [--compute int8]
        (writes bench/results/stream_batching[_<model>]_<compute>.json)
@@ -86,33 +84,6 @@ async ({layers, model, compute, counts, threads, steps}) => {
     out.by_count[count] = {bitwise_equal: equal, solo_ms: median(soloMs.slice(1)), batched_first_ms: batchedMs[0],
       batched_ms: median(batchedMs.slice(1))};
   }
-  // Prompts of different lengths (fresh streams) in one pass, each padded to the longest, then
-  // two decode steps in one pass: each against the same prompts and steps run alone.
-  const promptRows = [12, 9, 17, 14, 10, 16, 11, 15];
-  const fresh = promptRows.map((_, i) => 500 + i);
-  const prompt = (i) => rows(promptRows[i], 700 + i);
-  const alone = [], aloneMs = [];
-  let started = performance.now();
-  for (let i = 0; i < fresh.length; i += 1) alone.push((await runner.forward(fresh[i], prompt(i), promptRows[i], 0, 0n, first, last)).output.slice());
-  aloneMs.push(performance.now() - started);
-  for (let step = 0; step < 2; step += 1) {
-    for (let i = 0; i < fresh.length; i += 1) alone.push((await runner.forward(fresh[i], rows(1, 900 + i + step), 1, promptRows[i] + step, 0n, first, last)).output.slice());
-  }
-  const aloneCaches = fresh.map((s) => caches(s));
-  fresh.forEach((s) => runner.release(s));
-  let promptsEqual = true;
-  started = performance.now();
-  const together = await runner.forwardBatch(fresh.map((s, i) => ({stream: s, hidden: prompt(i), rows: promptRows[i], position: 0, skipMask: 0n})), 1, first, last);
-  const togetherMs = performance.now() - started;
-  together.forEach((result, i) => { promptsEqual = promptsEqual && same(result.output, alone[i]); });
-  for (let step = 0; step < 2; step += 1) {
-    const results = await runner.forwardBatch(fresh.map((s, i) => ({stream: s, hidden: rows(1, 900 + i + step), position: promptRows[i] + step, skipMask: 0n})), 1, first, last);
-    results.forEach((result, i) => { promptsEqual = promptsEqual && same(result.output, alone[(step + 1) * fresh.length + i]); });
-  }
-  fresh.forEach((s, i) => caches(s).forEach(([key, value], layer) => {
-    promptsEqual = promptsEqual && same(key, aloneCaches[i][layer][0]) && same(value, aloneCaches[i][layer][1]);
-  }));
-  out.prompts = {rows: promptRows, bitwise_equal: promptsEqual, alone_ms: aloneMs[0], one_pass_ms: togetherMs};
   await runner.dispose();
   return out;
 }
@@ -152,11 +123,6 @@ async def main() -> None:
             "batched_speedup": round(entry["solo_ms"] / entry["batched_ms"], 2),
             "rows_per_s_batched_vs_one_stream": round(streams * one / entry["batched_ms"], 2)}
         print(f"{streams:2} streams: {report['by_streams'][streams]}", flush=True)
-    prompts = raw["prompts"]
-    report["prompts_of_different_lengths"] = {
-        "rows": prompts["rows"], "bitwise_equal_to_alone": prompts["bitwise_equal"],
-        "alone_ms_all_prompts": round(prompts["alone_ms"], 2), "one_padded_pass_ms": round(prompts["one_pass_ms"], 2)}
-    print(f"prompts {prompts['rows']} in one padded pass: {report['prompts_of_different_lengths']}", flush=True)
     suffix = "" if args.model == "smollm2-135m" else f"_{args.model}"
     out = ROOT / "bench" / "results" / f"stream_batching{suffix}_{compute}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -23,14 +23,7 @@ from protocol.boundary_rounding import BoundaryRounding
 from shards.compact_weights import LazyWeights, decode_weights, graph_with_weights
 from shards.manifest import Manifest, native_cache_dir
 from shards.model_ends import session_options
-from shards.stream_batch import (
-    StreamRows,
-    batch_positions,
-    cache_of_entry,
-    pad_caches,
-    pad_rows,
-    pass_groups,
-)
+from shards.stream_batch import StreamRows, batch_positions, cache_of_entry, pad_caches, pass_groups
 
 
 def layer_graph_source(directory: Path, manifest: Manifest, index: int, kv_only: bool = False,
@@ -203,12 +196,11 @@ class LayerStack:
 
     def forward_batch(self, items: Sequence[StreamRows], layers: range | None = None,
                       rounding: BoundaryRounding | None = None) -> list[LayerReport]:
-        """Several streams' rows (distinct streams) through the layers as one pass per layer,
-        as a tab runs the frames that wait together (worker_web/ort_runtime.js forwardBatch):
-        entries that skip a layer, or hold other head masks, run it in a pass of their own;
-        the rest share one, their caches padded to the longest and their rows to the most
-        rows (prompts of different lengths; shards/stream_batch.py). Each report is bitwise
-        what the stream alone gets."""
+        """Several streams' rows (distinct streams, the same row count) through the layers as
+        one pass per layer, as a tab runs the frames that wait together (worker_web/
+        ort_runtime.js forwardBatch): entries that skip a layer, or hold other head masks,
+        run it in a pass of their own; the rest share one, their caches padded to the
+        longest (shards/stream_batch.py). Each report is bitwise what the stream alone gets."""
         states = [item.hidden for item in items]                       # each (1, rows, hidden)
         reports = [LayerReport(item.hidden) for item in items]
         order = list(layers) if layers is not None else sorted(self.layers)
@@ -240,22 +232,20 @@ class LayerStack:
         held = [self.streams.setdefault(item.stream, StreamState()).caches.get(index) or self._empty_cache()
                 for item in items]
         lengths = [cache.key.shape[2] for cache in held]
-        counts = [state.shape[1] for state in states]                  # each entry's real rows
-        rows = max(counts)
-        feeds = {"hidden": pad_rows(states, rows), "positions": batch_positions([item.position for item in items], rows),
+        rows = states[0].shape[1]
+        feeds = {"hidden": np.concatenate(states), "positions": batch_positions([item.position for item in items], rows),
                  "past_key": pad_caches([cache.key[0] for cache in held]),
                  "past_value": pad_caches([cache.value[0] for cache in held])}
         if skipped:
             key, value = self._kv_graph(index).run(None, feeds)
-            outputs = [(states[entry], np.zeros((counts[entry], 0))) for entry in range(len(items))]
+            outputs = [(states[entry], np.zeros((rows, 0))) for entry in range(len(items))]
         else:
             mask = items[0].head_masks.get(index) if items[0].head_masks is not None else None
             feeds["head_mask"] = self._all_heads if mask is None else np.asarray(mask, dtype=np.float32)
             out, key, value, head_energy = self.layers[index].run(None, feeds)
-            outputs = [(out[entry:entry + 1, :counts[entry]], head_energy[entry][:counts[entry]])
-                       for entry in range(len(items))]
+            outputs = [(out[entry:entry + 1], head_energy[entry]) for entry in range(len(items))]
         for entry, item in enumerate(items):
-            length = lengths[entry] + counts[entry]   # a padded row's K/V lies past it, masked until overwritten
+            length = lengths[entry] + rows
             self.streams[item.stream].caches[index] = LayerCache(cache_of_entry(key, entry, length)[None],
                                                                  cache_of_entry(value, entry, length)[None])
         return outputs

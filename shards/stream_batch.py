@@ -2,10 +2,7 @@
 
 Owns the layout a batched pass uses (the layer graphs' batch axis, shards/graphs.py): entry b
 holds stream b's cache padded with zeros to the longest, and the pass writes its new rows
-at its own positions. Entries with fewer rows than the pass (prompts of different lengths)
-get zero rows after theirs, at the positions that follow: their K/V land past the entry's
-cache length, where the causal mask (slot <= position) hides them from every real row,
-and the entry's next rows overwrite them. The tab does the same in JavaScript (`worker_web/ort_runtime.js`
+at its own positions. The tab does the same in JavaScript (`worker_web/ort_runtime.js`
 `padCaches` / `cacheOfEntry`); this is the numpy reference the unit tests hold the graphs
 to. Pure numpy; no I/O.
 """
@@ -55,16 +52,6 @@ def pad_caches(caches: list[np.ndarray]) -> np.ndarray:
     padded = np.zeros((len(caches), kv_heads, longest, head_dim), dtype=np.float32)
     for entry, cache in enumerate(caches):
         padded[entry, :, : cache.shape[1]] = cache
-    return padded
-
-
-def pad_rows(states: Sequence[np.ndarray], rows: int) -> np.ndarray:
-    """[(1, rows_b, hidden)] -> (batch, rows, hidden), zero rows after each entry's own."""
-    if all(state.shape[1] == rows for state in states):
-        return np.concatenate(states)
-    padded = np.zeros((len(states), rows, states[0].shape[2]), dtype=np.float32)
-    for entry, state in enumerate(states):
-        padded[entry, : state.shape[1]] = state[0]
     return padded
 
 

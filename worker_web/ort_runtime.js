@@ -298,18 +298,15 @@ export class LayerRunner {
   }
 
   /**
-   * Several streams' frames (each {stream, hidden, position, skipMask, measure, sampleHeads,
-   * rows}: `rows` when the entry names none; distinct streams) through layers
-   * [layerStart, layerEnd) as one pass per layer: the projections and MLP over all their
-   * rows at once, attention against each stream's own cache (the graphs' batch axis,
-   * shards/graphs.py). Entries with fewer rows than the most get zero rows after theirs
-   * (prompts of different lengths: shards/stream_batch.py pad_rows). Streams that skip a
+   * Several streams' frames (each {stream, hidden, position, skipMask, measure, sampleHeads},
+   * every one `rows` rows, distinct streams) through layers [layerStart, layerEnd) as one
+   * pass per layer: the projections and MLP over all their rows at once, attention against
+   * each stream's own cache (the graphs' batch axis, shards/graphs.py). Streams that skip a
    * layer, or hold other head masks, run it in a pass of their own. Each result is bitwise
    * what `forward` alone gives (tests/unit/test_stream_batching.py; the tab checks it in
    * bench/stream_batching.py). Returns one `forward` result per entry, in order.
    */
   async forwardBatch(entries, rows, layerStart, layerEnd, roundBoundary = null) {
-    entries = entries.map((entry) => ({ ...entry, rows: entry.rows ?? rows }));
     const { hidden: columns } = this.model;
     const states = entries.map((entry) => entry.hidden);
     const results = entries.map(() => ({ ratios: [], norms: [], headRatios: [] }));
@@ -320,16 +317,15 @@ export class LayerRunner {
     for (let layer = layerStart; layer < layerEnd; layer += 1) {
       if (roundBoundary && layer > layerStart) {
         // every layer boundary inside the stage is rounded as a cut there would be (the caller's rule)
-        for (let i = 0; i < states.length; i += 1) states[i] = roundBoundary(states[i], entries[i].rows);
+        for (let i = 0; i < states.length; i += 1) states[i] = roundBoundary(states[i], rows);
       }
       for (const group of this.passGroups(entries, layer, layerStart)) {
-        const out = await this.runPass(group, layer, states, caches, entries);
+        const out = await this.runPass(group, layer, rows, states, caches, entries);
         group.members.forEach((index, member) => {
           if (group.skipped) return;
+          const output = out.hidden_out.data.subarray(member * rows * columns, (member + 1) * rows * columns);
           const entry = entries[index];
-          const from = member * out.hidden_out.dims[1] * columns;   // the pass's rows per entry
-          const output = out.hidden_out.data.subarray(from, from + entry.rows * columns);
-          if (entry.measure && entry.rows === 1) {
+          if (entry.measure && rows === 1) {
             const { ratio, norm, inputNorm } = updateRatio(states[index], output);
             results[index].ratios.push(ratio);
             results[index].norms.push(norm);
@@ -343,7 +339,7 @@ export class LayerRunner {
       }
     }
     return entries.map((entry, index) => ({ ...results[index], output: states[index],
-      nodeRatio: entry.measure && entry.rows === 1 ? updateRatio(entry.hidden, states[index]).ratio : 0 }));
+      nodeRatio: entry.measure && rows === 1 ? updateRatio(entry.hidden, states[index]).ratio : 0 }));
   }
 
   /** The entries that share layer `layer`'s pass: same skip bit and the same head mask. */
@@ -360,18 +356,15 @@ export class LayerRunner {
   }
 
   /**
-   * One layer's graph over a group's streams: one batch entry per stream, each with the most
-   * rows of any (zero rows after an entry's own, at the positions that follow: their K/V lie
-   * past its cache length, masked until its next rows overwrite them). A lone stream's
+   * One layer's graph over a group's streams: one batch entry per stream. A lone stream's
    * cache goes in as it is; streams that ran the last pass together, in the same order, pass
    * its present_* back as their past (no copy); otherwise their caches are padded to the
    * longest. Stores each stream's new cache (an entry of this pass's present_*) and returns
    * the graph's outputs (hidden_out (batch, rows, hidden) where it ran in full).
    */
-  async runPass(group, layer, states, caches, entries) {
+  async runPass(group, layer, rows, states, caches, entries) {
     const { hidden: columns, kv_heads: kvHeads, head_dim: headDim } = this.model;
     const { members } = group;
-    const rows = Math.max(...members.map((index) => entries[index].rows));
     const held = members.map((index) => caches[index].get(layer) || this.emptyCache());
     const lengths = held.map((cache) => cache.length);
     const hidden = new Float32Array(members.length * rows * columns);
@@ -394,7 +387,7 @@ export class LayerRunner {
     const graphs = this.layers.get(layer);
     const out = await (group.skipped ? graphs.kvOnly : graphs.full).run(feeds);
     members.forEach((index, member) => caches[index].set(layer, { key: out.present_key, value: out.present_value,
-      entry: member, length: lengths[member] + entries[index].rows }));
+      entry: member, length: lengths[member] + rows }));
     return out;
   }
 

@@ -298,8 +298,8 @@ class WorkerTab {
     // Router statistics cost a norm per layer: only a one-row frame that asks (REPORT) gets them.
     const entries = items.map(({ header: frame, values }) => {
       const report = !echo && frame.rows === 1 && (frame.flags & Flag.REPORT) !== 0 && !(frame.flags & Flag.NO_REPLY);
-      return { stream: frame.stream, hidden: values, rows: frame.rows, position: frame.position,
-        skipMask: frame.skipMask, measure: report, sampleHeads: report && frame.position % HEAD_SAMPLE_INTERVAL === 0 };
+      return { stream: frame.stream, hidden: values, position: frame.position, skipMask: frame.skipMask,
+        measure: report, sampleHeads: report && frame.position % HEAD_SAMPLE_INTERVAL === 0 };
     });
     const started = performance.now();
     const results = echo ? [{ output: items[0].values, ratios: [] }]
@@ -308,7 +308,7 @@ class WorkerTab {
     const layersMs = performance.now() - started;
     if (!echo) {
       this.computeMs += layersMs;
-      this.tokens += items.reduce((sum, item) => sum + item.header.rows, 0);
+      this.tokens += header.rows * items.length;
       this.passes.passes += 1;
       this.passes.frames += items.length;
       this.passes.largest = Math.max(this.passes.largest, items.length);

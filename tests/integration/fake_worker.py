@@ -51,7 +51,7 @@ from protocol.control import (
     decode_control,
     encode_control,
 )
-from protocol.frames import VERSION, Encoding, Flag, FrameKind, Header, StepKind, parse_frame
+from protocol.frames import VERSION, Encoding, Flag, FrameKind, Header, parse_frame
 from shards.executor import CacheMismatch, LayerReport, LayerStack
 from shards.manifest import load_manifest
 from shards.stream_batch import StreamRows
@@ -174,23 +174,13 @@ class FakeWorker:
         """Decode each frame (refusing those the protocol says to), run the rest in passes of
         frames with the same layers, rows and rounding, and answer each."""
         admitted = [frame for data in batch if (frame := await self._admit(data)) is not None]
-        passes: list[list[_Frame]] = []
-        open_passes: dict[tuple, list[_Frame]] = {}
-        for frame in admitted:   # worker_web/batch_former.js: prompts share a pass while padding at most doubles it
+        passes: dict[tuple, list[_Frame]] = {}
+        for frame in admitted:
             header = frame.header
-            rows = "prompt" if header.step_kind == StepKind.PREFILL else header.rows
-            key = (header.layer_start, header.layer_end, rows, header.has(Flag.ROUND_LAYERS), header.encoding,
-                   header.block)
-            joined = open_passes.get(key)
-            if joined is not None:
-                real = sum(member.header.rows for member in joined) + header.rows
-                most = max(max(member.header.rows for member in joined), header.rows)
-                if (len(joined) + 1) * most <= min(256, 2 * real):
-                    joined.append(frame)
-                    continue
-            open_passes[key] = [frame]
-            passes.append(open_passes[key])
-        for frames in passes:
+            key = (header.layer_start, header.layer_end, header.rows, header.has(Flag.ROUND_LAYERS),
+                   header.encoding, header.block)
+            passes.setdefault(key, []).append(frame)
+        for frames in passes.values():
             self.passes.append(len(frames))
             layers = range(frames[0].header.layer_start, frames[0].header.layer_end)
             if not layers:  # an echo: no layers

@@ -1,12 +1,11 @@
 // The batch former on headers alone: which waiting frames share a pass.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Encoding, Flag, StepKind } from '../codec.js';
+import { Encoding, Flag } from '../codec.js';
 import { formPasses, passKey } from '../batch_former.js';
 
-const frame = (stream, { rows = 1, start = 0, end = 15, flags = 0, encoding = Encoding.INT8_BLOCK, block = 64,
-  stepKind = StepKind.DECODE } = {}) => ({ stream, rows, layerStart: start, layerEnd: end, flags, encoding, block, stepKind });
-const prompt = (stream, rows, options = {}) => frame(stream, { rows, stepKind: StepKind.PREFILL, ...options });
+const frame = (stream, { rows = 1, start = 0, end = 15, flags = 0, encoding = Encoding.INT8_BLOCK, block = 64 } = {}) => (
+  { stream, rows, layerStart: start, layerEnd: end, flags, encoding, block });
 
 test('decode rows of every waiting stream share one pass, in arrival order', () => {
   const headers = [frame(4), frame(9), frame(2), frame(7)];
@@ -38,16 +37,4 @@ test('float32 frames ignore the rounding flag (nothing to round)', () => {
   const plain = frame(1, { encoding: Encoding.FLOAT32 });
   const flagged = frame(2, { encoding: Encoding.FLOAT32, flags: Flag.ROUND_LAYERS });
   assert.equal(passKey(plain), passKey(flagged));
-});
-
-test('prompts of different lengths share a pass while padding them at most doubles the rows', () => {
-  const headers = [prompt(1, 30), frame(2), prompt(3, 41), prompt(4, 22), prompt(5, 3), prompt(6, 40)];
-  assert.deepEqual(formPasses(headers), [[0, 2, 3, 4, 5], [1]]);   // 5 x 41 = 205 rows for 136 real
-  // 60 + 4 padded: 120 <= 2 x 64; a third of 6 rows would be 180 > 2 x 70, so it starts the next pass
-  const uneven = [prompt(1, 60), frame(2), prompt(3, 4), prompt(4, 6), prompt(5, 50)];
-  assert.deepEqual(formPasses(uneven), [[0, 2], [1], [3, 4]]);
-  const verify = frame(7, { rows: 30, stepKind: StepKind.VERIFY });
-  assert.deepEqual(formPasses([prompt(1, 30), verify, prompt(3, 12)]), [[0, 2], [1]]);   // drafts: same rows only
-  const many = Array.from({ length: 8 }, (_, stream) => prompt(stream, 40));
-  assert.deepEqual(formPasses(many).map((pass) => pass.length), [6, 2]);                  // 6 x 40 <= 256 rows
 });
