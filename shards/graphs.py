@@ -244,6 +244,11 @@ def _write_new_rows(builder: _GraphBuilder, slots: tuple[str, str], past: str, n
 
 
 KEY_LENGTH_MULTIPLE = 4   # attention pads its key axis to this; see _row_invariant_attention
+# ... and to at least this many slots: MLAS (native and WASM) sums a product over the head
+# width in blocks whose size it picks from the slot count while that count is under ~64, so
+# a short cache alone and beside a long one (the batch padded to the longest) would sum a
+# 256-wide head (Gemma 3) in different blocks. Above it the blocks are fixed.
+KEY_MIN_LENGTH = 128
 
 
 def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, q: str, k: str,
@@ -253,10 +258,16 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
     Speculative decoding verifies k drafted tokens in one multi-row pass and promises the
     tokens one-row decoding would give; onnxruntime's fused `Attention` op (and a plain
     MatMul with a runtime right-hand side) rounds a row differently when more rows share
-    the call (measured ~2e-7 per layer, ~4e-5 in logits). So each query row is its own
-    M=1 matrix product (a batch axis of its own), and the key axis is zero-padded to a
-    multiple of KEY_LENGTH_MULTIPLE so a row sees the same reduction length whichever
-    pass it runs in; padded and future slots are masked to -inf, so their weights are 0.
+    the call as one matrix than as several (MLAS takes another kernel for a one-row product:
+    measured ~2e-7 per layer, ~4e-5 in logits). So each query position's group of heads
+    (the heads sharing one K/V head) is its own matrix product: (group, head_dim) x
+    (head_dim, slots), a batch axis per (stream, K/V head, position). Where onnxruntime
+    folds those products into one (a lone stream with one K/V head: its right-hand side is
+    then one matrix), the folded product gives the same rows bitwise (every product has
+    group >= 2 rows; tests/unit/test_stream_batching.py). The key axis is zero-padded to a
+    multiple of KEY_LENGTH_MULTIPLE, and to at least KEY_MIN_LENGTH, so a row's products are
+    summed the same way whichever pass it runs in; padded and future slots are masked to
+    -inf, so their weights are 0.
     Writes present_key / present_value (the unpadded caches). Returns (batch, seq, heads * head_dim).
     """
     heads, kv_heads, head_dim = config.heads, config.kv_heads, config.head_dim
@@ -267,30 +278,32 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
         builder.op("Reshape", [name, "kv_heads_shape"], f"{name}_heads")      # (batch, seq, kv_heads, head_dim)
         builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
         _write_new_rows(builder, slots, past, f"{name}_new", present)       # (batch, kv_heads, past + seq, head_dim)
-    # Pad the slot axis to padded = ceil(total / multiple) * multiple.
+    # Pad the slot axis to padded = max(ceil(total / multiple) * multiple, KEY_MIN_LENGTH).
     builder.op("Shape", ["present_key"], "total_length_1d", start=2, end=3)
     builder.constant("key_multiple", np.array([KEY_LENGTH_MULTIPLE], dtype=np.int64))
     builder.op("Mod", ["total_length_1d", "key_multiple"], "key_remainder")
     builder.op("Sub", ["key_multiple", "key_remainder"], "key_shortfall")
-    builder.op("Mod", ["key_shortfall", "key_multiple"], "key_padding")
+    builder.op("Mod", ["key_shortfall", "key_multiple"], "key_to_multiple")
+    builder.op("Add", ["total_length_1d", "key_to_multiple"], "key_rounded")
+    builder.constant("key_min_length", np.array([KEY_MIN_LENGTH], dtype=np.int64))
+    builder.op("Max", ["key_rounded", "key_min_length"], "key_padded_length")
+    builder.op("Sub", ["key_padded_length", "total_length_1d"], "key_padding")
     builder.constant("pad_before_slots", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
     builder.constant("pad_after_slots", np.zeros(1, dtype=np.int64))
     builder.op("Concat", ["pad_before_slots", "key_padding", "pad_after_slots"], "key_pads", axis=0)
     builder.op("Pad", ["present_key", "key_pads"], "padded_key")            # (batch, kv_heads, padded, head_dim)
     builder.op("Pad", ["present_value", "key_pads"], "padded_value")
-    builder.constant("key_axes", np.array([2, 3], dtype=np.int64))
-    builder.op("Unsqueeze", ["padded_key", "key_axes"], "key_rows")         # (batch, kv, 1, 1, padded, head_dim)
-    builder.op("Transpose", ["key_rows"], "key_columns", perm=[0, 1, 2, 3, 5, 4])
-    builder.op("Unsqueeze", ["padded_value", "key_axes"], "value_rows")     # (batch, kv, 1, 1, padded, head_dim)
+    builder.constant("key_axis", np.array([2], dtype=np.int64))
+    builder.op("Unsqueeze", ["padded_key", "key_axis"], "key_rows")         # (batch, kv, 1, padded, head_dim)
+    builder.op("Transpose", ["key_rows"], "key_columns", perm=[0, 1, 2, 4, 3])   # (batch, kv, 1, head_dim, padded)
+    builder.op("Unsqueeze", ["padded_value", "key_axis"], "value_rows")     # (batch, kv, 1, padded, head_dim)
 
     builder.constant("query_groups_shape", np.array([0, 0, kv_heads, group, head_dim], dtype=np.int64))
     builder.op("Reshape", [q, "query_groups_shape"], "query_groups")        # (batch, seq, kv, group, head_dim)
-    builder.op("Transpose", ["query_groups"], "query_by_head", perm=[0, 2, 3, 1, 4])   # (batch, kv, group, seq, head_dim)
+    builder.op("Transpose", ["query_groups"], "query_by_position", perm=[0, 2, 1, 3, 4])   # (batch, kv, seq, group, head_dim)
     builder.constant("query_scale", np.array(1.0 / np.sqrt(head_dim), dtype=np.float32))
-    builder.op("Mul", ["query_by_head", "query_scale"], "query_scaled")
-    builder.constant("row_axis_4", np.array([4], dtype=np.int64))
-    builder.op("Unsqueeze", ["query_scaled", "row_axis_4"], "query_rows")   # (batch, kv, group, seq, 1, head_dim)
-    builder.op("MatMul", ["query_rows", "key_columns"], "scores")           # (batch, kv, group, seq, 1, padded)
+    builder.op("Mul", ["query_by_position", "query_scale"], "query_scaled")
+    builder.op("MatMul", ["query_scaled", "key_columns"], "scores")         # (batch, kv, seq, group, padded)
 
     # Slot j is visible to a query at position p iff j <= p (padded slots lie past every
     # query), and on a sliding-window layer also j > p - window.
@@ -299,9 +312,9 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
     builder.constant("zero", np.array(0, dtype=np.int64))
     builder.constant("one", np.array(1, dtype=np.int64))
     builder.op("Range", ["zero", "padded_length", "one"], "slots")          # (padded,)
-    builder.constant("query_axes", np.array([1, 2, 4, 5], dtype=np.int64))
-    builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, 1, seq, 1, 1)
-    mask = builder.op("LessOrEqual", ["slots", "query_positions"], "causal_mask")  # (batch, 1, 1, seq, 1, padded)
+    builder.constant("query_axes", np.array([1, 3, 4], dtype=np.int64))
+    builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, seq, 1, 1)
+    mask = builder.op("LessOrEqual", ["slots", "query_positions"], "causal_mask")  # (batch, 1, seq, 1, padded)
     if spec.attention == "sliding":
         builder.constant("window", np.array(spec.window, dtype=np.int64))
         builder.op("Sub", ["query_positions", "window"], "window_start")     # p - window
@@ -310,9 +323,8 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
     builder.constant("minus_infinity", np.array(-np.inf, dtype=np.float32))
     builder.op("Where", [mask, "scores", "minus_infinity"], "masked_scores")
     builder.op("Softmax", ["masked_scores"], "attention_weights", axis=-1)
-    builder.op("MatMul", ["attention_weights", "value_rows"], "context_rows")   # (batch, kv, group, seq, 1, head_dim)
-    builder.op("Squeeze", ["context_rows", "row_axis_4"], "context")
-    builder.op("Transpose", ["context"], "context_by_position", perm=[0, 3, 1, 2, 4])  # (batch, seq, kv, group, head_dim)
+    builder.op("MatMul", ["attention_weights", "value_rows"], "context")     # (batch, kv, seq, group, head_dim)
+    builder.op("Transpose", ["context"], "context_by_position", perm=[0, 2, 1, 3, 4])  # (batch, seq, kv, group, head_dim)
     builder.constant("attention_flat", np.array([0, 0, heads * head_dim], dtype=np.int64))
     return builder.op("Reshape", ["context_by_position", "attention_flat"], "attention")
 

@@ -20,16 +20,15 @@ export function passKey(header) {
 
 /**
  * Groups of indices into `headers` (arrival order, distinct streams), each one pass, in the
- * order their first frames arrived. `batches` false (a model whose streams cannot share a
- * pass bitwise, ort_runtime.js batchesStreams): one frame per pass. Echoes (no layers) pass alone.
+ * order their first frames arrived. Echoes (no layers) pass alone.
  */
-export function formPasses(headers, { batches = true, rows = PASS_ROWS, streams = PASS_STREAMS } = {}) {
+export function formPasses(headers, { rows = PASS_ROWS, streams = PASS_STREAMS } = {}) {
   const passes = [];
   const open = new Map();   // key -> the pass still taking frames
   headers.forEach((header, index) => {
     const echo = header.layerStart === header.layerEnd;
     const key = passKey(header);
-    const pass = batches && !echo ? open.get(key) : undefined;
+    const pass = echo ? undefined : open.get(key);
     if (pass && pass.rows + header.rows <= rows && pass.indices.length < streams) {
       pass.indices.push(index);
       pass.rows += header.rows;
@@ -37,7 +36,7 @@ export function formPasses(headers, { batches = true, rows = PASS_ROWS, streams 
     }
     const fresh = { indices: [index], rows: header.rows };
     passes.push(fresh);
-    if (batches && !echo) open.set(key, fresh);
+    if (!echo) open.set(key, fresh);
   });
   return passes.map((pass) => pass.indices);
 }

@@ -97,9 +97,6 @@ export function batchPositionsTensor(ort, starts, rows) {
   return new ort.Tensor('int64', values, [starts.length, rows]);
 }
 
-/** Whether this model's streams may share a pass bitwise (one K/V head: no; tests/unit/test_stream_batching.py). */
-export function batchesStreams(model) { return model.kv_heads >= 2; }
-
 /**
  * (batch, kvHeads, longest, headDim) data from each stream's cache: sources[b] = {data, entry,
  * total}, its slots being the first lengths[b] of entry `entry` of a (n, kvHeads, total,

@@ -11,7 +11,7 @@
 // it held before stay until the coordinator says `retain`.
 import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, roundTrip, VERSION } from './codec.js';
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
-import { batchesStreams, isOutOfMemory, layerOfFile, LayerRunner, loadOrt } from './ort_runtime.js';
+import { isOutOfMemory, layerOfFile, LayerRunner, loadOrt } from './ort_runtime.js';
 import { formPasses } from './batch_former.js';
 import { fetchShardFiles } from './shard_store.js';
 import { layerInitializers } from './int8_weights.js';
@@ -285,8 +285,7 @@ class WorkerTab {
         this.fail(error);
       }
     }
-    const batches = Boolean(this.runner) && batchesStreams(this.runner.model);
-    for (const pass of formPasses(items.map((item) => item.header), { batches })) {
+    for (const pass of formPasses(items.map((item) => item.header))) {
       await this.runPass(pass.map((index) => items[index]));
     }
   }

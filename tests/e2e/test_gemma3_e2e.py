@@ -2,14 +2,16 @@
 (sliding-window and global layers, QK-norm, GeGLU, head_dim 256 with one K/V head)
 gives the reference executor's greedy tokens for a completion (it is a base model),
 lossless and through the default int8 codec (the reference run through the same codec and
-stage cuts)."""
+stage cuts), and runs concurrent requests batched in the tabs, each equal to its solo answer."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from tests.e2e.tabs import Tabs
-from tests.support import cuts_of, post, reference_tokens, running_app, wait_ready
+from tests.support import cuts_of, post, reference_tokens, running_app, status_of, wait_ready
 
 pytestmark = pytest.mark.e2e
 LOAD_TIMEOUT = 300.0
@@ -37,3 +39,21 @@ async def test_gemma3_through_two_tabs_equals_the_reference(gemma_tabs, gemma_re
     want = reference_tokens(gemma_reference, PROMPT, codec, 12, cuts_of(status))
     assert body["choices"][0]["token_ids"] == want
     assert body["usage"]["tabswarm"]["stages"] == 2
+
+
+async def test_gemma3_concurrent_requests_are_batched_and_equal_their_solo_answers(gemma_tabs):
+    """One K/V head and 256-wide heads: the graphs keep a stream's rows bitwise the same in a
+    shared pass (shards/graphs.py KEY_MIN_LENGTH), so the tabs batch Gemma's streams too."""
+    base, _ = gemma_tabs
+    prompts = ("The capital of France is", "Bees make honey because", "The moon orbits", "Rivers flow to")
+    bodies = [{"prompt": prompt, "max_tokens": 8,
+               "tabswarm": {"codec": "int8-stable", "return_token_ids": True, "speculation": {"method": "off"}}}
+              for prompt in prompts]
+    solo = [(await post(base, "/v1/completions", body))[1]["choices"][0]["token_ids"] for body in bodies]
+    together = await asyncio.gather(*(post(base, "/v1/completions", body) for body in bodies))
+    assert [code for code, _ in together] == [200] * len(bodies)
+    assert [answer["choices"][0]["token_ids"] for _, answer in together] == solo
+    deadline = asyncio.get_running_loop().time() + 10
+    while max((worker.get("passes") or {}).get("largest", 0) for worker in (await status_of(base))["workers"]) < 2:
+        assert asyncio.get_running_loop().time() < deadline, (await status_of(base))["workers"]
+        await asyncio.sleep(0.25)

@@ -5,11 +5,11 @@ as one pass (their caches padded to the longest, shards/stream_batch.py), and ev
 every cache entry, is exactly the solo run's, for any mix of cache lengths, float32 and
 int8 compute, global and sliding-window attention, 1 to 16 streams.
 
-Only for models with two or more K/V heads: with one (Gemma 3 270M), a one-entry pass's
-score MatMul has a right-hand side whose batch axes are all 1, which onnxruntime folds
-into one multi-row GEMM that rounds differently from the per-row GEMMs of a wider batch
-(~1e-6). `test_one_kv_head_is_not_batch_invariant` pins that, and the tab does not batch
-such a model (`worker_web/ort_runtime.js` `batchesStreams`)."""
+One K/V head (Gemma 3 270M) included: with one, a lone stream's score and value products
+have a right-hand side whose batch axes are all 1, which onnxruntime folds into one
+product of (positions x group) rows; the graphs give each position's group of heads its own
+product of `group` rows, which the folded product reproduces bitwise (a layout with one-row
+products did not: ~1e-6 apart, and the tab then ran such a model's streams one at a time)."""
 
 from __future__ import annotations
 
@@ -52,12 +52,14 @@ def batched(session, hidden, starts, keys, values, head_mask):
 
 GEMMA_GROUPED = dataclasses.replace(gemma.CONFIG, kv_heads=2)
 CASES = [("llama-float32", CONFIG, 0, "float32"), ("qwen2-int8", QWEN, 0, "int8"),
-         ("gemma-sliding", GEMMA_GROUPED, 0, "float32"), ("gemma-global", GEMMA_GROUPED, 1, "float32")]
+         ("gemma-sliding", GEMMA_GROUPED, 0, "float32"), ("gemma-global", GEMMA_GROUPED, 1, "float32"),
+         ("gemma-one-kv-head-sliding", gemma.CONFIG, 0, "float32"),
+         ("gemma-one-kv-head-global", gemma.CONFIG, 1, "float32")]
 
 
 def _weights(config, layer):
     rng = np.random.default_rng(7)
-    if config is GEMMA_GROUPED:
+    if config is GEMMA_GROUPED or config is gemma.CONFIG:
         return gemma.random_weights(rng, config)
     return random_weights(rng, config)
 
@@ -102,21 +104,6 @@ def test_a_stream_padded_by_a_longer_neighbour_still_attends_to_its_own_rows_onl
     assert np.abs(changed - alone).max() > 1e-4
 
 
-def test_one_kv_head_is_not_batch_invariant():
-    """Why the tab runs a one-K/V-head model's streams one at a time (see the module docstring)."""
-    config = gemma.CONFIG
-    assert config.kv_heads == 1
-    full, _ = sessions(config, gemma.random_weights(np.random.default_rng(7)), 1, "float32")
-    rng = np.random.default_rng(1)
-    key = rng.standard_normal((1, 5, config.head_dim)).astype(np.float32)
-    rows = [rng.standard_normal((1, config.hidden)).astype(np.float32) for _ in range(2)]
-    mask = np.ones(config.heads, dtype=np.float32)
-    alone = solo(full, config, rows[0], 5, key, key, mask)[0]
-    together = batched(full, rows, [5, 5], [key, key], [key, key], mask)[0][0]
-    assert not np.array_equal(alone, together)
-    assert np.abs(alone - together).max() < 1e-4
-
-
 def test_padding_copies_nothing_for_a_lone_stream_and_zero_fills_a_batch():
     """A single stream's step (the reference executor, a spot check) feeds its cache as it is."""
     rng = np.random.default_rng(4)
@@ -126,3 +113,25 @@ def test_padding_copies_nothing_for_a_lone_stream_and_zero_fills_a_batch():
     both = pad_caches([short, long])
     assert both.shape == (2, 2, 5, 3)
     assert np.array_equal(both[0, :, :2], short) and not both[0, :, 2:].any() and np.array_equal(both[1], long)
+
+
+GEMMA_WIDE_HEADS = dataclasses.replace(gemma.CONFIG, head_dim=256, context=512)   # Gemma 3 270M's head width
+
+
+@pytest.mark.parametrize("layer", [0, 1], ids=["sliding", "global"])
+def test_wide_heads_beside_a_long_cache_still_equal_their_solo_pass(layer):
+    """A 256-wide head's score product sums over the head in blocks whose size MLAS picks from
+    the slot count; attention pads the slots to at least KEY_MIN_LENGTH so a short cache beside
+    a long one (the batch padded to the longest) sums in the same blocks as alone."""
+    config = GEMMA_WIDE_HEADS
+    full, _ = sessions(config, gemma.random_weights(np.random.default_rng(5), config), layer, "float32")
+    rng = np.random.default_rng(6)
+    lengths = [5, 44, 120, 300]
+    keys = [rng.standard_normal((1, n, config.head_dim)).astype(np.float32) for n in lengths]
+    values = [rng.standard_normal((1, n, config.head_dim)).astype(np.float32) for n in lengths]
+    hidden = [(rng.standard_normal((1, config.hidden)) * 3).astype(np.float32) for _ in lengths]
+    mask = np.ones(config.heads, dtype=np.float32)
+    out = batched(full, hidden, lengths, keys, values, mask)[0]
+    for entry, length in enumerate(lengths):
+        alone = solo(full, config, hidden[entry], length, keys[entry], values[entry], mask)[0]
+        assert np.array_equal(out[entry], alone), f"stream {entry} (cache {length}) differs"

@@ -27,9 +27,7 @@ test('a pass holds at most its row budget: a long prompt\'s chunks spill into th
   assert.deepEqual(passes.flat(), decodes.map((_, index) => index));
 });
 
-test('without batching, and for echoes, every frame is its own pass', () => {
-  const headers = [frame(1), frame(2), frame(3)];
-  assert.deepEqual(formPasses(headers, { batches: false }), [[0], [1], [2]]);
+test('echoes (no layers: a measured round trip) are each their own pass', () => {
   assert.deepEqual(formPasses([frame(1, { start: 3, end: 3 }), frame(2, { start: 3, end: 3 })]), [[0], [1]]);
 });
 

@@ -1,7 +1,7 @@
 // The router inputs a tab computes from layer outputs (pure helpers of ort_runtime.js).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { batchesStreams, cacheOfEntry, headContributions, layerOfFile, padCaches, updateRatio } from '../ort_runtime.js';
+import { cacheOfEntry, headContributions, layerOfFile, padCaches, updateRatio } from '../ort_runtime.js';
 
 test('updateRatio gives |after - before| / |before|, |after| and |before|', () => {
   const { ratio, norm, inputNorm } = updateRatio(Float32Array.from([3, 4]), Float32Array.from([3, 4 + 2.5]));
@@ -33,8 +33,6 @@ test('padCaches lays streams out as batch entries, zeros after each up to the lo
   const b = { data: Float32Array.from([0, 0, 0, 7, 0, 0]), entry: 1, total: 3 };
   assert.deepEqual(Array.from(padCaches([a, b], [2, 1], 1, 1)), [1, 2, 7, 0]);
   assert.deepEqual(Array.from(padCaches([b, a], [1, 2], 1, 1)), [7, 0, 1, 2]);
-  assert.equal(batchesStreams({ kv_heads: 1 }), false);
-  assert.equal(batchesStreams({ kv_heads: 3 }), true);
 });
 
 test('layerOfFile reads the layer index from shard file names', () => {
