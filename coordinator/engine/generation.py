@@ -19,19 +19,18 @@ instead (`stage_rebuild`).
 With speculation on, a step first drafts tokens (prompt lookup, or self-speculative
 DECODE steps under the draft router), then verifies them all in one multi-row VERIFY
 pass at full depth; `acceptance` decides what it emits, and every stage's caches are cut
-to the accepted length before the next step. With `pipelined` lookup speculation (greedy,
-2+ stages), the drafts go in chunks, one per stage in flight (`pipelined_speculation`).
+to the accepted length before the next step. Self-drafting and `pipelined` lookup
+speculation (chunks, one per stage in flight) run in `speculative_steps`.
 Never touches HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,13 +39,13 @@ from coordinator.engine.acceptance import accept_drafts
 from coordinator.engine.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
 from coordinator.engine.generation_state import Sequence, Step, schedule, update
 from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks
-from coordinator.engine.pipelined_speculation import Chunk, ChunkPipeline, settle_oldest
 from coordinator.engine.router import (
     LayerStatistics,
     RouterConfig,
 )
 from coordinator.engine.row_batcher import off_loop
 from coordinator.engine.session import HopStats, PipelineSession, TokenEvent
+from coordinator.engine.speculative_steps import SpeculativeSteps
 from coordinator.engine.stage_rebuild import drop_worker
 from coordinator.engine.stage_replay import StageRecorder
 from coordinator.engine.step_execute import StepExecutor
@@ -107,6 +106,8 @@ class GenerationEngine:
         self.head_statistics = HeadStatistics(model.layers, model.heads)
         self.executor = StepExecutor(ends, cluster, config, self.spot_checks, self.layer_statistics,
                                      self.head_statistics, self.timing)
+        self.speculative = SpeculativeSteps(self.executor, self.spot_checks, self.step_costs, self._steps,
+                                            self._truncate)
 
     @property
     def replays_total(self) -> int:
@@ -173,13 +174,13 @@ class GenerationEngine:
             in_flight = session.chunks is not None and bool(session.chunks.chunks)
             length = 0 if in_flight else drafting.next_length(
                 self.step_costs, sequence.params.max_tokens - len(sequence.generated))
-            if in_flight or (length and self._pipelines(request, session)):
-                return await self._advance_pipelined(request, stats, session, sequence, drafting, length)
+            if in_flight or (length and self.speculative.pipelines(request, session)):
+                return await self.speculative.advance_pipelined(request, stats, session, sequence, drafting, length)
             if length and request.speculation.method == "lookup":
                 config = request.speculation
                 drafts = lookup_draft(sequence.ids(), length, config.ngram_max, config.ngram_min)
             elif length:
-                drafts = await self._self_drafts(request, stats, session, sequence, length)
+                drafts = await self.speculative.self_drafts(request, stats, session, sequence, length)
         step = schedule(sequence, session.cached, next(self._steps), drafts, self._prefill_chunk())
         started = time.perf_counter()
         logits = await self._execute(request, stats, session, step)               # (1 + drafts, vocab)
@@ -207,64 +208,6 @@ class GenerationEngine:
             stats.verify_passes += 1
         return tokens
 
-    @staticmethod
-    def _pipelines(request: GenerationRequest, session: PipelineSession) -> bool:
-        """Whether this request's drafts go in chunks, one per stage in flight: greedy lookup
-        speculation asked for, on 2+ stages."""
-        speculation = request.speculation
-        return (speculation.pipelined and speculation.method == "lookup" and request.params.temperature == 0.0
-                and len(session.pipeline) > 1)
-
-    async def _advance_pipelined(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
-                                 sequence: Sequence, drafting: DraftLength, length: int) -> tuple[int, ...]:
-        """Settle the oldest verify chunk in flight (launching the first, of `length` drafts,
-        from the confirmed state when none is); returns the tokens it emits. A rejection
-        drains the later chunks and cuts the caches back before the next step."""
-        if session.chunks is None:
-            config = request.speculation
-
-            def blocked() -> bool:
-                return any(self.spot_checks.on_probation(link) for _, link in session.pipeline)
-
-            session.chunks = ChunkPipeline(
-                len(session.pipeline), length + 1, len(sequence.prompt_ids) + sequence.params.max_tokens,
-                sequence.stop_ids, (config.ngram_max, config.ngram_min), blocked=blocked)
-        chunks = session.chunks
-        if not chunks.chunks:
-            chunks.rows = length + 1
-            self._launch(request, stats, session, chunks.start(sequence.ids(), session.cached))
-        settled = await settle_oldest(chunks, request.params, sequence.rng)
-        tokens = settled.verdict.tokens
-        stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
-        if stop is not None:
-            tokens = tokens[:stop + 1]
-        session.cached += 1 + settled.verdict.accepted
-        if settled.launched_past:   # the caches hold rows past the accepted ones: cut before the next step
-            session.cut_to = session.cached
-            if session.recorder is not None:
-                session.recorder.truncate(session.cached)
-        if settled.drafted:
-            drafting.observe(settled.drafted, settled.accepted)
-            chunks.rows = max(drafting.length, 1) + 1
-            stats.drafted += settled.drafted
-            stats.accepted += settled.accepted
-            stats.verify_passes += 1
-        return tokens
-
-    def _launch(self, request: GenerationRequest, stats: HopStats, session: PipelineSession, chunk: Chunk) -> None:
-        """Start a chunk's step; when it leaves stage 1, the next chunk (if any) starts."""
-        chunks = session.chunks
-        assert chunks is not None
-        step = chunks.step(chunk, next(self._steps))
-        stats.most_in_flight = max(stats.most_in_flight, len(chunks.chunks))
-
-        def first_hop_done() -> None:
-            if (following := chunks.follow()) is not None:
-                self._launch(request, stats, session, following)
-
-        chunk.task = asyncio.get_running_loop().create_task(self.executor.execute(
-            request.router, request.codec, stats, session, step, after_first_hop=first_hop_done, rebuild=False))
-
     def _prefill_chunk(self) -> int:
         """Rows per prefill pass: what the tabs' memory plan allows, and no more than
         `shared_prefill_rows` while other requests run. A tab runs one pass at a time, and a
@@ -274,27 +217,6 @@ class GenerationEngine:
         steps go in between. Chunks compute the same rows (the graphs are row-invariant)."""
         others_running = sum(self.cluster.sessions.values()) > 1
         return min(self.prefill_rows, self.config.shared_prefill_rows) if others_running else self.prefill_rows
-
-    async def _self_drafts(self, request: GenerationRequest, stats: HopStats, session: PipelineSession,
-                           sequence: Sequence, length: int) -> tuple[int, ...]:
-        """Draft greedily with the draft router's skips and node bypasses (one pipeline pass
-        per token), then cut the caches back: draft rows' K/V came from a shallower model."""
-        draft_request = replace(request, router=request.speculation.draft_router)
-        base = session.cached
-        drafts: list[int] = []
-        token = sequence.ids(base)[0]
-        for _ in range(length):
-            started = time.perf_counter()
-            step = Step(next(self._steps), StepKind.DECODE, session.cached, (token,))
-            token = int(np.argmax((await self._execute(draft_request, stats, session, step))[-1]))
-            session.cached += 1
-            self.step_costs.observe_draft(time.perf_counter() - started)
-            stats.draft_steps += 1
-            drafts.append(token)
-            if token in sequence.stop_ids:
-                break
-        await self._truncate(session, base)
-        return tuple(drafts)
 
     async def _truncate(self, session: PipelineSession, length: int) -> None:
         """Cut every stage's caches for the stream to `length` positions (control frames
