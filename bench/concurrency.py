@@ -10,7 +10,8 @@ Measures in one run on this machine (issue 23's must-show, and the baseline for 
   - llama-server (`-np 16 -cb -t 2`, the same GGUF, no repacking) with the same prompts and
     concurrency levels: aggregate tok/s, so the ratio 8 streams / 1 stream sits next to ours.
 Writes bench/results/concurrency.json. Usage:
-  .venv/bin/python -m bench.concurrency [--codec int8|int8-stable] [--tokens 32] [--skip-anchor]
+  .venv/bin/python -m bench.concurrency [--model gemma3-270m] [--codec int8|int8-stable] [--tokens 32]
+      [--skip-anchor] [--output PATH]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.caches import shard_cache
+from bench.caches import model_cache, shard_cache
 from bench.llama_anchor import binaries
 from bench.suite import EVALUATION_TEXT
 from coordinator.config import AppConfig, ServerConfig
@@ -39,12 +40,13 @@ from coordinator.local_swarm import local_coordinator, status_of, wait_ready
 from coordinator.swarm.headless import HeadlessWorkers, worker_url
 from coordinator.swarm.time_breakdown import per_step_ms
 from shards.convert import convert
-from shards.gguf_model import default_model_path
+from shards.gguf_model import resolve_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPICS = ("the sea", "volcanoes", "bees", "the moon", "rivers", "owls", "glaciers", "deserts", "comets", "coral reefs",
           "thunderstorms", "mushrooms", "whales", "forests", "caves", "tides")
 PROMPTS = [[{"role": "user", "content": f"Tell me three facts about {topic}."}] for topic in TOPICS]
+BASE_PROMPTS = [f"Three facts about {topic}:" for topic in TOPICS]   # a base model (no chat template)
 LEVELS = (1, 4, 8, 16)
 
 
@@ -54,7 +56,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def stream(base: str, body: dict[str, Any], ids: bool) -> dict[str, Any]:
-    """One streamed chat completion: token ids (or text pieces), arrival times, when it started."""
+    """One streamed chat completion (or plain completion, for a body with a `prompt`): token
+    ids (or text pieces), arrival times, when it started."""
     body = body | {"stream": True, "stream_options": {"include_usage": True}}
     if ids:
         body["tabswarm"] = body.get("tabswarm", {}) | {"return_token_ids": True}
@@ -62,7 +65,7 @@ async def stream(base: str, body: dict[str, Any], ids: bool) -> dict[str, Any]:
     tokens: list[Any] = []
     times: list[float] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session, \
-            session.post(base + "/v1/chat/completions", json=body) as response:
+            session.post(base + ("/v1/completions" if "prompt" in body else "/v1/chat/completions"), json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"request failed ({response.status}): {await response.text()}")
         async for line in response.content:
@@ -72,7 +75,8 @@ async def stream(base: str, body: dict[str, Any], ids: bool) -> dict[str, Any]:
             if "error" in event:
                 raise RuntimeError(f"stream error: {event['error']}")
             for choice in event.get("choices", []):
-                pieces = choice.get("token_ids", []) if ids else [choice.get("delta", {}).get("content")]
+                text = choice["text"] if "text" in choice else choice.get("delta", {}).get("content")
+                pieces = choice.get("token_ids", []) if ids else [text]
                 for piece in pieces:
                     if piece:
                         tokens.append(piece)
@@ -134,9 +138,16 @@ def swarm_level(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
             "decode_step_ms": per_step_ms(before.get("timing", {}), after["timing"])}
 
 
-async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool) -> dict[str, Any]:
+def request_body(text: str, chat: bool, tokens: int, extension: dict[str, Any]) -> dict[str, Any]:
+    """A greedy request for `text`: a chat message, or a plain prompt for a base model."""
+    prompt: dict[str, Any] = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+    return prompt | {"max_tokens": tokens, "temperature": 0, **extension}
+
+
+async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool, chat: bool = True) -> dict[str, Any]:
     """Solo runs, then each concurrency level, then 8 streams with a long prompt arriving."""
-    bodies = [{"messages": p, "max_tokens": tokens, "temperature": 0, **extension} for p in PROMPTS]
+    texts = [p[0]["content"] for p in PROMPTS] if chat else BASE_PROMPTS
+    bodies = [request_body(text, chat, tokens, extension) for text in texts]
     await concurrent(base, bodies[:2], ids)   # warm-up (and past the tabs' probation checks)
     solo = []
     for body in bodies:
@@ -154,8 +165,7 @@ async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool) 
         print(f"  {level:2d} streams: {rate:6.2f} tok/s ({rate / one:.2f}x one), {equal}/{level} equal to solo, "
               f"{latencies(streams)} {inside}", flush=True)
     long_prompt = " ".join(EVALUATION_TEXT.read_text().split()[:700])
-    late = {"messages": [{"role": "user", "content": f"Summarise: {long_prompt}"}], "max_tokens": 4, "temperature": 0,
-            **extension}
+    late = request_body(f"Summarise: {long_prompt}", chat, 4, extension)
     streams, rate = await concurrent(base, bodies[:8], ids, late)
     equal = sum(s["tokens"] == solo[i]["tokens"] for i, s in enumerate(streams))
     report["8_with_long_prompt"] = {"aggregate_tok_s": round(rate, 2), "equal_to_solo": f"{equal}/8",
@@ -165,7 +175,8 @@ async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool) 
 
 
 async def swarm(args: argparse.Namespace) -> dict[str, Any]:
-    directory, _ = convert(default_model_path(), progress=False, cache_root=shard_cache())
+    directory, manifest = convert(args.model_path, progress=False, cache_root=shard_cache())
+    args.chat = not manifest.base_model
     server = ServerConfig(host="127.0.0.1", port=0, join_settle_seconds=1.0, chromium=args.chromium,
                           max_active=16, max_queue=64)
     async with local_coordinator(AppConfig(server=server), directory) as (_, base):
@@ -178,7 +189,7 @@ async def swarm(args: argparse.Namespace) -> dict[str, Any]:
             print(f"swarm: 2 tabs, stages {[stage['layers'] for stage in status['plan']]}, codec {args.codec}",
                   flush=True)
             extension = {"tabswarm": {"codec": args.codec, "speculation": {"method": "off"}}}
-            report = await measure(base, args.tokens, extension, ids=True)
+            report = await measure(base, args.tokens, extension, ids=True, chat=args.chat)
             status = await status_of(base)
             # what moved under load: plans activated after the first, replays, evictions
             report["plans_activated"] = [event["stages"] for event in status["events"] if event["event"] == "plan"]
@@ -197,10 +208,10 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def llama_server(slots: int) -> AsyncIterator[str]:
+async def llama_server(slots: int, model_path: Path) -> AsyncIterator[str]:
     folder = binaries()
     port = free_port()
-    command = [str(folder / "llama-server"), "-m", str(default_model_path()), "-t", "2", "-np", str(slots), "-cb",
+    command = [str(folder / "llama-server"), "-m", str(model_path), "-t", "2", "-np", str(slots), "-cb",
                "-c", str(slots * 2048), "--port", str(port), "--no-repack"]
     process = subprocess.Popen(command, env={**os.environ, "LD_LIBRARY_PATH": str(folder)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -222,20 +233,22 @@ async def llama_server(slots: int) -> AsyncIterator[str]:
 
 
 async def anchor(args: argparse.Namespace) -> dict[str, Any]:
-    async with llama_server(16) as base:
+    async with llama_server(16, args.model_path) as base:
         print("llama-server -np 16 -cb -t 2:", flush=True)
-        return await measure(base, args.tokens, {}, ids=False)
+        return await measure(base, args.tokens, {}, ids=False, chat=args.chat)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="a known model's name or a GGUF path")
     parser.add_argument("--codec", default="int8")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--skip-anchor", action="store_true")
     parser.add_argument("--output", default=str(RESULTS / "concurrency.json"))
     args = parser.parse_args()
-    report: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "tokens_per_request": args.tokens,
+    args.model_path = resolve_model(args.model, model_cache())
+    report: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "model": args.model, "tokens_per_request": args.tokens,
                               "codec": args.codec, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     report["swarm_2_tabs"] = asyncio.run(swarm(args))
     if not args.skip_anchor:
