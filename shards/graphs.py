@@ -244,10 +244,14 @@ def _write_new_rows(builder: _GraphBuilder, slots: tuple[str, str], past: str, n
 
 
 KEY_LENGTH_MULTIPLE = 4   # attention pads its key axis to this; see _row_invariant_attention
-# ... and to at least this many slots: MLAS (native and WASM) sums a product over the head
-# width in blocks whose size it picks from the slot count while that count is under ~64, so
-# a short cache alone and beside a long one (the batch padded to the longest) would sum a
-# 256-wide head (Gemma 3) in different blocks. Above it the blocks are fixed.
+# ... and, for heads wider than SUM_BLOCK_WIDTH, to at least KEY_MIN_LENGTH slots: MLAS
+# (native and WASM) sums a score over a head wider than 128 in blocks whose size it picks
+# from the slot count while that count is under ~64, so a short cache alone and beside a long
+# one (the batch padded to the longest) would sum a 256-wide head (Gemma 3) in different
+# blocks. From KEY_MIN_LENGTH slots on the blocks are fixed; heads of 128 or fewer (SmolLM2,
+# Qwen2.5) are summed in one block either way (measured in Chromium for 64, 96 and 128;
+# 160, 192 and 256 differ), so they pay nothing for it.
+SUM_BLOCK_WIDTH = 128
 KEY_MIN_LENGTH = 128
 
 
@@ -263,11 +267,12 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
     (the heads sharing one K/V head) is its own matrix product: (group, head_dim) x
     (head_dim, slots), a batch axis per (stream, K/V head, position). Where onnxruntime
     folds those products into one (a lone stream with one K/V head: its right-hand side is
-    then one matrix), the folded product gives the same rows bitwise (every product has
-    group >= 2 rows; tests/unit/test_stream_batching.py). The key axis is zero-padded to a
-    multiple of KEY_LENGTH_MULTIPLE, and to at least KEY_MIN_LENGTH, so a row's products are
-    summed the same way whichever pass it runs in; padded and future slots are masked to
-    -inf, so their weights are 0.
+    then one matrix), the folded product gives the same rows bitwise (each product has
+    `group` >= 2 rows in every model here; tests/unit/test_stream_batching.py). The key axis
+    is zero-padded to a multiple of KEY_LENGTH_MULTIPLE (and, for heads wider than
+    SUM_BLOCK_WIDTH, to at least KEY_MIN_LENGTH), so a row's products are summed the same way
+    whichever pass it runs in; padded and future slots are masked to -inf, so their weights
+    are 0.
     Writes present_key / present_value (the unpadded caches). Returns (batch, seq, heads * head_dim).
     """
     heads, kv_heads, head_dim = config.heads, config.kv_heads, config.head_dim
@@ -278,14 +283,15 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
         builder.op("Reshape", [name, "kv_heads_shape"], f"{name}_heads")      # (batch, seq, kv_heads, head_dim)
         builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
         _write_new_rows(builder, slots, past, f"{name}_new", present)       # (batch, kv_heads, past + seq, head_dim)
-    # Pad the slot axis to padded = max(ceil(total / multiple) * multiple, KEY_MIN_LENGTH).
+    # Pad the slot axis to padded = max(ceil(total / multiple) * multiple, least).
     builder.op("Shape", ["present_key"], "total_length_1d", start=2, end=3)
     builder.constant("key_multiple", np.array([KEY_LENGTH_MULTIPLE], dtype=np.int64))
     builder.op("Mod", ["total_length_1d", "key_multiple"], "key_remainder")
     builder.op("Sub", ["key_multiple", "key_remainder"], "key_shortfall")
     builder.op("Mod", ["key_shortfall", "key_multiple"], "key_to_multiple")
     builder.op("Add", ["total_length_1d", "key_to_multiple"], "key_rounded")
-    builder.constant("key_min_length", np.array([KEY_MIN_LENGTH], dtype=np.int64))
+    least = KEY_MIN_LENGTH if head_dim > SUM_BLOCK_WIDTH else 0
+    builder.constant("key_min_length", np.array([least], dtype=np.int64))
     builder.op("Max", ["key_rounded", "key_min_length"], "key_padded_length")
     builder.op("Sub", ["key_padded_length", "total_length_1d"], "key_padding")
     builder.constant("pad_before_slots", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
