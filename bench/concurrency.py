@@ -45,7 +45,7 @@ from shards.gguf_model import resolve_model
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPICS = ("the sea", "volcanoes", "bees", "the moon", "rivers", "owls", "glaciers", "deserts", "comets", "coral reefs",
           "thunderstorms", "mushrooms", "whales", "forests", "caves", "tides")
-PROMPTS = [[{"role": "user", "content": f"Tell me three facts about {topic}."}] for topic in TOPICS]
+CHAT_PROMPTS = [f"Tell me three facts about {topic}." for topic in TOPICS]
 BASE_PROMPTS = [f"Three facts about {topic}:" for topic in TOPICS]   # a base model (no chat template)
 LEVELS = (1, 4, 8, 16)
 
@@ -146,8 +146,7 @@ def request_body(text: str, chat: bool, tokens: int, extension: dict[str, Any]) 
 
 async def measure(base: str, tokens: int, extension: dict[str, Any], ids: bool, chat: bool = True) -> dict[str, Any]:
     """Solo runs, then each concurrency level, then 8 streams with a long prompt arriving."""
-    texts = [p[0]["content"] for p in PROMPTS] if chat else BASE_PROMPTS
-    bodies = [request_body(text, chat, tokens, extension) for text in texts]
+    bodies = [request_body(text, chat, tokens, extension) for text in (CHAT_PROMPTS if chat else BASE_PROMPTS)]
     await concurrent(base, bodies[:2], ids)   # warm-up (and past the tabs' probation checks)
     solo = []
     for body in bodies:

@@ -46,7 +46,7 @@ from shards.tokenizer import build_tokenizer
 # 3: row-invariant attention; 4: model families; 5: no Identity mask node; 6: compact weights;
 # 7: int8 compute graphs, compact token/output tables (no float32 table), Qwen2; 8: one stream per batch
 # entry (new K/V rows written at each entry's positions, so streams with caches of different lengths share a pass)
-CONVERTER_VERSION = "9"
+CONVERTER_VERSION = "10"
 WEIGHT_FORMATS = ("gguf", "float32")   # gguf: the GGUF's blocks in layer_NN.weights; float32: inside the graphs
 # graph initializer -> GGUF tensor role, for the matrices a compact shard keeps as blocks
 MATRIX_ROLES = {"q_weight": "attn_q", "k_weight": "attn_k", "v_weight": "attn_v", "o_weight": "attn_output",

@@ -283,17 +283,18 @@ def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: 
         builder.op("Reshape", [name, "kv_heads_shape"], f"{name}_heads")      # (batch, seq, kv_heads, head_dim)
         builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
         _write_new_rows(builder, slots, past, f"{name}_new", present)       # (batch, kv_heads, past + seq, head_dim)
-    # Pad the slot axis to padded = max(ceil(total / multiple) * multiple, least).
+    # Pad the slot axis to padded = ceil(total / multiple) * multiple (wide heads: at least KEY_MIN_LENGTH).
     builder.op("Shape", ["present_key"], "total_length_1d", start=2, end=3)
     builder.constant("key_multiple", np.array([KEY_LENGTH_MULTIPLE], dtype=np.int64))
     builder.op("Mod", ["total_length_1d", "key_multiple"], "key_remainder")
     builder.op("Sub", ["key_multiple", "key_remainder"], "key_shortfall")
-    builder.op("Mod", ["key_shortfall", "key_multiple"], "key_to_multiple")
-    builder.op("Add", ["total_length_1d", "key_to_multiple"], "key_rounded")
-    least = KEY_MIN_LENGTH if head_dim > SUM_BLOCK_WIDTH else 0
-    builder.constant("key_min_length", np.array([least], dtype=np.int64))
-    builder.op("Max", ["key_rounded", "key_min_length"], "key_padded_length")
-    builder.op("Sub", ["key_padded_length", "total_length_1d"], "key_padding")
+    wide = head_dim > SUM_BLOCK_WIDTH
+    builder.op("Mod", ["key_shortfall", "key_multiple"], "key_to_multiple" if wide else "key_padding")
+    if wide:   # and to at least KEY_MIN_LENGTH slots
+        builder.op("Add", ["total_length_1d", "key_to_multiple"], "key_rounded")
+        builder.constant("key_min_length", np.array([KEY_MIN_LENGTH], dtype=np.int64))
+        builder.op("Max", ["key_rounded", "key_min_length"], "key_padded_length")
+        builder.op("Sub", ["key_padded_length", "total_length_1d"], "key_padding")
     builder.constant("pad_before_slots", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
     builder.constant("pad_after_slots", np.zeros(1, dtype=np.int64))
     builder.op("Concat", ["pad_before_slots", "key_padding", "pad_after_slots"], "key_pads", axis=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -102,6 +103,15 @@ def reference_tokens(reference, messages, codec: str, max_tokens: int, cuts: lis
 
 def cuts_of(status: dict) -> list[int]:
     return [stage["layers"][0] for stage in status["plan"][1:]]
+
+
+async def wait_batched_pass(base: str, timeout: float = 10.0) -> None:
+    """Until some tab reports a pass that held two or more streams' frames (tabs send their
+    pass statistics on release, so they may land just after the responses)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while max((worker.get("passes") or {}).get("largest", 0) for worker in (await status_of(base))["workers"]) < 2:
+        assert asyncio.get_running_loop().time() < deadline, (await status_of(base))["workers"]
+        await asyncio.sleep(0.25)
 
 
 def shard_cache() -> Path:

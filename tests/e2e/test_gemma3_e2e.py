@@ -11,7 +11,14 @@ import asyncio
 import pytest
 
 from tests.e2e.tabs import Tabs
-from tests.support import cuts_of, post, reference_tokens, running_app, status_of, wait_ready
+from tests.support import (
+    cuts_of,
+    post,
+    reference_tokens,
+    running_app,
+    wait_batched_pass,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
 LOAD_TIMEOUT = 300.0
@@ -53,7 +60,4 @@ async def test_gemma3_concurrent_requests_are_batched_and_equal_their_solo_answe
     together = await asyncio.gather(*(post(base, "/v1/completions", body) for body in bodies))
     assert [code for code, _ in together] == [200] * len(bodies)
     assert [answer["choices"][0]["token_ids"] for _, answer in together] == solo
-    deadline = asyncio.get_running_loop().time() + 10
-    while max((worker.get("passes") or {}).get("largest", 0) for worker in (await status_of(base))["workers"]) < 2:
-        assert asyncio.get_running_loop().time() < deadline, (await status_of(base))["workers"]
-        await asyncio.sleep(0.25)
+    await wait_batched_pass(base)

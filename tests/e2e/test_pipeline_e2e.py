@@ -24,6 +24,7 @@ from tests.support import (
     status_of,
     stream_events,
     stream_tokens,
+    wait_batched_pass,
     wait_ready,
 )
 
@@ -143,10 +144,7 @@ async def test_eight_concurrent_requests_equal_their_solo_answers(cluster):
     assert all(len(tokens) > 0 for tokens in solo)
     assert (await status_of(base))["verification"]["failed"] == before
     # and the tabs ran them batched: several streams' rows in one pass (stats come on release)
-    deadline = asyncio.get_running_loop().time() + 10
-    while max((worker.get("passes") or {}).get("largest", 0) for worker in (await status_of(base))["workers"]) < 2:
-        assert asyncio.get_running_loop().time() < deadline, (await status_of(base))["workers"]
-        await asyncio.sleep(0.25)
+    await wait_batched_pass(base)
 
 
 async def wait_standby_ready(base: str, timeout: float = LOAD_TIMEOUT) -> dict:
