@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from coordinator.api.access_middleware import access_middleware
 from coordinator.api.activity import ActivityLog
 from coordinator.api.dashboard import dashboard_page, sample_loop, stream_handler
-from coordinator.api.http_api import Api, json_errors
+from coordinator.api.http_api import Api
+from coordinator.api.json_io import json_errors
 from coordinator.api.metrics import RequestMetrics, SwarmCollector, metrics_handler
 from coordinator.api.request_watch import RequestWatch
 from coordinator.api.static_files import WEB_DIR, add_static_routes, isolation_headers

@@ -184,7 +184,7 @@ async def _serve(config: AppConfig) -> int:
         if line:
             print(line, flush=True)
 
-    app[CLUSTER].listeners.append(console)
+    app[CLUSTER].events.listeners.append(console)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     server = config.server

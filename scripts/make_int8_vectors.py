@@ -55,10 +55,10 @@ def int8_graph(data: bytes, rng: np.random.Generator) -> dict:
     from onnx import TensorProto, helper
 
     from shards.compact_weights import decode_weights, initializer_values
-    from shards.graphs import _GraphBuilder
+    from shards.graph_builder import GraphBuilder
 
     weight = decode_weights(data)["q_weight"].T                   # (out 24, in 128) as the GGUF stores it
-    builder = _GraphBuilder(STEM, "int8")
+    builder = GraphBuilder(STEM, "int8")
     builder.linear("x", "q_weight", weight, "y", rng.standard_normal(weight.shape[0]).astype(np.float32))
     model = builder.model("int8_projection", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 128])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, weight.shape[0]])])

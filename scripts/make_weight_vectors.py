@@ -63,7 +63,7 @@ def write_inline_vector(rng: np.random.Generator) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     from shards.compact_weights import graph_with_weights
-    from shards.graphs import external_tensor
+    from shards.graph_builder import external_tensor
 
     weight = rng.standard_normal((6, 5)).astype(np.float32)
     bias = rng.standard_normal(5).astype(np.float32)

@@ -30,130 +30,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-from shards.compact_weights import external_location
-from shards.int8 import COMPUTE_FORMATS, INT8_CODES, INT8_SCALES, int8_group, quantize_int8
+from shards.attention_graph import new_row_slots, row_invariant_attention, write_new_rows
+from shards.graph_builder import FLOAT, INT64, OPSET, GraphBuilder, external_tensor
+from shards.int8 import COMPUTE_FORMATS
 from shards.model_config import LayerSpec, ModelConfig
 
-OPSET = 23
-FLOAT = TensorProto.FLOAT
-INT64 = TensorProto.INT64
-
-
-class _GraphBuilder:
-    """Small helper that collects nodes and initializers with unique names."""
-
-    def __init__(self, external_stem: str | None = None, compute: str = "float32") -> None:
-        if compute not in COMPUTE_FORMATS:
-            raise ValueError(f"compute format {compute!r} is not one of {', '.join(COMPUTE_FORMATS)}")
-        self.external_stem = external_stem   # set: weight matrices are external (compact weights file)
-        self.compute = compute
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._quantized: dict[tuple[str, int], tuple[str, str]] = {}   # (source, group) -> (codes, scales)
-
-    def constant(self, name: str, values: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(values, name))
-        return name
-
-    def matrix(self, name: str, values: np.ndarray) -> str:
-        """A weight matrix (in, out): inline, or an external float32 initializer that the
-        layer's weights file fills when the graph is loaded."""
-        if self.external_stem is None:
-            return self.constant(name, values)
-        self.initializers.append(external_tensor(name, values.shape, external_location(self.external_stem, name)))
-        return name
-
-    def linear(self, source: str, name: str, weight: np.ndarray, output: str,
-               bias: np.ndarray | None = None) -> str:
-        """output = source @ weight.T (+ bias), weight (out, in) as the GGUF stores it: a float32
-        MatMul, or in the int8 format an integer matmul over groups (see int8_linear)."""
-        matrix = np.ascontiguousarray(weight.T)                        # (in, out)
-        group = int8_group(matrix.shape[0]) if self.compute == "int8" else None
-        product = f"{output}_unbiased" if bias is not None else output
-        if group is None:
-            self.matrix(name, matrix)
-            self.op("MatMul", [source, name], product)
-        else:
-            self._int8_linear(source, name, matrix, product, group)
-        if bias is not None:
-            self.constant(f"{name}_bias", np.asarray(bias, dtype=np.float32))
-            self.op("Add", [product, f"{name}_bias"], output)
-        return output
-
-    def _int8_linear(self, source: str, name: str, matrix: np.ndarray, output: str, group: int) -> None:
-        """(batch, seq, in) @ (in, out) with int8 codes on both sides, exact integer sums per group.
-
-        Each row's activations are quantized per group of `group` inputs (symmetric, 127
-        levels, as uint8 with zero point 128: the WASM SIMD kernels' fast path), the
-        weights per (group, output column) (`quantize_int8`); MatMulInteger sums each
-        group exactly in int32, and the groups are scaled and added in float32. A row's
-        result depends on that row alone, bitwise, however many rows share the call.
-        """
-        inputs, outputs = matrix.shape
-        blocks = inputs // group
-        codes_name, scales_name = self._quantized_activations(source, inputs, group)
-        if self.external_stem is None:
-            codes, scales = quantize_int8(matrix, group)
-            self.constant(f"{name}_codes", codes)
-            self.constant(f"{name}_scales", scales)
-        else:
-            location = external_location(self.external_stem, name)
-            self.initializers.append(external_tensor(f"{name}_codes", (blocks, group, outputs),
-                                                     f"{location}{INT8_CODES}", TensorProto.INT8))
-            self.initializers.append(external_tensor(f"{name}_scales", (blocks, 1, outputs),
-                                                     f"{location}{INT8_SCALES}"))
-        self.op("MatMulInteger", [codes_name, f"{name}_codes", "int8_zero_point"], f"{output}_sums")   # (blocks, rows, out)
-        self.op("Cast", [f"{output}_sums"], f"{output}_sums_float", to=FLOAT)
-        self.op("Mul", [f"{output}_sums_float", f"{name}_scales"], f"{output}_weight_scaled")
-        self.op("Mul", [f"{output}_weight_scaled", scales_name], f"{output}_scaled")
-        self.op("ReduceSum", [f"{output}_scaled", "int8_block_axis"], f"{output}_rows", keepdims=0)  # (rows, out)
-        self.op("Shape", [source], f"{output}_leading", start=0, end=2)             # (batch, seq)
-        self.constant(f"{output}_columns", np.array([outputs], dtype=np.int64))
-        self.op("Concat", [f"{output}_leading", f"{output}_columns"], f"{output}_shape", axis=0)
-        self.op("Reshape", [f"{output}_rows", f"{output}_shape"], output)           # (batch, seq, out)
-
-    def _quantized_activations(self, source: str, inputs: int, group: int) -> tuple[str, str]:
-        """uint8 codes (blocks, rows, group) and scales (blocks, rows, 1) of `source`, once per source."""
-        key = (source, group)
-        if key in self._quantized:
-            return self._quantized[key]
-        if not self._quantized:
-            self.constant("int8_levels", np.array(127.0, dtype=np.float32))
-            self.constant("int8_smallest_scale", np.array(1e-30, dtype=np.float32))
-            self.constant("int8_zero_point", np.array(128, dtype=np.uint8))
-            self.constant("int8_zero_point_wide", np.array(128, dtype=np.int32))
-            self.constant("int8_last_axis", np.array([-1], dtype=np.int64))
-            self.constant("int8_block_axis", np.array([0], dtype=np.int64))
-        prefix = f"{source}_g{group}"
-        self.constant(f"{prefix}_shape", np.array([-1, inputs // group, group], dtype=np.int64))
-        self.op("Reshape", [source, f"{prefix}_shape"], f"{prefix}_by_row")          # (rows, blocks, group)
-        self.op("Transpose", [f"{prefix}_by_row"], f"{prefix}_blocks", perm=[1, 0, 2])   # (blocks, rows, group)
-        self.op("Abs", [f"{prefix}_blocks"], f"{prefix}_magnitude")
-        self.op("ReduceMax", [f"{prefix}_magnitude", "int8_last_axis"], f"{prefix}_largest", keepdims=1)
-        self.op("Div", [f"{prefix}_largest", "int8_levels"], f"{prefix}_step")
-        self.op("Max", [f"{prefix}_step", "int8_smallest_scale"], f"{prefix}_scales")     # (blocks, rows, 1)
-        self.op("Div", [f"{prefix}_blocks", f"{prefix}_scales"], f"{prefix}_steps")
-        self.op("Round", [f"{prefix}_steps"], f"{prefix}_rounded")
-        self.op("Cast", [f"{prefix}_rounded"], f"{prefix}_signed", to=TensorProto.INT32)
-        self.op("Add", [f"{prefix}_signed", "int8_zero_point_wide"], f"{prefix}_shifted")
-        self.op("Cast", [f"{prefix}_shifted"], f"{prefix}_codes", to=TensorProto.UINT8)
-        self._quantized[key] = (f"{prefix}_codes", f"{prefix}_scales")
-        return self._quantized[key]
-
-    def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, **attributes) -> str:
-        names = [outputs] if isinstance(outputs, str) else outputs
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=names[0], **attributes))
-        return names[0]
-
-    def model(self, name: str, inputs, outputs) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tabswarm"
-        )
-        model.ir_version = 10
-        return model
+__all__ = ["COMPUTE_FORMATS", "OPSET", "build_kv_only", "build_layer", "external_tensor"]
 
 
 def _layer_inputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
@@ -174,7 +58,7 @@ def _present_outputs(config: ModelConfig) -> list[onnx.ValueInfoProto]:
     ]
 
 
-def _rotary_tables(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec) -> tuple[str, str]:
+def _rotary_tables(builder: GraphBuilder, config: ModelConfig, spec: LayerSpec) -> tuple[str, str]:
     """cos/sin of position * inverse frequency, (batch, seq, head_dim / 2), in float32 like HF."""
     exponents = np.arange(0, config.head_dim, 2, dtype=np.int64).astype(np.float32) / config.head_dim
     inverse_frequency = (1.0 / (spec.rope_theta**exponents)).astype(np.float32)
@@ -188,7 +72,7 @@ def _rotary_tables(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec)
     )
 
 
-def _head_norm(builder: _GraphBuilder, config: ModelConfig, projected: str, weight: np.ndarray,
+def _head_norm(builder: GraphBuilder, config: ModelConfig, projected: str, weight: np.ndarray,
                heads: int, name: str) -> str:
     """RMSNorm over each head of a projection (QK-norm): (batch, seq, heads * head_dim) in and out."""
     builder.constant(f"{name}_weight", weight)
@@ -200,7 +84,7 @@ def _head_norm(builder: _GraphBuilder, config: ModelConfig, projected: str, weig
     return builder.op("Reshape", [f"{name}_normed", f"{name}_flat"], f"{name}_out")
 
 
-def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec,
+def _projections_k_v(builder: GraphBuilder, config: ModelConfig, spec: LayerSpec,
                      weights: dict[str, np.ndarray], cos: str, sin: str) -> tuple[str, str, str]:
     """attention RMSNorm, then K (QK-normed if the spec says so, rotated) and V, each
     (batch, seq, kv_heads * head_dim)."""
@@ -216,127 +100,7 @@ def _projections_k_v(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpe
     return "attn_input", "k", "v"
 
 
-def _new_row_slots(builder: _GraphBuilder) -> tuple[str, str]:
-    """What `_write_new_rows` needs once per graph: the pads adding `seq` slots to a cache,
-    and each new row's slot (its position), (batch, 1, seq, 1)."""
-    builder.op("Shape", ["hidden"], "new_rows_1d", start=1, end=2)
-    builder.constant("new_rows_before", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
-    builder.constant("new_rows_after", np.zeros(1, dtype=np.int64))
-    builder.op("Concat", ["new_rows_before", "new_rows_1d", "new_rows_after"], "new_rows_pads", axis=0)
-    builder.constant("new_rows_axes", np.array([1, 3], dtype=np.int64))
-    return "new_rows_pads", builder.op("Unsqueeze", ["positions", "new_rows_axes"], "new_rows_slots")
-
-
-def _write_new_rows(builder: _GraphBuilder, slots: tuple[str, str], past: str, new: str, present: str) -> str:
-    """present = past with `seq` more slots, each batch entry's new rows written at their positions.
-
-    Batch entry b's cache is the first positions[b, 0] slots of `past` (the rest are zeros: a
-    batch of streams whose caches differ in length pads them to the longest); its new rows
-    go to slots positions[b, 0] .. + seq. With one entry and an unpadded past this is
-    exactly Concat(past, new). Padding and later rows are masked (weight 0), so an entry's
-    rows are bitwise what a pass of its own gives (the key-length padding argument below).
-    """
-    pads, row_slots = slots
-    builder.op("Pad", [past, pads], f"{present}_room")                          # (batch, kv_heads, past + seq, head_dim)
-    builder.op("Shape", [new], f"{new}_shape")
-    builder.op("Expand", [row_slots, f"{new}_shape"], f"{new}_slots")           # (batch, kv_heads, seq, head_dim)
-    return builder.op("ScatterElements", [f"{present}_room", f"{new}_slots", new], present, axis=2)
-
-
-KEY_LENGTH_MULTIPLE = 4   # attention pads its key axis to this; see _row_invariant_attention
-# ... and, for heads wider than SUM_BLOCK_WIDTH, to at least KEY_MIN_LENGTH slots: MLAS
-# (native and WASM) sums a score over a head wider than 128 in blocks whose size it picks
-# from the slot count while that count is under ~64, so a short cache alone and beside a long
-# one (the batch padded to the longest) would sum a 256-wide head (Gemma 3) in different
-# blocks. From KEY_MIN_LENGTH slots on the blocks are fixed; heads of 128 or fewer (SmolLM2,
-# Qwen2.5) are summed in one block either way (measured in Chromium for 64, 96 and 128;
-# 160, 192 and 256 differ), so they pay nothing for it.
-SUM_BLOCK_WIDTH = 128
-KEY_MIN_LENGTH = 128
-
-
-def _row_invariant_attention(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, q: str, k: str,
-                             v: str) -> str:
-    """Causal grouped-query attention whose every row is bitwise the same however many rows run.
-
-    Speculative decoding verifies k drafted tokens in one multi-row pass and promises the
-    tokens one-row decoding would give; onnxruntime's fused `Attention` op (and a plain
-    MatMul with a runtime right-hand side) rounds a row differently when more rows share
-    the call as one matrix than as several (MLAS takes another kernel for a one-row product:
-    measured ~2e-7 per layer, ~4e-5 in logits). So each query position's group of heads
-    (the heads sharing one K/V head) is its own matrix product: (group, head_dim) x
-    (head_dim, slots), a batch axis per (stream, K/V head, position). Where onnxruntime
-    folds those products into one (a lone stream with one K/V head: its right-hand side is
-    then one matrix), the folded product gives the same rows bitwise (each product has
-    `group` >= 2 rows in every model here; tests/unit/test_stream_batching.py). The key axis
-    is zero-padded to a multiple of KEY_LENGTH_MULTIPLE (and, for heads wider than
-    SUM_BLOCK_WIDTH, to at least KEY_MIN_LENGTH), so a row's products are summed the same way
-    whichever pass it runs in; padded and future slots are masked to -inf, so their weights
-    are 0.
-    Writes present_key / present_value (the unpadded caches). Returns (batch, seq, heads * head_dim).
-    """
-    heads, kv_heads, head_dim = config.heads, config.kv_heads, config.head_dim
-    group = heads // kv_heads
-    builder.constant("kv_heads_shape", np.array([0, 0, kv_heads, head_dim], dtype=np.int64))
-    slots = _new_row_slots(builder)
-    for name, past, present in ((k, "past_key", "present_key"), (v, "past_value", "present_value")):
-        builder.op("Reshape", [name, "kv_heads_shape"], f"{name}_heads")      # (batch, seq, kv_heads, head_dim)
-        builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
-        _write_new_rows(builder, slots, past, f"{name}_new", present)       # (batch, kv_heads, past + seq, head_dim)
-    # Pad the slot axis to padded = ceil(total / multiple) * multiple (wide heads: at least KEY_MIN_LENGTH).
-    builder.op("Shape", ["present_key"], "total_length_1d", start=2, end=3)
-    builder.constant("key_multiple", np.array([KEY_LENGTH_MULTIPLE], dtype=np.int64))
-    builder.op("Mod", ["total_length_1d", "key_multiple"], "key_remainder")
-    builder.op("Sub", ["key_multiple", "key_remainder"], "key_shortfall")
-    wide = head_dim > SUM_BLOCK_WIDTH
-    builder.op("Mod", ["key_shortfall", "key_multiple"], "key_to_multiple" if wide else "key_padding")
-    if wide:   # and to at least KEY_MIN_LENGTH slots
-        builder.op("Add", ["total_length_1d", "key_to_multiple"], "key_rounded")
-        builder.constant("key_min_length", np.array([KEY_MIN_LENGTH], dtype=np.int64))
-        builder.op("Max", ["key_rounded", "key_min_length"], "key_padded_length")
-        builder.op("Sub", ["key_padded_length", "total_length_1d"], "key_padding")
-    builder.constant("pad_before_slots", np.zeros(6, dtype=np.int64))   # begins of 4 axes, ends of 2
-    builder.constant("pad_after_slots", np.zeros(1, dtype=np.int64))
-    builder.op("Concat", ["pad_before_slots", "key_padding", "pad_after_slots"], "key_pads", axis=0)
-    builder.op("Pad", ["present_key", "key_pads"], "padded_key")            # (batch, kv_heads, padded, head_dim)
-    builder.op("Pad", ["present_value", "key_pads"], "padded_value")
-    builder.constant("key_axis", np.array([2], dtype=np.int64))
-    builder.op("Unsqueeze", ["padded_key", "key_axis"], "key_rows")         # (batch, kv, 1, padded, head_dim)
-    builder.op("Transpose", ["key_rows"], "key_columns", perm=[0, 1, 2, 4, 3])   # (batch, kv, 1, head_dim, padded)
-    builder.op("Unsqueeze", ["padded_value", "key_axis"], "value_rows")     # (batch, kv, 1, padded, head_dim)
-
-    builder.constant("query_groups_shape", np.array([0, 0, kv_heads, group, head_dim], dtype=np.int64))
-    builder.op("Reshape", [q, "query_groups_shape"], "query_groups")        # (batch, seq, kv, group, head_dim)
-    builder.op("Transpose", ["query_groups"], "query_by_position", perm=[0, 2, 1, 3, 4])   # (batch, kv, seq, group, head_dim)
-    builder.constant("query_scale", np.array(1.0 / np.sqrt(head_dim), dtype=np.float32))
-    builder.op("Mul", ["query_by_position", "query_scale"], "query_scaled")
-    builder.op("MatMul", ["query_scaled", "key_columns"], "scores")         # (batch, kv, seq, group, padded)
-
-    # Slot j is visible to a query at position p iff j <= p (padded slots lie past every
-    # query), and on a sliding-window layer also j > p - window.
-    builder.op("Shape", ["padded_key"], "padded_length_1d", start=2, end=3)
-    builder.op("Squeeze", ["padded_length_1d"], "padded_length")
-    builder.constant("zero", np.array(0, dtype=np.int64))
-    builder.constant("one", np.array(1, dtype=np.int64))
-    builder.op("Range", ["zero", "padded_length", "one"], "slots")          # (padded,)
-    builder.constant("query_axes", np.array([1, 3, 4], dtype=np.int64))
-    builder.op("Unsqueeze", ["positions", "query_axes"], "query_positions")  # (batch, 1, seq, 1, 1)
-    mask = builder.op("LessOrEqual", ["slots", "query_positions"], "causal_mask")  # (batch, 1, seq, 1, padded)
-    if spec.attention == "sliding":
-        builder.constant("window", np.array(spec.window, dtype=np.int64))
-        builder.op("Sub", ["query_positions", "window"], "window_start")     # p - window
-        builder.op("Greater", ["slots", "window_start"], "window_mask")
-        mask = builder.op("And", [mask, "window_mask"], "sliding_mask")
-    builder.constant("minus_infinity", np.array(-np.inf, dtype=np.float32))
-    builder.op("Where", [mask, "scores", "minus_infinity"], "masked_scores")
-    builder.op("Softmax", ["masked_scores"], "attention_weights", axis=-1)
-    builder.op("MatMul", ["attention_weights", "value_rows"], "context")     # (batch, kv, seq, group, head_dim)
-    builder.op("Transpose", ["context"], "context_by_position", perm=[0, 2, 1, 3, 4])  # (batch, seq, kv, group, head_dim)
-    builder.constant("attention_flat", np.array([0, 0, heads * head_dim], dtype=np.int64))
-    return builder.op("Reshape", ["context_by_position", "attention_flat"], "attention")
-
-
-def _mlp(builder: _GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray], source: str) -> str:
+def _mlp(builder: GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray], source: str) -> str:
     """gate/up/down with the spec's activation: swiglu silu(gate) * up, geglu gelu_tanh(gate) * up."""
     builder.linear(source, "gate_weight", weights["ffn_gate"], "gate")
     builder.linear(source, "up_weight", weights["ffn_up"], "up")
@@ -361,7 +125,7 @@ def _mlp(builder: _GraphBuilder, spec: LayerSpec, weights: dict[str, np.ndarray]
     return builder.linear("mlp_hidden", "down_weight", weights["ffn_down"], "mlp_out")
 
 
-def _sandwich(builder: _GraphBuilder, config: ModelConfig, spec: LayerSpec, source: str,
+def _sandwich(builder: GraphBuilder, config: ModelConfig, spec: LayerSpec, source: str,
               weight: np.ndarray | None, name: str) -> str:
     """The RMSNorm a sandwich-norm layer (Gemma) puts on a sub-block's output; else the output."""
     if not spec.sandwich_norms:
@@ -376,10 +140,10 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
     """A full decoder layer as `config.spec(layer)` describes it: pre-norm attention (QK-norm,
     QKV biases, sliding window, RoPE base per spec) and MLP (SwiGLU or GeGLU), both residual,
     with sandwich norms on the sub-block outputs where the spec has them. `compute`: the
-    seven matrices as float32 MatMuls or int8 (`_GraphBuilder.linear`); norms, attention,
+    seven matrices as float32 MatMuls or int8 (`GraphBuilder.linear`); norms, attention,
     softmax and the residual stream stay float32 either way."""
     spec = config.spec(layer)
-    builder = _GraphBuilder(external_stem, compute)
+    builder = GraphBuilder(external_stem, compute)
     cos, sin = _rotary_tables(builder, config, spec)
     attn_input, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.linear(attn_input, "q_weight", weights["attn_q"], "q_raw", weights.get("attn_q.bias"))
@@ -387,7 +151,7 @@ def build_layer(config: ModelConfig, weights: dict[str, np.ndarray], layer: int,
                if spec.qk_norm else "q_raw")
     builder.op("RotaryEmbedding", [q_input, cos, sin], "q", num_heads=config.heads, interleaved=0)
 
-    attention = _row_invariant_attention(builder, config, spec, "q", k, v)
+    attention = row_invariant_attention(builder, config, spec, "q", k, v)
     # Head mask before the output projection: (batch, seq, heads, head_dim) * (heads, 1).
     heads, head_dim = config.heads, config.head_dim
     builder.constant("attention_heads_shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
@@ -433,29 +197,14 @@ def build_kv_only(config: ModelConfig, weights: dict[str, np.ndarray], layer: in
     """What a skipped layer still computes: this position's K/V from the unchanged hidden
     state (in the same compute format as the full layer, so both write the same K/V)."""
     spec = config.spec(layer)
-    builder = _GraphBuilder(external_stem, compute)
+    builder = GraphBuilder(external_stem, compute)
     cos, sin = _rotary_tables(builder, config, spec)
     _, k, v = _projections_k_v(builder, config, spec, weights, cos, sin)
     builder.constant("heads_shape", np.array([0, 0, config.kv_heads, config.head_dim], dtype=np.int64))
-    slots = _new_row_slots(builder)
+    slots = new_row_slots(builder)
     for name, past in ((k, "past_key"), (v, "past_value")):
         builder.op("Reshape", [name, "heads_shape"], f"{name}_heads")  # (batch, seq, kv_heads, head_dim)
         builder.op("Transpose", [f"{name}_heads"], f"{name}_new", perm=[0, 2, 1, 3])
         present = "present_key" if past == "past_key" else "present_value"
-        _write_new_rows(builder, slots, past, f"{name}_new", present)
+        write_new_rows(builder, slots, past, f"{name}_new", present)
     return builder.model(f"layer_{layer}_kv_only", _layer_inputs(config), _present_outputs(config))
-
-
-def external_tensor(name: str, shape: tuple[int, ...], location: str, data_type: int = FLOAT,
-                    offset: int = 0) -> onnx.TensorProto:
-    """A float32 (or 8-bit) initializer whose bytes live in `location` (shared between graphs)."""
-    tensor = onnx.TensorProto()
-    tensor.name = name
-    tensor.data_type = data_type
-    tensor.dims.extend(shape)
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    length = int(np.prod(shape)) * (1 if data_type in (TensorProto.INT8, TensorProto.UINT8) else 4)
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    return tensor

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
-from shards.graphs import OPSET, _GraphBuilder, external_tensor
+from shards.graph_builder import OPSET, GraphBuilder, external_tensor
 from shards.model_config import ModelConfig
 
 BLOCK = 32
@@ -89,7 +89,7 @@ def build_compact_head(config: ModelConfig, norm_weight: np.ndarray, codes: np.n
     if bits == 4:   # two 4-bit zero points per byte, each row padded to whole bytes
         per_row = np.full((vocab, blocks + blocks % 2), zero_point, dtype=np.uint8)
         zero_points = (per_row[:, 0::2] | (per_row[:, 1::2] << 4)).reshape(-1)
-    builder = _GraphBuilder()
+    builder = GraphBuilder()
     builder.constant("output_norm_weight", norm_weight)
     builder.op("RMSNormalization", ["hidden", "output_norm_weight"], "head_input",
                axis=-1, epsilon=config.norm_eps)

@@ -2,7 +2,12 @@
 // creating sessions from shard bytes and running them. Knows nothing of the wire
 // protocol or the coordinator.
 
+import { batchPositionsTensor, cacheOfEntry, cachedPositions, floatTensor, padCaches, positionsTensor } from './batch_tensors.js';
 import { externalLocations } from './onnx_inline.js';
+import { headContributions, updateRatio } from './update_ratios.js';
+
+export { cacheOfEntry, padCaches } from './batch_tensors.js';
+export { headContributions, updateRatio } from './update_ratios.js';
 
 const ORT_BASE = '/ort/';
 
@@ -57,75 +62,6 @@ export function isOutOfMemory(error) {
     || /out of memory|allocation failed|failed to allocate|could not allocate|bad_alloc|Aborted\(\)/i
       .test(String(error && error.message ? error.message : error));
 }
-
-/** |after - before| / |before|, |after| and |before| over one row. */
-export function updateRatio(before, after) {
-  let change = 0;
-  let base = 0;
-  let size = 0;
-  for (let i = 0; i < before.length; i += 1) {
-    const difference = after[i] - before[i];
-    change += difference * difference;
-    base += before[i] * before[i];
-    size += after[i] * after[i];
-  }
-  return { ratio: base > 0 ? Math.sqrt(change / base) : 0, norm: Math.sqrt(size), inputNorm: Math.sqrt(base) };
-}
-
-/** Each head's contribution norm over the layer's input norm, from the graph's squared norms (one row). */
-export function headContributions(inputNorm, energies) {
-  const scale = inputNorm > 0 ? 1 / inputNorm : 0;
-  return Array.from(energies, (energy) => Math.sqrt(Math.max(energy, 0)) * scale);
-}
-
-/** Float32 tensor from a Float32Array and dims. */
-export function floatTensor(ort, data, dims) {
-  return new ort.Tensor('float32', data, dims);
-}
-
-/** Int64 positions tensor (1, n) from a start position. */
-export function positionsTensor(ort, start, count) {
-  const values = new BigInt64Array(count);
-  for (let i = 0; i < count; i += 1) values[i] = BigInt(start + i);
-  return new ort.Tensor('int64', values, [1, count]);
-}
-
-/** Int64 positions (batch, rows): entry b's rows start at starts[b] (where its cache ends). */
-export function batchPositionsTensor(ort, starts, rows) {
-  const values = new BigInt64Array(starts.length * rows);
-  starts.forEach((start, entry) => { for (let i = 0; i < rows; i += 1) values[entry * rows + i] = BigInt(start + i); });
-  return new ort.Tensor('int64', values, [starts.length, rows]);
-}
-
-/**
- * (batch, kvHeads, longest, headDim) data from each stream's cache: sources[b] = {data, entry,
- * total}, its slots being the first lengths[b] of entry `entry` of a (n, kvHeads, total,
- * headDim) tensor's data; zeros after each up to the longest (shards/stream_batch.py pad_caches).
- */
-export function padCaches(sources, lengths, kvHeads, headDim) {
-  const longest = Math.max(...lengths);
-  const out = new Float32Array(sources.length * kvHeads * longest * headDim);
-  sources.forEach(({ data, entry, total }, b) => {
-    for (let head = 0; head < kvHeads; head += 1) {
-      const from = ((entry * kvHeads + head) * total) * headDim;
-      out.set(data.subarray(from, from + lengths[b] * headDim), ((b * kvHeads + head) * longest) * headDim);
-    }
-  });
-  return out;
-}
-
-/** Entry `entry`'s first `length` slots of a (batch, kvHeads, total, headDim) present tensor's data, (1, kvHeads, length, headDim). */
-export function cacheOfEntry(data, entry, kvHeads, total, headDim, length) {
-  const out = new Float32Array(kvHeads * length * headDim);
-  for (let head = 0; head < kvHeads; head += 1) {
-    const from = ((entry * kvHeads + head) * total) * headDim;
-    out.set(data.subarray(from, from + length * headDim), head * length * headDim);
-  }
-  return out;
-}
-
-/** Positions a cached K or V tensor's data holds: dims (1, kvHeads, positions, headDim). */
-export function cachedPositions(dims) { return dims[2]; }
 
 /** The layer index a shard file belongs to ('layer_07.kv.onnx' -> 7), or null. */
 export function layerOfFile(name) {

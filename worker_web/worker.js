@@ -11,10 +11,9 @@
 // it held before stay until the coordinator says `retain`.
 import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, roundTrip, VERSION } from './codec.js';
 import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
-import { isOutOfMemory, layerOfFile, LayerRunner, loadOrt } from './ort_runtime.js';
+import { LayerRunner, loadOrt } from './ort_runtime.js';
+import { loadLayers } from './layer_loading.js';
 import { formPasses } from './batch_former.js';
-import { fetchShardFiles } from './shard_store.js';
-import { layerInitializers } from './int8_weights.js';
 import { StepTiming } from './step_timing.js';
 import { benchmarkMs, chooseBackend, offeredMemoryMb, threadCount, ui } from './tab_page.js';
 
@@ -116,7 +115,8 @@ class WorkerTab {
     ui.set('layers', `[${start}, ${end})${role} — loading`);
     ui.log(`assigned layers [${start}, ${end})${role} of ${model.name} (${compute}); loading ${missing.size}`);
     const started = performance.now();
-    const loaded = await this.loadLayers(runner, message, [...missing].sort((x, y) => x - y), role);
+    const loaded = await loadLayers({ runner, message, layers: [...missing].sort((x, y) => x - y), role,
+      enqueue: (task) => this.enqueue(task), sendControl: (reply) => this.sendControl(reply), weightBytes: this.weightBytes });
     if (!loaded) return;
     const { cached, downloaded } = loaded;
     await this.enqueue(() => runner.warmUp([...missing]));
@@ -126,58 +126,6 @@ class WorkerTab {
     this.sendControl({ type: 'ready', layer_start: start, layer_end: end, load_ms: loadMs, cached,
       backend: this.backend, ...this.footprint(downloaded) });
     this.reportMemoryUsed();
-  }
-
-  /**
-   * Download and create the given layers one at a time (so a tab holds at most one layer's
-   * files and decoded weights besides the sessions it keeps); returns {cached, downloaded},
-   * or null when memory ran out (the coordinator was told what this tab holds).
-   */
-  async loadLayers(runner, message, layers, role) {
-    const { layer_start: start, layer_end: end, compute = 'float32' } = message;
-    const entries = new Map((message.layers || []).map((entry) => [entry.index, entry]));
-    const byLayer = new Map(layers.map((layer) => [layer, message.files.filter((file) => layerOfFile(file.name) === layer)]));
-    const total = [...byLayer.values()].flat().reduce((sum, file) => sum + file.size, 0);
-    let before = 0;
-    let lastReport = 0;
-    let cached = true;
-    let downloaded = 0;
-    for (const layer of layers) {
-      const name = `layer_${String(layer).padStart(2, '0')}`;
-      const entry = entries.get(layer) || { graph: `${name}.onnx`, kv_graph: `${name}.kv.onnx`, weights: `${name}.weights` };
-      const fetched = await fetchShardFiles(byLayer.get(layer), (done, _, what) => {
-        ui.progress(before + done, total);
-        ui.set('layers', `[${start}, ${end})${role} — ${what} ${(100 * (before + done) / total).toFixed(0)}%`);
-        if (performance.now() - lastReport > 250) {
-          lastReport = performance.now();
-          this.sendControl({ type: 'progress', done: before + done, total, what: `download ${what}` });
-        }
-      });
-      before += byLayer.get(layer).reduce((sum, file) => sum + file.size, 0);
-      cached = cached && fetched.cached;
-      downloaded += fetched.downloaded;
-      try {
-        // One layer's sessions per queued task: frames for the layers already held run in between.
-        // The GGUF's blocks are decoded a matrix at a time into what this compute format's
-        // graphs name: float32 matrices, or int8 codes and scales (int8_weights.js).
-        await this.enqueue(async () => {
-          const compact = fetched.files.get(entry.weights);
-          const external = compact ? layerInitializers(compact, name, compute) : undefined;
-          this.weightBytes.set(layer, await runner.loadLayer(layer, fetched.files.get(entry.graph),
-            fetched.files.get(entry.kv_graph), external));
-        });
-      } catch (error) {
-        if (!isOutOfMemory(error)) throw error;
-        // Out of memory (loadLayer left nothing half-made): say what this tab holds and wait to
-        // be placed again with fewer layers (the layers it holds keep serving meanwhile).
-        ui.log(`out of memory loading layer ${layer}: holding ${runner.layers.size} layer(s)`);
-        this.sendControl({ type: 'error', code: 'out-of-memory', message: String(error.message || error).slice(0, 300),
-          layer_start: start, layer_end: end, holds: [...runner.layers.keys()].sort((x, y) => x - y) });
-        return null;
-      }
-      this.sendControl({ type: 'progress', done: before, total, what: `layer ${layer} ready` });
-    }
-    return { cached, downloaded };
   }
 
   /**

@@ -7,7 +7,6 @@ becomes a 4xx with an OpenAI-shaped JSON error; nothing here decides about worke
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -17,13 +16,16 @@ from typing import Any
 from aiohttp import web
 
 from coordinator.api.activity import RequestRecord
+from coordinator.api.admissions import Admissions
+from coordinator.api.json_io import read_json_body
 from coordinator.api.openai_schema import ParsedRequest, parse_request
 from coordinator.api.request_watch import RequestWatch, outcome_of
+from coordinator.api.sse_chunks import SSE_HEADERS, ChunkWriter
 from coordinator.api.text_stream import TextStream
+from coordinator.api.usage_report import usage_report
 from coordinator.config import AppConfig
 from coordinator.engine.engine_snapshot import EngineSnapshot
 from coordinator.engine.generation import GenerationEngine, GenerationFailed, GenerationRequest
-from coordinator.engine.scheduler import Admission, Load, admit, next_from_queue
 from coordinator.engine.session import HopStats
 from coordinator.swarm.cluster import Cluster, NoWorkers
 from coordinator.types import ApiError
@@ -32,61 +34,7 @@ from shards.sampling import SamplingParams
 from shards.tokenizer import ChatTemplateError
 
 log = logging.getLogger(__name__)
-BUSY_RETRY_SECONDS = 2          # a full queue drains in seconds at decode speed
 NO_WORKERS_RETRY_SECONDS = 10   # tabs joining need ~10-30 s to load their layers
-MAX_BODY = 4 << 20
-MAX_JSON_DEPTH = 32
-
-
-def _nesting(value: Any) -> int:
-    """How deeply lists and objects nest in a parsed JSON value (iterative: no recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth > MAX_JSON_DEPTH:
-                return depth
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-class Admissions:
-    """Counts and a FIFO of waiters; the decisions come from scheduler.admit (pure)."""
-
-    def __init__(self, max_active: int, max_queue: int) -> None:
-        self.max_active, self.max_queue = max_active, max_queue
-        self.active = 0
-        self.waiters: list[asyncio.Future[None]] = []
-
-    def load(self) -> Load:
-        return Load(self.active, len(self.waiters))
-
-    async def enter(self) -> None:
-        decision = admit(self.load(), self.max_active, self.max_queue)
-        if decision is Admission.REFUSE:
-            raise ApiError(429, f"the server is busy: {self.active} requests running and {len(self.waiters)} "
-                                "waiting; retry later", code="rate_limit_exceeded", kind="rate_limit_error",
-                           retry_after=BUSY_RETRY_SECONDS)
-        if decision is Admission.QUEUE:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in self.waiters:
-                    self.waiters.remove(waiter)
-                elif waiter.done():  # admitted just as the client left: hand the slot on
-                    self.leave()
-                raise
-        else:
-            self.active += 1
-
-    def leave(self) -> None:
-        self.active -= 1
-        if next_from_queue(self.load(), self.max_active):
-            self.active += 1
-            self.waiters.pop(0).set_result(None)
 
 
 class Api:
@@ -100,22 +48,6 @@ class Api:
         self.requests_total = 0
 
     # -- helpers ------------------------------------------------------------------------
-    async def _body(self, request: web.Request) -> Any:
-        if request.content_length and request.content_length > MAX_BODY:
-            raise ApiError(413, f"request body over {MAX_BODY} bytes")
-        raw = await request.read()
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, f"request body over {MAX_BODY} bytes")
-        try:
-            body = json.loads(raw)
-        except RecursionError as error:  # nesting deep enough to exhaust the parser's stack
-            raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from error
-        except (ValueError, UnicodeDecodeError) as error:  # malformed JSON, or an integer too long to parse
-            raise ApiError(400, f"the request body is not valid JSON: {str(error)[:200]}") from error
-        if _nesting(body) > MAX_JSON_DEPTH:
-            raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
-        return body
-
     def _prepare(self, parsed: ParsedRequest) -> tuple[list[int], GenerationRequest]:
         try:
             prompt_ids = (self.ends.text.encode_chat(list(parsed.messages)) if parsed.messages is not None
@@ -159,7 +91,7 @@ class Api:
     async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         endpoint, arrived = ("chat" if chat else "completions"), time.monotonic()
         try:
-            parsed = parse_request(await self._body(request), chat, self.model_ids, self.config.codecs.names())
+            parsed = parse_request(await read_json_body(request), chat, self.model_ids, self.config.codecs.names())
             prompt_ids, generation = self._prepare(parsed)
         except ApiError as error:
             self.watch.refused(endpoint, error, arrived)
@@ -190,28 +122,6 @@ class Api:
         return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
                 "model": self.model_ids[0]}
 
-    @staticmethod
-    def _usage(prompt_ids: list[int], completion: int, stats: HopStats) -> dict[str, Any]:
-        steps = sorted(stats.step_seconds)
-        return {"prompt_tokens": len(prompt_ids), "completion_tokens": completion,
-                "total_tokens": len(prompt_ids) + completion,
-                "tabswarm": {"stages": stats.stages, "hops": stats.hops, "bytes_sent": stats.bytes_sent,
-                             "layer_executions": stats.layer_executions, "layers_skipped": stats.layers_skipped,
-                             "nodes_bypassed": stats.nodes_bypassed, "hops_saved": stats.hops_saved,
-                             "heads_pruned": stats.heads_pruned, "bytes_received": stats.bytes_received,
-                             "replays": stats.replays, "moves": stats.moves, "replayed_rows": stats.replayed_rows,
-                             "speculation": {"method": stats.speculation, "drafted": stats.drafted,
-                                             "accepted": stats.accepted, "verify_passes": stats.verify_passes,
-                                             "draft_steps": stats.draft_steps,
-                                             "most_in_flight": stats.most_in_flight},
-                             "timing": stats.timing.as_dict(),
-                             "hops_per_token": round(stats.hops / completion, 3) if completion else None,
-                             "prefill_tokens_per_second": round(len(prompt_ids) / stats.step_seconds[0], 1)
-                             if stats.step_seconds and stats.step_seconds[0] > 0 else None,
-                             # the first step (the prompt) yields one token; the others may yield several
-                             "decode_tokens_per_second": round((completion - 1) / sum(stats.step_seconds[1:]), 2)
-                             if len(steps) > 1 and sum(stats.step_seconds[1:]) > 0 else None}}
-
     async def _whole(self, parsed: ParsedRequest, prompt_ids: list[int], generation: GenerationRequest,
                      chat: bool, stats: HopStats, record: RequestRecord) -> tuple[web.Response, str]:
         text, tokens = TextStream(self.ends.text.decode, parsed.stop), []
@@ -227,11 +137,8 @@ class Api:
                 if text.stopped:
                     finish = "stop"
                     break
-        except NoWorkers as error:
-            raise ApiError(503, str(error), code="no_workers", kind="server_error",
-                           retry_after=NO_WORKERS_RETRY_SECONDS) from error
-        except GenerationFailed as error:
-            raise ApiError(503, f"generation failed: {error}", code="worker_lost", kind="server_error") from error
+        except (NoWorkers, GenerationFailed) as error:
+            raise self._failure(error) from error
         content = self._stopped_text(text) if text.stopped else text.text()
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
@@ -241,7 +148,7 @@ class Api:
         if parsed.return_token_ids:
             choice["token_ids"] = tokens
         body = self._envelope(chat, False) | {"choices": [choice],
-                                                "usage": self._usage(prompt_ids, len(tokens), stats)}
+                                                "usage": usage_report(len(prompt_ids), len(tokens), stats)}
         return web.json_response(body), "done"
 
     @staticmethod
@@ -253,33 +160,18 @@ class Api:
     async def _stream(self, request: web.Request, parsed: ParsedRequest, prompt_ids: list[int],
                       generation: GenerationRequest, chat: bool, stats: HopStats,
                       record: RequestRecord) -> tuple[web.StreamResponse, str]:
+        """The completion as server-sent events. The status line goes out with the first
+        token, so a failure before it is still a 503; one after it ends the stream with the
+        error as its last event."""
         text, tokens = TextStream(self.ends.text.decode, parsed.stop), []
-        outcome = "done"
-        envelope = self._envelope(chat, True)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
-        started = False
-
-        async def send(piece: str | None, finish: str | None = None, token: int | None = None) -> None:
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-            if chat:
-                choice["delta"] = {} if piece is None else {"content": piece}
-            else:
-                choice["text"] = piece or ""
-            if token is not None and parsed.return_token_ids:
-                choice["token_ids"] = [token]
-            await response.write(f"data: {json.dumps(envelope | {'choices': [choice]})}\n\n".encode())
-
-        finish = "length"
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        writer = ChunkWriter(response, self._envelope(chat, True), chat, parsed.return_token_ids)
+        outcome, finish = "done", "length"
         try:
             async for event in self.engine.generate(generation, stats):
-                if not started:
+                if not response.prepared:
                     await response.prepare(request)
-                    started = True
-                    if chat:
-                        first = envelope | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                          "finish_reason": None}]}
-                        await response.write(f"data: {json.dumps(first)}\n\n".encode())
+                    await writer.opening()
                 if event.token in generation.stop_ids:
                     finish = "stop"
                     break
@@ -287,34 +179,37 @@ class Api:
                 self.watch.token(record)
                 piece = text.push(event.token)
                 if piece or parsed.return_token_ids:
-                    await send(piece, token=event.token)
+                    await writer.piece(piece, token=event.token)
                 if text.stopped:
                     finish = "stop"
                     break
-            if not text.stopped:
-                tail = text.finish()
-                if tail:
-                    await send(tail)
-            await send(None, finish)
+            if not text.stopped and (tail := text.finish()):
+                await writer.piece(tail)
+            await writer.piece(None, finish)
             if parsed.include_usage:
-                usage = envelope | {"choices": [], "usage": self._usage(prompt_ids, len(tokens), stats)}
-                await response.write(f"data: {json.dumps(usage)}\n\n".encode())
+                await writer.event(writer.envelope | {"choices": [],
+                                                      "usage": usage_report(len(prompt_ids), len(tokens), stats)})
         except (NoWorkers, GenerationFailed) as error:
-            code = "no_workers" if isinstance(error, NoWorkers) else "worker_lost"
-            failure = ApiError(503, str(error) if isinstance(error, NoWorkers) else f"generation failed: {error}",
-                               code=code, kind="server_error")
-            if not started:
+            failure = self._failure(error)
+            if not response.prepared:
                 raise failure from error
             outcome = "failed"   # the status line said 200; the stream ends with the error
-            await response.write(f"data: {json.dumps(failure.body())}\n\n".encode())
+            await writer.event(failure.body())
         except (ConnectionResetError, asyncio.CancelledError):  # the client went away: stop generating
             log.info("client disconnected; request abandoned after %d tokens", len(tokens))
             raise
-        if not started:
+        if not response.prepared:
             await response.prepare(request)
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        await writer.done()
         return response, outcome
+
+    @staticmethod
+    def _failure(error: NoWorkers | GenerationFailed) -> ApiError:
+        """The 503 a request gets when no pipeline could run it, or its generation failed."""
+        if isinstance(error, NoWorkers):
+            return ApiError(503, str(error), code="no_workers", kind="server_error",
+                            retry_after=NO_WORKERS_RETRY_SECONDS)
+        return ApiError(503, f"generation failed: {error}", code="worker_lost", kind="server_error")
 
     async def models(self, request: web.Request) -> web.Response:
         # a base model (no chat template in its GGUF) serves /v1/completions only
@@ -376,23 +271,3 @@ class Api:
                 "one_row_step_ms": milliseconds(engine.one_row_step),
                 "extra_verified_row_ms": milliseconds(engine.extra_verified_row),
                 "draft_step_ms": milliseconds(engine.draft_step)}
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler):
-    """ApiError -> its status and OpenAI error body; aiohttp's own 4xx (404, 405) get the same shape."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return web.json_response(error.body(), status=error.status, headers=error.headers())
-    except web.HTTPException as error:
-        if error.status < 400 or not request.path.startswith("/v1"):
-            raise
-        body = ApiError(error.status, error.reason or "error", code=str(error.status)).body()
-        return web.json_response(body, status=error.status)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:  # a bug, not bad input: log it, answer in the API's shape
-        log.exception("internal error on %s %s", request.method, request.path)
-        body = ApiError(500, "internal error (see the coordinator's log)", kind="server_error").body()
-        return web.json_response(body, status=500)

@@ -136,7 +136,7 @@ class SwarmCollector(Collector):
                                      "tab), evict, ban, replan (a new target), plan (a plan switch), ready, speeds",
                                      labels=["event"])
         for kind in ("join", "leave", "evict", "ban", "replan", "plan", "ready", "speeds"):
-            events.add_metric([kind], self.cluster.event_counts[kind])
+            events.add_metric([kind], self.cluster.events.counts[kind])
         yield events
 
     def _workers(self) -> Iterator[Metric]:

@@ -26,25 +26,24 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from coordinator.config import ServerConfig
+from coordinator.swarm.assignment import assign_message
 from coordinator.swarm.capacity import (
-    MAX_TAB_MEMORY_MB,
     WorkerFacts,
     capacities,
     shortfall,
     speed_replan_due,
 )
+from coordinator.swarm.cluster_report import cluster_status, placement_report
+from coordinator.swarm.event_log import EventLog
 from coordinator.swarm.pipeline import Pipeline
 from coordinator.swarm.planner import PlanError, Stage, WorkerCapacity
 from coordinator.swarm.swarm_plan import SwarmPlan, plan_swarm
-from coordinator.swarm.time_breakdown import parse_tab_passes, parse_tab_timing
 from coordinator.swarm.worker_lifecycle import WorkerState, transition
 from coordinator.swarm.worker_link import WorkerLink, WorkerLost
-from protocol.control import Assign, Hello, Ready, Retain, Stats
-from protocol.frames import VERSION
+from protocol.control import Hello, Ready, Retain, Stats
 from shards.footprint import TabFootprint
 from shards.manifest import Manifest
 
@@ -66,8 +65,6 @@ class NoWorkers(RuntimeError):
     """No ready pipeline within the wait limit."""
 
 
-
-
 class Cluster:
     def __init__(self, manifest: Manifest, config: ServerConfig, compute: str | None = None) -> None:
         self.manifest = manifest
@@ -80,9 +77,7 @@ class Cluster:
         self.plan_error: str | None = "no workers have joined yet"
         self.plan_version = 0
         self.sessions: Counter[int] = Counter()   # open pipeline sessions by plan version
-        self.events: list[dict[str, Any]] = []     # recent joins, losses, replans (status page)
-        self.event_counts: Counter[str] = Counter()   # every event since start, by kind (/metrics)
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []   # e.g. the serve command's console lines
+        self.events = EventLog()   # joins, losses, replans: the status page, /metrics, the console
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1)
         self._pending_replan: asyncio.Task[None] | None = None
@@ -95,14 +90,6 @@ class Cluster:
 
     def next_worker_id(self) -> str:
         return f"w{next(self._ids)}"
-
-    def _event(self, kind: str, **details: Any) -> None:
-        self.event_counts[kind] += 1
-        event = {"time": round(time.time(), 3), "event": kind, **details}
-        self.events.append(event)
-        del self.events[:-100]
-        for listener in self.listeners:
-            listener(event)
 
     # -- lifecycle ---------------------------------------------------------------------
     @staticmethod
@@ -120,31 +107,16 @@ class Cluster:
 
     def worker_stats(self, link: WorkerLink, message: Stats) -> None:
         """What the tab has served and measured (its `stats` message)."""
-        link.info.tokens = message.tokens
-        link.info.compute_ms = float(message.compute_ms)
-        if message.memory_used_mb is not None:
-            link.info.memory_used_mb = float(message.memory_used_mb)
-            link.info.memory_used_at = time.monotonic()
-        if (timing := parse_tab_timing(message.timing)) is not None:
-            link.info.timing = timing
-        if (passes := parse_tab_passes(message.batching)) is not None:
-            link.info.passes = passes
+        link.info.apply_stats(message)
 
     async def join(self, link: WorkerLink, hello: Hello) -> None:
         info = link.info
-        info.name = hello.worker or link.id
-        info.backend = hello.backend
-        info.threads = hello.threads
-        info.benchmark_ms = float(hello.benchmark_ms)
-        info.memory_mb = min(float(hello.memory_mb), MAX_TAB_MEMORY_MB) if hello.memory_mb else None
-        info.agent = (hello.agent or "")[:200]
-        info.page = {name: value for name in ("secure_context", "webgpu_api", "cache_storage")
-                     if (value := getattr(hello, name)) is not None}
+        info.apply_hello(hello, link.id)
         self._move(link, WorkerState.IDLE, None)
         self.workers[link.id] = link
         log.info("worker %s (%s, %s, %d threads, benchmark %.1f ms) joined from %s",
                  link.id, info.name, info.backend, info.threads, info.benchmark_ms, link.remote)
-        self._event("join", worker=link.id, name=info.name, backend=info.backend, remote=link.remote)
+        self.events.record("join", worker=link.id, name=info.name, backend=info.backend, remote=link.remote)
         self._schedule_replan()
 
     def _schedule_replan(self) -> None:
@@ -164,13 +136,13 @@ class Cluster:
         if self.workers.pop(link.id, None) is None:
             return
         log.warning("worker %s (%s) left: %s", link.id, link.info.name, reason)
-        self._event("leave", worker=link.id, name=link.info.name, reason=reason)
+        self.events.record("leave", worker=link.id, name=link.info.name, reason=reason)
         await self.replan()
 
     def ban(self, link: WorkerLink, reason: str) -> None:
         """Refuse this worker (by address and name) until the coordinator restarts."""
         self.banned[(link.remote, link.info.name)] = reason
-        self._event("ban", worker=link.id, name=link.info.name, reason=reason)
+        self.events.record("ban", worker=link.id, name=link.info.name, reason=reason)
 
     def banned_reason(self, remote: str, name: str) -> str | None:
         return self.banned.get((remote, name))
@@ -180,27 +152,21 @@ class Cluster:
         if link.id not in self.workers:
             return
         log.warning("evicting worker %s (%s): %s", link.id, link.info.name, reason)
-        self._event("evict", worker=link.id, name=link.info.name, reason=reason)
+        self.events.record("evict", worker=link.id, name=link.info.name, reason=reason)
         await link.close(1008, reason)
         await self.leave(link, reason)
 
     async def ready(self, link: WorkerLink, message: Ready) -> None:
         loaded = range(message.layer_start, message.layer_end)
-        link.info.holds = link.info.holds | frozenset(loaded)
-        link.info.load_ms = float(message.load_ms)
-        link.info.cached = message.cached
-        link.info.downloaded_bytes = message.downloaded_bytes
-        link.info.weight_bytes = message.weight_bytes
-        link.info.heap_mb = message.memory_mb
-        link.info.progress = None
+        link.info.apply_ready(message)
         stage = link.info.stage
         if stage is not None and link.holds(stage):
             self._move(link, WorkerState.READY, stage)
         log.info("worker %s holds layers [%d, %d) after %.0f ms%s", link.id, loaded.start, loaded.stop,
-                 link.info.load_ms, " (cached)" if link.info.cached else "")
-        self._event("ready", worker=link.id, name=link.info.name, layers=[loaded.start, loaded.stop],
-                    load_ms=round(link.info.load_ms), cached=bool(link.info.cached),
-                    downloaded_bytes=link.info.downloaded_bytes, weight_bytes=link.info.weight_bytes)
+                 message.load_ms, " (cached)" if message.cached else "")
+        self.events.record("ready", worker=link.id, name=link.info.name, layers=[loaded.start, loaded.stop],
+                           load_ms=round(float(message.load_ms)), cached=bool(message.cached),
+                           downloaded_bytes=message.downloaded_bytes, weight_bytes=message.weight_bytes)
         await self._switch_if_ready()
 
     # -- planning ----------------------------------------------------------------------
@@ -222,7 +188,7 @@ class Cluster:
         self._move(link, WorkerState.IDLE, None)
         log.warning("worker %s (%s) ran out of memory loading layers (holds %d): %s; placing it again",
                     link.id, link.info.name, len(link.info.holds), reason)
-        self._event("oom", worker=link.id, name=link.info.name, holds=len(link.info.holds), reason=reason[:200])
+        self.events.record("oom", worker=link.id, name=link.info.name, holds=len(link.info.holds), reason=reason[:200])
         await self.replan(keep_boundaries=False)
 
     def proven(self, link: WorkerLink) -> bool:
@@ -251,7 +217,7 @@ class Cluster:
         if speed_replan_due(self._speed_changes, running, self.config.speed_replan_checks,
                             self.config.speed_replan_busy_checks):
             log.info("measured speeds changed (%s): replanning", speeds)
-            self._event("speeds", speeds=speeds)
+            self.events.record("speeds", speeds=speeds)
             await self.replan(keep_boundaries=False)
 
     async def replan(self, keep_boundaries: bool = True) -> None:
@@ -273,8 +239,8 @@ class Cluster:
             log.info("target plan: %s%s", ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})"
                                                     for s in target.stages) or self.plan_error,
                      "".join(f"; standby {s.worker}[{s.layer_start},{s.layer_end})" for s in target.standbys))
-            self._event("replan", stages=[[s.worker, s.layer_start, s.layer_end] for s in target.stages],
-                        standbys=[[s.worker, s.layer_start, s.layer_end] for s in target.standbys])
+            self.events.record("replan", stages=[[s.worker, s.layer_start, s.layer_end] for s in target.stages],
+                               standbys=[[s.worker, s.layer_start, s.layer_end] for s in target.standbys])
         stage_workers = {stage.worker for stage in target.stages}
         for link in workers:
             wanted = target.range_of(link.id)
@@ -286,7 +252,7 @@ class Cluster:
             elif link.info.stage != wanted or link.info.state != WorkerState.LOADING:
                 self._move(link, WorkerState.LOADING, wanted)
                 try:
-                    await link.send_control(self.assign_message(link, wanted))
+                    await link.send_control(assign_message(self.manifest, self.compute, link.id, link.info.role, wanted))
                 except WorkerLost:   # it is leaving; its reader's leave() replans without it
                     log.info("assign to %s not sent: it is gone", link.id)
         await self._switch_if_ready()
@@ -302,9 +268,9 @@ class Cluster:
             self._retain_due = True
             log.info("plan v%d active: %s", self.plan_version,
                      ", ".join(f"{s.worker}[{s.layer_start},{s.layer_end})" for s in stages))
-            self._event("plan", version=self.plan_version,
-                        stages=[[s.worker, s.layer_start, s.layer_end] for s in stages],
-                        names=[self.workers[s.worker].info.name for s in stages])
+            self.events.record("plan", version=self.plan_version,
+                               stages=[[s.worker, s.layer_start, s.layer_end] for s in stages],
+                               names=[self.workers[s.worker].info.name for s in stages])
         await self._send_retains()
         await self._notify()
 
@@ -333,24 +299,6 @@ class Cluster:
                     await link.send_control(Retain(layer_start=stage.layer_start, layer_end=stage.layer_end))
                 except WorkerLost:   # gone already: nothing to drop
                     log.debug("retain to %s not sent: it is gone", link.id)
-
-    def assign_message(self, link: WorkerLink, stage: Stage) -> Assign:
-        files, layers = [], []
-        for index in range(stage.layer_start, stage.layer_end):
-            for name in self.manifest.layer_files(index, self.compute):
-                entry = self.manifest.files[name]
-                files.append({"name": name, "size": entry.size, "sha256": entry.sha256, "url": f"/shards/{name}"})
-            layer = self.manifest.layers[index]
-            graph, kv_graph = layer.graphs(self.compute)
-            layers.append({"index": index, "graph": graph, "kv_graph": kv_graph, "weights": layer.weights})
-        model = self.manifest.model
-        return Assign(worker=link.id, layer_start=stage.layer_start, layer_end=stage.layer_end, files=files,
-                      layers=layers, compute=self.compute, protocol=VERSION, role=link.info.role,
-                      model={"name": model.name, "hidden": model.hidden, "heads": model.heads,
-                             "kv_heads": model.kv_heads, "head_dim": model.head_dim, "layers": model.layers,
-                             "shard_sha256": self.manifest.source["sha256"],
-                             "converter": self.manifest.source.get("converter", "")},
-                      codec={"key_interval": 64})
 
     # -- requests ----------------------------------------------------------------------
     def pipeline(self) -> Pipeline | None:
@@ -401,29 +349,7 @@ class Cluster:
 
     def placement(self) -> dict[str, Any]:
         """The memory model and what the workers present can hold (status page, /health)."""
-        workers = [link for link in self.workers.values() if not link.closed]
-        facts = self.facts(workers)
-        capacity = {entry.worker: entry.max_layers for entry in capacities(facts, self.manifest.model.layers,
-                                                                           self.footprint)} if facts else {}
-        return {"compute": self.compute, "layer_mb": round(self.footprint.layer_mb, 1),
-                "tab_overhead_mb": round(self.footprint.overhead_mb, 1),
-                "offered_mb": round(sum(min(link.info.memory_mb or 0, MAX_TAB_MEMORY_MB) for link in workers)),
-                "holdable_layers": min(sum(capacity.values()), self.manifest.model.layers),
-                "max_layers": capacity,
-                "shortfall": shortfall(facts, self.manifest.model.layers, self.footprint) if facts else None}
+        return placement_report(self)
 
     def status(self) -> dict[str, Any]:
-        return {
-            "plan_version": self.plan_version,
-            "plan": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in self.plan],
-            "target": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in self.target.stages],
-            "standbys": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end],
-                          "ready": (link := self.workers.get(s.worker)) is not None and link.holds(s)}
-                         for s in self.target.standbys],
-            "plan_error": self.plan_error,
-            "ready": self.pipeline() is not None,
-            "replan_pending": self.target.stages != self.plan,
-            "workers": [link.status() for link in self.workers.values()],
-            "placement": self.placement(),
-            "events": self.events[-20:],
-        }
+        return cluster_status(self)

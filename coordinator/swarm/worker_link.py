@@ -10,15 +10,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from coordinator.swarm.planner import Stage
 from coordinator.swarm.step_timing import StallPolicy, StepHistogram, StepTimer
-from coordinator.swarm.time_breakdown import TabPasses, TimeTotals
-from coordinator.swarm.worker_lifecycle import WorkerState
+from coordinator.swarm.worker_info import WorkerInfo
 from protocol.control import ControlMessage, LayerStats, encode_control
 from protocol.frames import Header
 
@@ -35,38 +33,6 @@ class WorkerLost(RuntimeError):
     def __init__(self, message: str, worker: str = "", stalled: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.worker, self.stalled, self.refused = worker, stalled, refused
-
-
-@dataclass
-class WorkerInfo:
-    """What a worker told us about itself (hello) and what it is doing."""
-
-    name: str = ""
-    backend: str = "?"
-    threads: int = 1
-    benchmark_ms: float = 0.0
-    memory_mb: float | None = None       # what it offered to hold (hello; at most 4 GiB)
-    heap_mb: float | None = None         # its JS heap after its last load (ready)
-    memory_used_mb: float | None = None  # what the browser measured the page using (stats)
-    memory_used_at: float | None = None  # when that measurement arrived (monotonic)
-    allocation_cap: int | None = None    # it ran out of memory holding this many layers
-    agent: str = ""
-    page: dict[str, bool] = field(default_factory=dict)   # secure_context, webgpu_api, cache_storage
-    state: WorkerState = WorkerState.JOINING   # written by the cluster only (worker_lifecycle)
-    role: str = "idle"             # stage | standby | idle
-    stage: Stage | None = None     # the layers it was assigned (its stage or its replica)
-    holds: frozenset[int] = frozenset()   # layers it reported loaded and still keeps
-    load_ms: float | None = None
-    cached: bool | None = None
-    downloaded_bytes: int | None = None   # shard bytes its last load fetched from the network
-    weight_bytes: int | None = None       # float32 weight bytes its sessions hold
-    progress: tuple[int, int] | None = None
-    tokens: int = 0
-    compute_ms: float = 0.0
-    timing: TimeTotals | None = None     # where its step time went, as it reports (stats.timing)
-    passes: TabPasses | None = None      # its batched passes and the streams they held (stats.batching)
-    last_seen: float = field(default_factory=time.monotonic)
-    joined: float = field(default_factory=time.time)
 
 
 class WorkerLink:

@@ -50,7 +50,7 @@ async def test_gemma3_through_two_tabs_equals_the_reference(gemma_tabs, gemma_re
 
 async def test_gemma3_concurrent_requests_are_batched_and_equal_their_solo_answers(gemma_tabs):
     """One K/V head and 256-wide heads: the graphs keep a stream's rows bitwise the same in a
-    shared pass (shards/graphs.py KEY_MIN_LENGTH), so the tabs batch Gemma's streams too."""
+    shared pass (shards/attention_graph.py KEY_MIN_LENGTH), so the tabs batch Gemma's streams too."""
     base, _ = gemma_tabs
     prompts = ("The capital of France is", "Bees make honey because", "The moon orbits", "Rivers flow to")
     bodies = [{"prompt": prompt, "max_tokens": 8,
