@@ -51,7 +51,7 @@ async ({layers, model, computes, rows, threads}) => {
     const decode = [];
     for (let step = 0; step < 30; step += 1) {
       started = performance.now();
-      await runner.forward(1, row, 1, 32 + step, 0n, first, last);
+      await runner.forward(1, row, 1, 32, 0n, first, last);   // the cache is cut back to 32 after each step
       decode.push(performance.now() - started);
       runner.truncate(1, 32);
     }
@@ -81,6 +81,7 @@ async def main() -> None:
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--first", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", type=Path, help="default: bench/results/int8_speed_browser[_<model>].json")
     args = parser.parse_args()
     shard_dir, manifest = convert(resolve_model(args.model, model_cache()), progress=False, cache_root=shard_cache())
     config = manifest.model
@@ -109,7 +110,7 @@ async def main() -> None:
     report["int8_speedup_decode"] = round(float32["decode_ms_per_layer"] / int8["decode_ms_per_layer"], 3)
     report["int8_speedup_prefill"] = round(float32["prefill_ms_per_layer_per_row"] / int8["prefill_ms_per_layer_per_row"], 3)
     suffix = "" if args.model == "smollm2-135m" else f"_{args.model}"
-    out = ROOT / "bench" / "results" / f"int8_speed_browser{suffix}.json"
+    out = args.output or ROOT / "bench" / "results" / f"int8_speed_browser{suffix}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"int8 vs float32: decode {report['int8_speedup_decode']}x, prefill {report['int8_speedup_prefill']}x; "
           f"wrote {out}")
