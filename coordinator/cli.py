@@ -8,19 +8,13 @@ printed as one clear line with exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import functools
 import json
 import logging
 import os
-import signal
-import socket
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -33,9 +27,11 @@ from coordinator.config import (
     ServerConfig,
     TlsConfig,
 )
-from coordinator.engine.drafting import METHODS, SpeculationConfig
+from coordinator.engine.drafting import SpeculationConfig
 from coordinator.engine.router import RouterConfig
-from coordinator.trust.access import AccessConfig, api_keys_from, new_secret
+from coordinator.serve_command import command_serve, command_workers
+from coordinator.serve_options import add_serve_arguments, serve_settings
+from coordinator.trust.access import AccessConfig
 from shards.cache_location import cache_root_from, models_dir, shards_dir
 from shards.errors import ShardError
 from shards.int8 import COMPUTE_FORMATS
@@ -139,109 +135,6 @@ def command_eval(config: AppConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_addresses() -> list[str]:
-    addresses = set()
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            addresses.add(str(info[4][0]))
-    except OSError:  # no resolvable hostname: loopback only
-        pass
-    return sorted(address for address in addresses if not address.startswith("127."))
-
-
-def _certificate(config: AppConfig):
-    """The certificate to serve https with, or None for plain http."""
-    from coordinator.trust.tls import Certificate, self_signed
-
-    if config.tls.cert is not None and config.tls.key is not None:
-        return Certificate(config.tls.cert, config.tls.key)
-    if config.tls.self_signed:
-        hosts = [*_local_addresses(), socket.gethostname()]
-        return self_signed(Path.home() / ".cache" / "tabswarm" / "tls", hosts)
-    return None
-
-
-def command_serve(config: AppConfig, args: argparse.Namespace) -> int:
-    from coordinator.swarm.allocator import keep_memory_returnable
-
-    keep_memory_returnable()   # before the model's buffers are made (see coordinator/swarm/allocator.py)
-    return asyncio.run(_serve(config))
-
-
-async def _serve(config: AppConfig) -> int:
-    from aiohttp import web
-
-    from coordinator.app import API, CLUSTER, create_app
-    from coordinator.serve_log import describe
-    from coordinator.swarm.headless import HeadlessWorkers, worker_url
-
-    shard_dir = _shard_dir(config)
-    app = create_app(config, shard_dir)
-    layers = app[API].ends.manifest.model.layers
-
-    def console(event: dict) -> None:
-        line = describe(event, layers)
-        if line:
-            print(line, flush=True)
-
-    app[CLUSTER].events.listeners.append(console)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    server = config.server
-    certificate = _certificate(config)
-    site = web.TCPSite(runner, server.host, server.port,
-                       ssl_context=certificate.context() if certificate else None)
-    await site.start()
-    scheme = "https" if certificate else "http"
-    local = f"{scheme}://127.0.0.1:{server.port}"
-    access = config.access
-    join = f"/worker/?token={access.join_secret}" if access.join_secret else "/worker/"
-    print(f"tabswarm coordinator serving {app[API].model_ids[0]} on {server.host}:{server.port}")
-    print(f"  chat page:        {local}/")
-    print(f"  OpenAI API:       {local}/v1/chat/completions")
-    print(f"  status:           {local}/v1/status")
-    print(f"  dashboard:        {local}/dashboard")
-    print(f"  metrics:          {local}/metrics  (Prometheus)")
-    if access.open_to_loopback_only:
-        print("  API access:       this machine only (no API key configured; --api-key opens it to other devices)")
-    else:
-        print(f"  API access:       {len(access.api_keys)} key(s); send 'Authorization: Bearer KEY'")
-    for address in _local_addresses() if server.host in ("0.0.0.0", "::") else []:
-        print(f"  join from another device: {scheme}://{address}:{server.port}{join}")
-    print(f"  join from this machine:   {local}{join}", flush=True)
-    if certificate:
-        print(f"  TLS certificate SHA-256:  {certificate.fingerprint()}  ({certificate.cert})", flush=True)
-    headless = None
-    try:
-        if server.headless_workers:
-            # its own tabs on this machine trust its own (self-signed) certificate
-            headless = HeadlessWorkers(server.chromium, ignore_certificate_errors=certificate is not None)
-            await headless.start()
-            for index in range(server.headless_workers):
-                await headless.open(worker_url(local, f"headless-{index + 1}", server.worker_threads,
-                                               token=access.join_secret))
-            print(f"  started {server.headless_workers} headless Chromium worker tab(s)", flush=True)
-        await _until_stopped()
-    finally:
-        if headless is not None:
-            await headless.stop()
-        await runner.cleanup()
-    return 0
-
-
-async def _until_stopped() -> None:
-    """Serve until SIGINT (Ctrl-C) or SIGTERM (docker stop), then let the caller clean up
-    (close the worker browser, the sockets)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # no signal handlers on this platform
-            loop.add_signal_handler(number, stop.set)
-    with contextlib.suppress(asyncio.CancelledError):
-        await stop.wait()
-    print("tabswarm: stopping", file=sys.stderr, flush=True)
-
-
 def plugin_commands() -> dict[str, Any]:
     """Commands other installed packages register under the entry point group
     `tabswarm.commands` (the benchmarks' `bench`): objects with `help`, `add_arguments(parser)`
@@ -252,89 +145,6 @@ def plugin_commands() -> dict[str, Any]:
 def command_plugin(plugin: Any, config: AppConfig, args: argparse.Namespace) -> int:
     args.model = config.model.gguf
     return int(plugin.run(args))
-
-
-def command_workers(config: AppConfig, args: argparse.Namespace) -> int:
-    url = urllib.parse.urlsplit(args.url)
-    token = args.token or urllib.parse.parse_qs(url.query).get("token", [""])[0] or os.environ.get(
-        "TABSWARM_JOIN_SECRET", "")
-    base = f"{url.scheme}://{url.netloc}"
-    return asyncio.run(_workers(config, base, args.tabs, args.threads_per_tab, token))
-
-
-async def _workers(config: AppConfig, url: str, tabs: int, threads: int, token: str) -> int:
-    """Headless worker tabs joining a coordinator elsewhere (docker-compose's worker service)."""
-    from coordinator.swarm.headless import HeadlessWorkers, worker_url
-
-    headless = HeadlessWorkers(config.server.chromium, secure_origin=url)
-    await headless.start()
-    for index in range(tabs):
-        await headless.open(worker_url(url, f"remote-{index + 1}", threads, token=token))
-    print(f"opened {tabs} headless worker tab(s) against {url}; Ctrl-C to stop", flush=True)
-    try:
-        await _until_stopped()
-    finally:
-        await headless.stop()
-    return 0
-
-
-def _router_option(text: str) -> RouterConfig:
-    policy, _, knob = text.partition(":")
-    if policy in ("off", "script") or not knob:
-        return RouterConfig(policy=policy if policy != "script" else "off")
-    value = float(knob)
-    if policy == "predictor":
-        return RouterConfig(policy=policy, threshold=value)
-    if policy == "synapse":
-        return RouterConfig(policy=policy, capacity=value)
-    if policy == "node":
-        return RouterConfig(policy=policy, node_threshold=value)
-    raise SystemExit(f"tabswarm: unknown router policy {policy!r}")
-
-
-def _add_serve_arguments(serve: argparse.ArgumentParser) -> None:
-    """The serve command's options: network, workers, limits, access, TLS, churn, router, speculation."""
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8471)
-    serve.add_argument("--headless-workers", type=int, default=0, metavar="N",
-                       help="also open N headless Chromium worker tabs on this machine")
-    serve.add_argument("--worker-threads", type=int, default=1, help="WASM threads per headless tab")
-    serve.add_argument("--codec", default="int8", choices=[name for name, _ in CodecPresets().presets],
-                       help="default wire codec (a request may pick another)")
-    serve.add_argument("--max-active", type=int, default=8, help="requests generating at once")
-    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting; past it: 429")
-    serve.add_argument("--chromium", default="/usr/bin/chromium")
-    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                       help="accept this client key (repeatable; also TABSWARM_API_KEYS, comma-separated). "
-                            "Without any, the API answers this machine only")
-    serve.add_argument("--api-key-file", action="append", default=[], type=Path, metavar="FILE",
-                       help="client keys, one per line")
-    serve.add_argument("--join-secret", default=None,
-                       help="the token workers must present (default: TABSWARM_JOIN_SECRET, else a new random one)")
-    serve.add_argument("--tls-cert", type=Path, help="serve https with this certificate (PEM)")
-    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
-    serve.add_argument("--tls-self-signed", action="store_true",
-                       help="serve https with a self-signed certificate (made once, cached; its SHA-256 is printed)")
-    serve.add_argument("--standby", type=int, default=1, metavar="N",
-                       help="with at least N + 2 tabs, N of them hold replicas to cover a lost tab (default 1)")
-    serve.add_argument("--recovery-seconds", type=float, default=10.0, metavar="S",
-                       help="after a lost tab, how long a running request waits for a new pipeline (default 10)")
-    serve.add_argument("--router", default="off", metavar="POLICY[:KNOB]",
-                       help="default layer-skipping router, e.g. off, predictor:0.12, node:0.1 (see docs/skipping.md)")
-    serve.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
-                       help="default fraction of attention heads to mask, 0 to 0.5 (default 0: off)")
-    default_speculation = SpeculationConfig()
-    serve.add_argument("--speculation", choices=METHODS, default=default_speculation.method,
-                       help="default speculative decoding: lookup (prompt n-grams), self (router-skip drafts) or off "
-                            f"(default {default_speculation.method}; lossless either way, see docs/speculation.md)")
-    serve.add_argument("--max-draft", type=int, default=default_speculation.max_draft, metavar="K",
-                       help=f"longest draft a verify pass checks (default {default_speculation.max_draft}; "
-                            "the length adapts below it)")
-    serve.add_argument("--pipelined-speculation", action="store_true",
-                       help="greedy lookup drafts in chunks, one per stage in flight (off: it does not pay when "
-                            "the tabs share a machine's cores; see docs/speculation.md)")
-    serve.add_argument("--no-metrics", action="store_true",
-                       help="no Prometheus /metrics (and no per-token histogram observations)")
 
 
 def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
@@ -362,7 +172,7 @@ def build_parser(plugins: dict[str, Any]) -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.add_argument("--seed", type=int)
-    _add_serve_arguments(commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, "
+    add_serve_arguments(commands.add_parser("serve", help="start the coordinator (HTTP API, chat page, "
                                                            "worker endpoint)"))
     workers = commands.add_parser("workers", help="open headless Chromium worker tabs against a coordinator")
     workers.add_argument("--url", required=True,
@@ -393,34 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "workers":
         server = ServerConfig(chromium=args.chromium)
     if args.command == "serve":
-        server = ServerConfig(host=args.host, port=args.port, max_active=args.max_active,
-                              max_queue=args.max_queue, headless_workers=args.headless_workers,
-                              worker_threads=args.worker_threads, chromium=args.chromium,
-                              standby_workers=args.standby, recovery_seconds=args.recovery_seconds,
-                              metrics=not args.no_metrics)
-        codecs = CodecPresets(default=args.codec)
-        try:
-            keys = api_keys_from(args.api_key, os.environ.get("TABSWARM_API_KEYS"), args.api_key_file)
-        except OSError as error:   # an unreadable key file: a usage error
-            raise SystemExit(f"tabswarm: cannot read an API key file: {error}") from error
-        if (args.tls_cert is None) != (args.tls_key is None):
-            raise SystemExit("tabswarm: --tls-cert and --tls-key go together")
-        tls = TlsConfig(cert=args.tls_cert, key=args.tls_key, self_signed=args.tls_self_signed)
-        access = AccessConfig(api_keys=keys,
-                              join_secret=args.join_secret or os.environ.get("TABSWARM_JOIN_SECRET") or new_secret())
-        try:
-            router = replace(_router_option(args.router), prune_heads=args.prune_heads)
-            speculation = replace(speculation, method=args.speculation, max_draft=args.max_draft,
-                                  pipelined=args.pipelined_speculation)
-        except ValueError as error:  # a knob out of range: a usage error, not a crash
-            raise SystemExit(f"tabswarm: {error}") from error
+        server, codecs, access, tls, router, speculation = serve_settings(args)
     config = AppConfig(model=ModelSource(gguf=args.model, shard_dir=args.shards,
                                          cache_dir=args.cache_dir or cache_root_from(os.environ)),
                        runtime=RuntimeConfig(threads=args.threads, head=args.head, compute=args.compute),
                        server=server, codecs=codecs, router=router,
                        speculation=speculation, access=access, tls=tls)
     handlers: dict[str, Callable[[AppConfig, argparse.Namespace], int]] = {
-        "convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": command_serve,
+        "convert": command_convert, "chat": command_chat, "eval": command_eval, "serve": functools.partial(command_serve, _shard_dir),
         "workers": command_workers,
         **{name: functools.partial(command_plugin, plugin) for name, plugin in plugins.items()}}
     try:
