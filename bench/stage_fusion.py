@@ -120,6 +120,7 @@ def write_graphs(shard_dir: Path, manifest, first: int, count: int, compute: str
 TIMING_JS = """
 async ({count, model, positions, rounds}) => {
   const rt = await import('/worker/ort_runtime.js');
+  const bt = await import('/worker/batch_tensors.js');
   const ort = await rt.loadOrt({webgpu: false, threads: 1});
   const bytes = async (name) => new Uint8Array(await (await fetch(`/graphs/${name}`)).arrayBuffer());
   const session = async (name) => rt.createSession(ort, await bytes(name), 'wasm');
@@ -134,7 +135,7 @@ async ({count, model, positions, rounds}) => {
   const mask = new ort.Tensor('float32', new Float32Array(heads).fill(1), [heads]);
   const result = {};
   for (const length of positions) {
-    const position = rt.positionsTensor(ort, length, 1);
+    const position = bt.positionsTensor(ort, length, 1);
     const filled = (size) => Float32Array.from({length: size}, (_, i) => Math.cos(i * 0.013) * 0.5);
     const kv = () => new ort.Tensor('float32', filled(kvHeads * length * headDim), [1, kvHeads, length, headDim]);
     const caches = Array.from({length: count}, () => ({key: kv(), value: kv()}));

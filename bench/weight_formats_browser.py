@@ -115,6 +115,7 @@ FORMATS = ["float32", SHIPPED, EXTERNAL, "int8-dynamic-quantize-matmul", "int8-m
 TIMING_JS = """
 async ({formats, hidden, kvHeads, headDim, heads, weightsFile, stem}) => {
   const rt = await import('/worker/ort_runtime.js');
+  const bt = await import('/worker/batch_tensors.js');
   const SHIPPED = 'float32-from-compact-file';
   const EXTERNAL = 'float32-from-compact-file-as-external-data';
   const { inlineWeights: inline } = await import('/worker/onnx_inline.js');
@@ -127,7 +128,7 @@ async ({formats, hidden, kvHeads, headDim, heads, weightsFile, stem}) => {
   out.decode_weights_file_ms = (performance.now() - started) / 3;
   const row = new Float32Array(hidden).map((_, i) => Math.sin(i * 0.37) * 2);
   const prefill = new Float32Array(hidden * 32).map((_, i) => Math.cos(i * 0.11) * 2);
-  const mask = rt.floatTensor(ort, new Float32Array(heads).fill(1), [heads]);
+  const mask = bt.floatTensor(ort, new Float32Array(heads).fill(1), [heads]);
   // Two passes over all formats, the second one measured: the first lets V8 tier the WASM
   // code up, which would otherwise count against whichever format comes first.
   for (const fmt of [...formats, ...formats]) {
@@ -142,10 +143,10 @@ async ({formats, hidden, kvHeads, headDim, heads, weightsFile, stem}) => {
     try { session = await rt.createSession(ort, model, 'wasm', fmt === EXTERNAL ? external : undefined); }
     catch (error) { out[fmt] = {error: String(error).slice(0, 300)}; continue; }
     const create = performance.now() - started;
-    const empty = rt.floatTensor(ort, new Float32Array(0), [1, kvHeads, 0, headDim]);
-    const first = await session.run({hidden: rt.floatTensor(ort, prefill, [1, 32, hidden]),
-      positions: rt.positionsTensor(ort, 0, 32), past_key: empty, past_value: empty, head_mask: mask});
-    const feeds = {hidden: rt.floatTensor(ort, row, [1, 1, hidden]), positions: rt.positionsTensor(ort, 32, 1),
+    const empty = bt.floatTensor(ort, new Float32Array(0), [1, kvHeads, 0, headDim]);
+    const first = await session.run({hidden: bt.floatTensor(ort, prefill, [1, 32, hidden]),
+      positions: bt.positionsTensor(ort, 0, 32), past_key: empty, past_value: empty, head_mask: mask});
+    const feeds = {hidden: bt.floatTensor(ort, row, [1, 1, hidden]), positions: bt.positionsTensor(ort, 32, 1),
       past_key: first.present_key, past_value: first.present_value, head_mask: mask};
     const result = await session.run(feeds);
     const times = [];

@@ -6,9 +6,6 @@ import { batchPositionsTensor, cacheOfEntry, cachedPositions, floatTensor, padCa
 import { externalLocations } from './onnx_inline.js';
 import { headContributions, updateRatio } from './update_ratios.js';
 
-export { cacheOfEntry, padCaches } from './batch_tensors.js';
-export { headContributions, updateRatio } from './update_ratios.js';
-
 const ORT_BASE = '/ort/';
 
 let ortModule = null;

@@ -25,7 +25,8 @@ from coordinator.api.text_stream import TextStream
 from coordinator.api.usage_report import usage_report
 from coordinator.config import AppConfig
 from coordinator.engine.engine_snapshot import EngineSnapshot
-from coordinator.engine.generation import GenerationEngine, GenerationFailed, GenerationRequest
+from coordinator.engine.generation import GenerationEngine, GenerationFailed
+from coordinator.engine.generation_request import GenerationRequest
 from coordinator.engine.session import HopStats
 from coordinator.swarm.cluster import Cluster, NoWorkers
 from coordinator.types import ApiError

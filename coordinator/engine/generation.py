@@ -30,18 +30,17 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from coordinator.config import ServerConfig
 from coordinator.engine.acceptance import accept_drafts
-from coordinator.engine.drafting import DraftLength, SpeculationConfig, StepCosts, lookup_draft
+from coordinator.engine.drafting import DraftLength, StepCosts, lookup_draft
+from coordinator.engine.generation_request import GenerationRequest
 from coordinator.engine.generation_state import Sequence, Step, schedule, update
 from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks
 from coordinator.engine.router import (
     LayerStatistics,
-    RouterConfig,
 )
 from coordinator.engine.row_batcher import off_loop
 from coordinator.engine.session import HopStats, PipelineSession, TokenEvent
@@ -55,14 +54,10 @@ from coordinator.swarm.time_breakdown import TimeTotals
 from coordinator.swarm.worker_link import WorkerLost
 from coordinator.trust.spot_checks import SpotChecks
 from coordinator.trust.verifier import StageChecker
-from protocol.activation_codec import (
-    CodecSettings,
-)
 from protocol.control import HEAD_SAMPLE_INTERVAL, Release, Truncate
 from protocol.frames import StepKind
 from shards.footprint import prefill_rows
 from shards.model_ends import ModelEnds
-from shards.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +65,6 @@ log = logging.getLogger(__name__)
 class GenerationFailed(RuntimeError):
     """A request could not complete: no pipeline could be formed within the recovery
     bound after a loss, or it was lost more times than `max_replays`."""
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: tuple[int, ...]
-    params: SamplingParams
-    codec: CodecSettings
-    stop_ids: frozenset[int]
-    router: RouterConfig = field(default_factory=RouterConfig)
-    speculation: SpeculationConfig = field(default_factory=SpeculationConfig)
 
 
 class GenerationEngine:

@@ -16,20 +16,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from coordinator.engine.drafting import DraftLength, StepCosts
+from coordinator.engine.generation_request import GenerationRequest
 from coordinator.engine.generation_state import Sequence, Step
 from coordinator.engine.pipelined_speculation import Chunk, ChunkPipeline, settle_oldest
 from coordinator.engine.session import HopStats, PipelineSession
 from coordinator.engine.step_execute import StepExecutor
 from coordinator.trust.spot_checks import SpotChecks
 from protocol.frames import StepKind
-
-if TYPE_CHECKING:   # generation imports this module
-    from coordinator.engine.generation import GenerationRequest
 
 
 class SpeculativeSteps:

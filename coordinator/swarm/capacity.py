@@ -2,8 +2,8 @@
 
 Owns turning what the coordinator knows of each worker (its benchmark claim, its measured
 step time, the memory it offered, the layers it holds, an allocation it failed) into the
-planner's `WorkerCapacity`, and saying in words what is missing when the workers present
-cannot hold the model. Memory: a worker is given no more layers than fit in what it offered
+planner's `WorkerCapacity`, saying in words what is missing when the workers present
+cannot hold the model, and the placement report people see (status page, /health). Memory: a worker is given no more layers than fit in what it offered
 (`shards.footprint`), never more than it managed to allocate after an out-of-memory, and
 never fewer than it already holds (holding them proves it can): a tab on probation joining
 cannot shrink a proven tab's capacity below what it serves. Speed: see `capacities`.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from coordinator.swarm.planner import WorkerCapacity
 from shards.footprint import TabFootprint
@@ -93,3 +94,14 @@ def shortfall(workers: list[WorkerFacts], layers: int, footprint: TabFootprint) 
     return (f"the {len(workers)} tab(s) present offer {offered:.0f} MB and can hold {holdable} of the model's "
             f"{layers} layers (~{footprint.layer_mb:.0f} MB per layer here): needs ≈ {more} MB more: open another "
             f"tab (one offering at least {tab} MB holds the rest), or open the tabs with a larger ?memory=")
+
+
+def placement_report(facts: list[WorkerFacts], layers: int, footprint: TabFootprint, compute: str) -> dict[str, Any]:
+    """The memory model and what the workers present (`facts`) can hold: status page, /health."""
+    capacity = {entry.worker: entry.max_layers for entry in capacities(facts, layers, footprint)} if facts else {}
+    return {"compute": compute, "layer_mb": round(footprint.layer_mb, 1),
+            "tab_overhead_mb": round(footprint.overhead_mb, 1),
+            "offered_mb": round(sum(min(entry.memory_mb or 0, MAX_TAB_MEMORY_MB) for entry in facts)),
+            "holdable_layers": min(sum(capacity.values()), layers),
+            "max_layers": capacity,
+            "shortfall": shortfall(facts, layers, footprint) if facts else None}

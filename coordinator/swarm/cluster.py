@@ -33,10 +33,10 @@ from coordinator.swarm.assignment import assign_message
 from coordinator.swarm.capacity import (
     WorkerFacts,
     capacities,
+    placement_report,
     shortfall,
     speed_replan_due,
 )
-from coordinator.swarm.cluster_report import cluster_status, placement_report
 from coordinator.swarm.event_log import EventLog
 from coordinator.swarm.pipeline import Pipeline
 from coordinator.swarm.planner import PlanError, Stage, WorkerCapacity
@@ -349,7 +349,20 @@ class Cluster:
 
     def placement(self) -> dict[str, Any]:
         """The memory model and what the workers present can hold (status page, /health)."""
-        return placement_report(self)
+        facts = self.facts([link for link in self.workers.values() if not link.closed])
+        return placement_report(facts, self.manifest.model.layers, self.footprint, self.compute)
 
     def status(self) -> dict[str, Any]:
-        return cluster_status(self)
+        """The cluster's part of `/v1/status`."""
+        def stages(plan) -> list[dict[str, Any]]:
+            return [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in plan]
+
+        return {
+            "plan_version": self.plan_version, "plan": stages(self.plan), "target": stages(self.target.stages),
+            "standbys": [stage | {"ready": (link := self.workers.get(s.worker)) is not None and link.holds(s)}
+                         for stage, s in zip(stages(self.target.standbys), self.target.standbys, strict=True)],
+            "plan_error": self.plan_error, "ready": self.pipeline() is not None,
+            "replan_pending": self.target.stages != self.plan,
+            "workers": [link.status() for link in self.workers.values()],
+            "placement": self.placement(), "events": self.events.recent[-20:],
+        }

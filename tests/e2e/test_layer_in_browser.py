@@ -19,6 +19,7 @@ TOLERANCE = 1e-4  # float32 both sides, same graph; notes measured ~6e-6 on thes
 RUN_LAYER_JS = """
 async ({layer, hidden, prefill, backend}) => {
   const rt = await import('/worker/ort_runtime.js');
+  const bt = await import('/worker/batch_tensors.js');
   const ort = await rt.loadOrt({webgpu: backend === 'webgpu', threads: 1});
   const { decodeWeights } = await import('/worker/compact_weights.js');
   const { inlineWeights } = await import('/worker/onnx_inline.js');
@@ -27,14 +28,14 @@ async ({layer, hidden, prefill, backend}) => {
   // the GGUF's blocks, decoded in the tab and put inside the graph, as a worker tab does
   const weights = new Map(decodeWeights(await load(`${stem}.weights`), stem).map((entry) => [entry.path, entry.data]));
   const session = await rt.createSession(ort, inlineWeights(await load(`${stem}.onnx`), weights).bytes, backend);
-  const empty = rt.floatTensor(ort, new Float32Array(0), [1, 3, 0, 64]);
-  const heads = rt.floatTensor(ort, new Float32Array(9).fill(1), [9]);
+  const empty = bt.floatTensor(ort, new Float32Array(0), [1, 3, 0, 64]);
+  const heads = bt.floatTensor(ort, new Float32Array(9).fill(1), [9]);
   const first = await session.run({
-    hidden: rt.floatTensor(ort, Float32Array.from(hidden.slice(0, prefill * 576)), [1, prefill, 576]),
-    positions: rt.positionsTensor(ort, 0, prefill), past_key: empty, past_value: empty, head_mask: heads});
+    hidden: bt.floatTensor(ort, Float32Array.from(hidden.slice(0, prefill * 576)), [1, prefill, 576]),
+    positions: bt.positionsTensor(ort, 0, prefill), past_key: empty, past_value: empty, head_mask: heads});
   const second = await session.run({
-    hidden: rt.floatTensor(ort, Float32Array.from(hidden.slice(prefill * 576)), [1, 1, 576]),
-    positions: rt.positionsTensor(ort, prefill, 1),
+    hidden: bt.floatTensor(ort, Float32Array.from(hidden.slice(prefill * 576)), [1, 1, 576]),
+    positions: bt.positionsTensor(ort, prefill, 1),
     past_key: first.present_key, past_value: first.present_value, head_mask: heads});
   return {prefill: Array.from(first.hidden_out.data), decode: Array.from(second.hidden_out.data),
           key: Array.from(second.present_key.data), dims: second.present_key.dims};

@@ -1,7 +1,9 @@
 // The router inputs a tab computes from layer outputs (pure helpers of ort_runtime.js).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { cacheOfEntry, headContributions, layerOfFile, padCaches, updateRatio } from '../ort_runtime.js';
+import { cacheOfEntry, padCaches } from '../batch_tensors.js';
+import { layerOfFile } from '../ort_runtime.js';
+import { headContributions, updateRatio } from '../update_ratios.js';
 
 test('updateRatio gives |after - before| / |before|, |after| and |before|', () => {
   const { ratio, norm, inputNorm } = updateRatio(Float32Array.from([3, 4]), Float32Array.from([3, 4 + 2.5]));
