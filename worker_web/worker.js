@@ -9,8 +9,9 @@
 // An assignment downloads outside it (so the tab keeps serving its current layers while
 // it loads new ones) and creates each new layer's sessions as one queued task; the layers
 // it held before stay until the coordinator says `retain`.
-import { decodeActivation, encodeActivation, Encoding, Flag, FrameError, Kind, newStreamState, parseFrame, roundTrip, VERSION } from './codec.js';
-import { decodeControl, encodeControl, HEAD_SAMPLE_INTERVAL } from './control_messages.js';
+import { decodeActivation, encodeActivation, Flag, FrameError, Kind, newStreamState, parseFrame, VERSION } from './codec.js';
+import { decodeControl, encodeControl } from './control_messages.js';
+import { boundaryRounding, layerStatsMessage, resultRoute, resultSettings, runnerEntry } from './frame_replies.js';
 import { LayerRunner, loadOrt } from './ort_runtime.js';
 import { loadLayers } from './layer_loading.js';
 import { formPasses } from './batch_former.js';
@@ -23,12 +24,6 @@ const GATHER_QUIET_MS = 2;             // a batch waits this long after its last
 function sameModel(runner, model, compute) {
   return runner && runner.model.shard_sha256 === model.shard_sha256 && runner.model.converter === model.converter
     && runner.compute === compute;
-}
-
-/** With ROUND_LAYERS: the frame encoding's rounding at every layer boundary inside the stage (else null). */
-function boundaryRounding(header, columns) {
-  if (!(header.flags & Flag.ROUND_LAYERS) || header.encoding === Encoding.FLOAT32) return null;
-  return (values, rows) => roundTrip(values, rows, columns, header.encoding, header.block);
 }
 
 /** Resolves in a new task: after the events already waiting (a message channel: no timer clamping). */
@@ -242,12 +237,7 @@ class WorkerTab {
   async runPass(items) {
     const runner = this.runner;
     const { header, echo } = items[0];
-    // Router statistics cost a norm per layer: only a one-row frame that asks (REPORT) gets them.
-    const entries = items.map(({ header: frame, values }) => {
-      const report = !echo && frame.rows === 1 && (frame.flags & Flag.REPORT) !== 0 && !(frame.flags & Flag.NO_REPLY);
-      return { stream: frame.stream, hidden: values, position: frame.position, skipMask: frame.skipMask,
-        measure: report, sampleHeads: report && frame.position % HEAD_SAMPLE_INTERVAL === 0 };
-    });
+    const entries = items.map(({ header: frame, values }) => runnerEntry(frame, values, echo));
     const started = performance.now();
     const results = echo ? [{ output: items[0].values, ratios: [] }]
       : await runner.forwardBatch(entries, header.rows, header.layerStart, header.layerEnd,
@@ -273,19 +263,9 @@ class WorkerTab {
   reply({ header, echo, decodeMs }, entry, result, layersMs) {
     if (header.flags & Flag.NO_REPLY) return;
     const encoding = performance.now();
-    if (entry.measure) {
-      const stats = { type: 'layer_stats', position: header.position, ratios: result.ratios, norms: result.norms,
-        node_ratio: result.nodeRatio };
-      if (entry.sampleHeads) stats.head_ratios = result.headRatios;
-      this.sendControl(stats, header.stream);
-    }
-    const settings = { encoding: header.encoding, block: header.block, delta: (header.flags & Flag.DELTA) !== 0,
-      roundLayers: (header.flags & Flag.ROUND_LAYERS) !== 0,
-      runLength: header.encoding === Encoding.INT8_BLOCK, keyInterval: this.assignment.codec.key_interval || 64 };
-    const frame = encodeActivation(result.output, header.rows, header.columns, { kind: Kind.RESULT,
-      stream: header.stream, position: header.position, layerStart: header.layerStart, layerEnd: header.layerEnd,
-      skipMask: header.skipMask, step: header.step, stepKind: header.stepKind },
-    settings, streamState(this.encoders, header.stream));
+    if (entry.measure) this.sendControl(layerStatsMessage(header, entry, result), header.stream);
+    const frame = encodeActivation(result.output, header.rows, header.columns, resultRoute(header),
+      resultSettings(header, this.assignment.codec.key_interval), streamState(this.encoders, header.stream));
     // Steps the coordinator waits for (NO_REPLY backfills are off its critical path, echoes run no layers);
     // a pass's layer time is shared equally by its frames.
     if (!echo) this.timing.record(header.rows, { decode: decodeMs, layers: layersMs, encode: performance.now() - encoding });
