@@ -133,9 +133,9 @@ class SwarmCollector(Collector):
                                 value=self.cluster.plan_version)
         yield GaugeMetricFamily("tabswarm_plan_stages", "Stages of the active plan", value=len(self.cluster.plan))
         events = CounterMetricFamily("tabswarm_cluster_events", "Cluster events by kind: join, leave (a lost "
-                                     "tab), evict, ban, replan (a new target), plan (a plan switch), ready, speeds",
-                                     labels=["event"])
-        for kind in ("join", "leave", "evict", "ban", "replan", "plan", "ready", "speeds"):
+                                     "tab), evict, ban, replan (a new target), plan (a plan switch), ready, speeds, "
+                                     "oom (a tab ran out of memory loading)", labels=["event"])
+        for kind in ("join", "leave", "evict", "ban", "replan", "plan", "ready", "speeds", "oom"):
             events.add_metric([kind], self.cluster.events.counts[kind])
         yield events
 

@@ -73,6 +73,9 @@ async def test_a_tab_that_runs_out_of_memory_is_placed_again_with_fewer_layers(t
         worker = status["workers"][0]
         assert worker["allocation_cap"] == 2 and worker["holds"] == [[0, 2]]
         assert any(event["event"] == "oom" for event in status["events"])
+        async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
+            metrics = await response.text()
+        assert 'tabswarm_cluster_events_total{event="oom"} 1.0' in metrics   # operators see it too
         assert "can hold 2 of the model's 4 layers" in status["placement"]["shortfall"]
         helper = await FakeWorker(base, tiny_qwen_dir, "helper").start()
         status = await wait_ready(base, 2)
