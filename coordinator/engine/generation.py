@@ -37,7 +37,7 @@ from coordinator.config import ServerConfig
 from coordinator.engine.acceptance import accept_drafts
 from coordinator.engine.drafting import DraftLength, StepCosts, lookup_draft
 from coordinator.engine.generation_request import GenerationRequest
-from coordinator.engine.generation_state import Sequence, Step, schedule, update
+from coordinator.engine.generation_state import Sequence, Step, schedule, through_stop, update
 from coordinator.engine.head_pruning import HeadStatistics, StreamHeadMasks
 from coordinator.engine.router import (
     LayerStatistics,
@@ -177,15 +177,10 @@ class GenerationEngine:
         sampling = time.perf_counter()
         verdict = accept_drafts(logits, drafts, request.params, sequence.rng)
         self.executor.spend(stats, step.rows, "sample", time.perf_counter() - sampling)
-        tokens = verdict.tokens
-        stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
-        if stop is not None:   # nothing after an end-of-text token is emitted (or counted as accepted)
-            tokens = tokens[:stop + 1]
+        tokens = through_stop(verdict.tokens, sequence.stop_ids)
         session.cached += step.rows - len(drafts) + verdict.accepted
         if verdict.accepted < len(drafts):
-            session.cut_to = session.cached       # sent first thing next step (no I/O after sampling)
-            if session.recorder is not None:
-                session.recorder.truncate(session.cached)
+            session.cut_back_to_cached()
         if drafting is not None and drafts:
             drafting.observe(len(drafts), verdict.accepted)
             stats.drafted += len(drafts)

@@ -98,3 +98,10 @@ def update(sequence: Sequence, token: int) -> str | None:
     elif len(sequence.generated) >= sequence.params.max_tokens:
         sequence.finish_reason = "length"
     return sequence.finish_reason
+
+
+def through_stop(tokens: tuple[int, ...], stop_ids: frozenset[int]) -> tuple[int, ...]:
+    """`tokens` up to and including the first stop id: nothing after an end-of-text token is
+    emitted, drafted or counted as accepted."""
+    stop = next((index for index, token in enumerate(tokens) if token in stop_ids), None)
+    return tokens if stop is None else tokens[:stop + 1]

@@ -34,7 +34,7 @@ import numpy as np
 
 from coordinator.engine.acceptance import Verdict, accept_drafts
 from coordinator.engine.drafting import lookup_draft
-from coordinator.engine.generation_state import Step
+from coordinator.engine.generation_state import Step, through_stop
 from coordinator.swarm.worker_link import WorkerLost
 from protocol.frames import StepKind
 from shards.sampling import SamplingParams
@@ -137,9 +137,7 @@ class ChunkPipeline:
 
     def _drafts(self, length: int) -> tuple[int, ...]:
         length = min(length, self.max_ids - len(self.ids))
-        drafts = lookup_draft(self.ids, length, *self.ngram) if length > 0 else ()
-        stop = next((index for index, token in enumerate(drafts) if token in self.stop_ids), None)
-        return drafts if stop is None else drafts[:stop + 1]
+        return through_stop(lookup_draft(self.ids, length, *self.ngram) if length > 0 else (), self.stop_ids)
 
     def step(self, chunk: Chunk, step_id: int) -> Step:
         kind = StepKind.VERIFY if len(chunk.ids) > 1 or chunk is not self.chunks[0] else StepKind.DECODE

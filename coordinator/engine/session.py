@@ -64,3 +64,10 @@ class PipelineSession:
     cut_to: int | None = None      # caches hold rejected drafts: cut them to this before the next step
     recorder: StageRecorder | None = None   # every frame each stage was sent (exact stage replay)
     chunks: ChunkPipeline | None = None     # pipelined speculation: verify chunks in flight
+
+    def cut_back_to_cached(self) -> None:
+        """The caches hold rows past `cached` (rejected drafts): cut them first thing next step
+        (no I/O after sampling), and forget those frames for an exact replay."""
+        self.cut_to = self.cached
+        if self.recorder is not None:
+            self.recorder.truncate(self.cached)

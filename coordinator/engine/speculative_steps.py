@@ -21,7 +21,7 @@ import numpy as np
 
 from coordinator.engine.drafting import DraftLength, StepCosts
 from coordinator.engine.generation_request import GenerationRequest
-from coordinator.engine.generation_state import Sequence, Step
+from coordinator.engine.generation_state import Sequence, Step, through_stop
 from coordinator.engine.pipelined_speculation import Chunk, ChunkPipeline, settle_oldest
 from coordinator.engine.session import HopStats, PipelineSession
 from coordinator.engine.step_execute import StepExecutor
@@ -67,15 +67,10 @@ class SpeculativeSteps:
             chunks.rows = length + 1
             self._launch(request, stats, session, chunks.start(sequence.ids(), session.cached))
         settled = await settle_oldest(chunks, request.params, sequence.rng)
-        tokens = settled.verdict.tokens
-        stop = next((index for index, token in enumerate(tokens) if token in sequence.stop_ids), None)
-        if stop is not None:
-            tokens = tokens[:stop + 1]
+        tokens = through_stop(settled.verdict.tokens, sequence.stop_ids)
         session.cached += 1 + settled.verdict.accepted
-        if settled.launched_past:   # the caches hold rows past the accepted ones: cut before the next step
-            session.cut_to = session.cached
-            if session.recorder is not None:
-                session.recorder.truncate(session.cached)
+        if settled.launched_past:   # the caches hold rows past the accepted ones
+            session.cut_back_to_cached()
         if settled.drafted:
             drafting.observe(settled.drafted, settled.accepted)
             chunks.rows = max(drafting.length, 1) + 1

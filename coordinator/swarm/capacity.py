@@ -3,10 +3,11 @@
 Owns turning what the coordinator knows of each worker (its benchmark claim, its measured
 step time, the memory it offered, the layers it holds, an allocation it failed) into the
 planner's `WorkerCapacity`, saying in words what is missing when the workers present
-cannot hold the model, and the placement report people see (status page, /health). Memory: a worker is given no more layers than fit in what it offered
-(`shards.footprint`), never more than it managed to allocate after an out-of-memory, and
-never fewer than it already holds (holding them proves it can): a tab on probation joining
-cannot shrink a proven tab's capacity below what it serves. Speed: see `capacities`.
+cannot hold the model, and the placement report people see (status page, /health).
+Memory: a worker is given no more layers than fit in what it offered (`shards.footprint`),
+never more than it managed to allocate after an out-of-memory, and never fewer than it
+already holds (holding them proves it can): a tab on probation joining cannot shrink a
+proven tab's capacity below what it serves. Speed: see `capacities`.
 Never touches sockets.
 """
 

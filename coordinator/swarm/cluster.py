@@ -354,15 +354,17 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """The cluster's part of `/v1/status`."""
-        def stages(plan) -> list[dict[str, Any]]:
-            return [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in plan]
-
         return {
-            "plan_version": self.plan_version, "plan": stages(self.plan), "target": stages(self.target.stages),
-            "standbys": [stage | {"ready": (link := self.workers.get(s.worker)) is not None and link.holds(s)}
-                         for stage, s in zip(stages(self.target.standbys), self.target.standbys, strict=True)],
-            "plan_error": self.plan_error, "ready": self.pipeline() is not None,
+            "plan_version": self.plan_version,
+            "plan": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in self.plan],
+            "target": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end]} for s in self.target.stages],
+            "standbys": [{"worker": s.worker, "layers": [s.layer_start, s.layer_end],
+                          "ready": (link := self.workers.get(s.worker)) is not None and link.holds(s)}
+                         for s in self.target.standbys],
+            "plan_error": self.plan_error,
+            "ready": self.pipeline() is not None,
             "replan_pending": self.target.stages != self.plan,
             "workers": [link.status() for link in self.workers.values()],
-            "placement": self.placement(), "events": self.events.recent[-20:],
+            "placement": self.placement(),
+            "events": self.events.recent[-20:],
         }

@@ -41,8 +41,14 @@ async def test_forced_bypass_equals_reference_with_the_same_skips(two_worker_clu
 
 async def test_router_statistics_and_skips_show_in_status(two_worker_cluster):
     _, base, _ = two_worker_cluster
-    for _ in range(3):  # warm the running means past the router's warm-up
-        await post(base, "/v1/chat/completions", {"messages": COLOURS, "max_tokens": 20})
+    # Warm the running means past the router's warm-up (32 observations per layer). Only a
+    # request whose router measures feeds them (threshold 0: it measures and skips nothing);
+    # before, this warm-up had no router, and the test passed only after the module's earlier
+    # tests had warmed the means.
+    for _ in range(3):
+        code, body = await post(base, "/v1/chat/completions", {
+            "messages": COLOURS, "max_tokens": 20, "tabswarm": {"router": {"policy": "predictor", "threshold": 0.0}}})
+        assert code == 200 and body["usage"]["tabswarm"]["layers_skipped"] == 0
     before = (await status_of(base))["router"]["skipped_per_layer"]
     code, body = await post(base, "/v1/chat/completions", {
         "messages": COLOURS, "max_tokens": 20, "tabswarm": {"router": {"policy": "predictor", "threshold": 5.0}}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.engine.generation_state import Sequence, schedule, update
+from coordinator.engine.generation_state import Sequence, schedule, through_stop, update
 from protocol.frames import StepKind
 from shards.sampling import SamplingParams, sample_token
 
@@ -85,3 +85,11 @@ def test_ids_from_an_offset_cross_the_prompt_boundary():
     update(seq, 40)
     update(seq, 41)
     assert seq.ids(2) == (12, 40, 41) and seq.ids(4) == (41,) and seq.length == 5
+
+
+def test_nothing_after_the_first_stop_id_is_kept():
+    stops = frozenset({2, 9})
+    assert through_stop((5, 7, 2, 8, 9), stops) == (5, 7, 2)
+    assert through_stop((5, 7, 8), stops) == (5, 7, 8)
+    assert through_stop((9,), stops) == (9,)
+    assert through_stop((), stops) == ()
