@@ -86,11 +86,15 @@ class Swarm:
             await worker.stop()
 
 
-@pytest.mark.parametrize("codec, rounds", [("lossless", 10), ("int8", 2)])
+@pytest.mark.parametrize("codec, rounds", [("lossless", 10), ("int8-stable", 2)])
 async def test_requests_survive_a_kill_at_a_random_step(shard_dir, codec, rounds):
     """Rounds of 5 concurrent requests; during each request a stage worker is killed at
     a random step of that request (and replaced): every request completes with its solo
-    tokens. Lossless: 10 rounds = 50 requests; int8 (codec at every boundary): 10."""
+    tokens. Lossless: 10 rounds = 50 requests; int8-stable: 10. A lossy codec promises the
+    solo tokens after a replay only where the replay's layout cannot change the rounding: the
+    plain int8 default rounds at the stage cuts only, so a replay onto a pipeline cut
+    elsewhere may part from the solo run (docs/layout_independence.md); with it this test
+    once saw 9 of 10 identical in CI."""
     rng = random.Random(7)
     max_tokens = 24
     async with running_app(shard_dir, recovery_seconds=20.0) as (app, base):
